@@ -1,0 +1,31 @@
+//! Plain HTTP routes beside the Connect services: `/health`, `/files`, `/init`, `/envs`,
+//! `/metrics`. Errors use E2B's envd shape `{"code": <status>, "message": "..."}`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::StatusCode;
+
+use crate::state::EnvdState;
+
+/// The plain-HTTP part of envd's router.
+pub fn router(state: Arc<EnvdState>) -> axum::Router {
+    axum::Router::new()
+        .route("/health", get(health))
+        .with_state(state)
+}
+
+async fn health() -> impl IntoResponse {
+    (
+        StatusCode::NO_CONTENT,
+        [(http::header::CACHE_CONTROL, "no-store")],
+    )
+}
+
+/// An E2B-style JSON error response.
+pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "code": status.as_u16(), "message": message.into() });
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,52 @@
+# Shared helpers for Wrenn's scripts. Source it; don't run it.
+
+# Build artefacts and tool caches live outside the clone so fresh clones reuse them.
+export WRENN_CACHE="${WRENN_CACHE:-/var/cache/wrenn}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$WRENN_CACHE/target}"
+mkdir -p "$WRENN_CACHE"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# apt_ensure CMD:PACKAGE ...: installs PACKAGE when CMD is missing.
+apt_ensure() {
+    local missing=()
+    for pair in "$@"; do
+        local cmd="${pair%%:*}" pkg="${pair#*:}"
+        command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if ((${#missing[@]})); then
+        log "installing ${missing[*]}"
+        if [[ $(id -u) -ne 0 ]]; then
+            echo "need root to apt-get install ${missing[*]}" >&2
+            return 1
+        fi
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+ensure_rust() {
+    command -v cargo >/dev/null || {
+        echo "cargo not found: install a Rust toolchain (rustup) first" >&2
+        return 1
+    }
+    cargo nextest --version >/dev/null 2>&1 || {
+        log "installing cargo-nextest"
+        cargo install --locked cargo-nextest
+    }
+}
+
+# Python venv with the pinned E2B SDK, for the SDK compatibility tests.
+E2B_SDK_VERSION=2.63.0
+ensure_venv() {
+    local venv="$WRENN_CACHE/venv"
+    if ! "$venv/bin/python" -c "
+import importlib.metadata as m, sys
+sys.exit(0 if m.version('e2b') == '$E2B_SDK_VERSION' and m.version('pytest') else 1)
+" 2>/dev/null; then
+        log "creating Python venv with e2b==$E2B_SDK_VERSION"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q "e2b==$E2B_SDK_VERSION" "pytest==8.4.2"
+    fi
+    export WRENN_VENV="$venv"
+}
