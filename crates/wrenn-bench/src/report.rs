@@ -1,0 +1,101 @@
+//! The result table: markdown for people, JSON for machines.
+
+use serde::Serialize;
+
+use crate::stats::{RatioSpread, Summary, diff_spread, ratio_spread, summarize};
+
+/// Scenarios whose feature does not exist yet; the issues that bring them add their rows.
+pub const NOT_YET: &[&str] = &[
+    "cold create → envd ready (API vs raw qemu)",
+    "exec relay via API / E2B proxy",
+    "pause / resume / template spawn",
+    "10 concurrent creates",
+    "memory per idle sandbox",
+    "control plane get/list req/s",
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub scenario: String,
+    pub unit: String,
+    pub ours: Option<Summary>,
+    pub baseline_name: String,
+    pub baseline: Option<Summary>,
+    /// Spread of per-pair ours/baseline.
+    pub ratio: Option<RatioSpread>,
+    /// Spread of per-pair ours - baseline (same unit).
+    pub diff: Option<RatioSpread>,
+}
+
+impl Row {
+    pub fn paired(
+        scenario: &str,
+        unit: &str,
+        baseline_name: &str,
+        ours: &[f64],
+        base: &[f64],
+    ) -> Row {
+        Row {
+            scenario: scenario.into(),
+            unit: unit.into(),
+            ours: Some(summarize(ours)),
+            baseline_name: baseline_name.into(),
+            baseline: Some(summarize(base)),
+            ratio: Some(ratio_spread(ours, base)),
+            diff: Some(diff_spread(ours, base)),
+        }
+    }
+
+    pub fn not_available(scenario: &str) -> Row {
+        Row {
+            scenario: scenario.into(),
+            unit: String::new(),
+            ours: None,
+            baseline_name: String::new(),
+            baseline: None,
+            ratio: None,
+            diff: None,
+        }
+    }
+}
+
+fn num(x: f64) -> String {
+    if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+pub fn markdown(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| scenario | unit | ours p50 | ours p95 | baseline | base p50 | base p95 | ratio p50 (p5–p95) | diff p50 (p5–p95) |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        match (&r.ours, &r.baseline, &r.ratio, &r.diff) {
+            (Some(o), Some(b), Some(q), Some(d)) => out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} ({}–{}) | {} ({}–{}) |\n",
+                r.scenario,
+                r.unit,
+                num(o.p50),
+                num(o.p95),
+                r.baseline_name,
+                num(b.p50),
+                num(b.p95),
+                num(q.p50),
+                num(q.p5),
+                num(q.p95),
+                num(d.p50),
+                num(d.p5),
+                num(d.p95),
+            )),
+            _ => out.push_str(&format!(
+                "| {} | not available | | | | | | | |\n",
+                r.scenario
+            )),
+        }
+    }
+    out
+}
