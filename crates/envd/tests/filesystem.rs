@@ -301,6 +301,26 @@ async fn move_renames_and_creates_destination_parents() {
         std::fs::read_link(dst.join("link")).unwrap(),
         Path::new("sub/f")
     );
+
+    // A directory never replaces an existing entry.
+    std::fs::create_dir(host(&envd, "/home/user/again")).unwrap();
+    assert_eq!(
+        code(rename(&fs, "~/again", "/tmp/tree").await),
+        ErrorCode::AlreadyExists
+    );
+    // A tree holding a FIFO can't be copied: nothing is left behind, the source stays.
+    let fifo_dir = host(&envd, "/home/user/pipes");
+    std::fs::create_dir(&fifo_dir).unwrap();
+    std::fs::write(fifo_dir.join("a"), "x").unwrap();
+    let fifo = std::ffi::CString::new(fifo_dir.join("z").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    assert_eq!(
+        code(rename(&fs, "~/pipes", "/tmp/pipes").await),
+        ErrorCode::FailedPrecondition
+    );
+    assert!(fifo_dir.join("z").exists());
+    assert!(!host(&envd, "/tmp/pipes").exists());
 }
 
 #[tokio::test]

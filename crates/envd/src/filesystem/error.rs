@@ -72,6 +72,7 @@ fn io_error(e: &io::Error, message: String) -> ConnectError {
             io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData => {
                 ConnectError::invalid_argument(message)
             }
+            io::ErrorKind::Unsupported => ConnectError::failed_precondition(message),
             _ => ConnectError::internal(message),
         },
     }

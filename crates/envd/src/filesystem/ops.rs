@@ -72,10 +72,7 @@ pub fn rename(source: &Path, destination: &Path, owner: Owner) -> Result<EntryIn
     }
     match fs::rename(source, destination) {
         Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            copy_tree(source, destination)?;
-            remove(source)?;
-        }
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => move_across(source, destination)?,
         Err(e) => {
             return Err(FsError::Io {
                 op: "move",
@@ -85,6 +82,36 @@ pub fn rename(source: &Path, destination: &Path, owner: Owner) -> Result<EntryIn
         }
     }
     stat(destination)
+}
+
+/// Moves between filesystems: copy, then remove the source. Like rename, a file replaces
+/// an existing non-directory; a directory never replaces anything. A failed copy is
+/// removed again, leaving the source untouched.
+fn move_across(source: &Path, destination: &Path) -> Result<(), FsError> {
+    let source_is_dir = fs::symlink_metadata(source)
+        .map_err(FsError::io("stat", source))?
+        .is_dir();
+    match fs::symlink_metadata(destination) {
+        Ok(_) if source_is_dir => return Err(FsError::Exists(destination.to_path_buf())),
+        Ok(m) if m.is_dir() => {
+            return Err(FsError::io("move", destination)(
+                io::Error::from_raw_os_error(libc::EISDIR),
+            ));
+        }
+        // Replaced, as rename would; removed first so a symlink there isn't followed.
+        Ok(_) => fs::remove_file(destination).map_err(FsError::io("remove", destination))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(FsError::io("stat", destination)(e)),
+    }
+    if let Err(e) = copy_tree(source, destination) {
+        if let Err(cleanup) = remove(destination)
+            && !cleanup.is_not_found()
+        {
+            tracing::warn!(error = %cleanup, "removing a partial cross-filesystem copy");
+        }
+        return Err(e);
+    }
+    remove(source)
 }
 
 /// Copies a file, symlink or directory tree, keeping modes and ownership.
@@ -102,8 +129,14 @@ fn copy_tree(source: &Path, destination: &Path) -> Result<(), FsError> {
         }
         fs::set_permissions(destination, meta.permissions())
             .map_err(FsError::io("chmod", destination))?;
-    } else {
+    } else if ft.is_file() {
         fs::copy(source, destination).map_err(FsError::io("copy", source))?;
+    } else {
+        // Opening a FIFO or device to copy it would block or read a device.
+        return Err(FsError::io("copy", source)(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "special files cannot be moved across filesystems",
+        )));
     }
     unix_fs::lchown(destination, Some(meta.uid()), Some(meta.gid()))
         .map_err(FsError::io("chown", destination))
