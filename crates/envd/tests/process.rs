@@ -731,6 +731,31 @@ async fn list_shows_background_process_with_tag_and_survives_disconnect() {
     let err = start_err(&p, dup).await;
     assert_eq!(err.code, ErrorCode::AlreadyExists, "{err:?}");
 
+    // A Connect deadline ends that follower's stream, not the process.
+    let opts = CallOptions::default().with_header("connect-timeout-ms", "500");
+    let mut timed = p
+        .connect_with_options(
+            ConnectRequest {
+                process: pid_sel(pid).into(),
+                ..Default::default()
+            },
+            opts,
+        )
+        .await
+        .unwrap();
+    let err = loop {
+        match tokio::time::timeout(TIMEOUT, timed.message())
+            .await
+            .unwrap()
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("connect stream ended without the deadline error"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code, ErrorCode::DeadlineExceeded, "{err:?}");
+    assert!(list(&p).await.iter().any(|i| i.pid == pid));
+
     let follower = connect(&p, tag_sel("bg")).await.unwrap();
     p.send_signal(SendSignalRequest {
         process: tag_sel("bg").into(),
@@ -929,7 +954,12 @@ async fn stream_error_code(resp: reqwest::Response) -> String {
 #[tokio::test]
 async fn malformed_requests_get_connect_errors() {
     let envd = Envd::start().await;
-    let http = reqwest::Client::new();
+    // No connection reuse: envd closes a connection whose oversized body it refused, and a
+    // pooled client could race that close with its next request.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let unary = |path: &str, body: Vec<u8>| {
         http.post(envd.url(path))
             .header("content-type", "application/json")

@@ -178,10 +178,6 @@ impl ProcessHandle {
         )
     }
 
-    pub fn is_pty(&self) -> bool {
-        matches!(self.input, Input::Pty(_))
-    }
-
     /// Cancelled once the process has ended and `end` was handed to the followers.
     pub fn done(&self) -> CancellationToken {
         self.done.clone()
@@ -346,9 +342,13 @@ impl ProcessHandle {
             std::mem::take(&mut f.list)
         };
         on_end();
-        for (_, tx) in followers {
-            let _ = tx.send(Event::End(end.clone())).await;
-        }
+        futures::future::join_all(followers.into_iter().map(|(_, tx)| {
+            let end = end.clone();
+            async move {
+                let _ = tx.send(Event::End(end)).await;
+            }
+        }))
+        .await;
         self.done.cancel();
     }
 
@@ -361,12 +361,16 @@ impl ProcessHandle {
             .unwrap_or_else(|e| e.into_inner())
             .list
             .clone();
-        let mut gone = Vec::new();
-        for (id, tx) in followers {
-            if tx.send(event.clone()).await.is_err() {
-                gone.push(id);
-            }
-        }
+        // Concurrently, so the slowest follower sets the pace rather than the sum of all.
+        let sends = followers.into_iter().map(|(id, tx)| {
+            let event = event.clone();
+            async move { tx.send(event).await.is_err().then_some(id) }
+        });
+        let gone: Vec<u64> = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         if !gone.is_empty() {
             self.followers
                 .lock()
