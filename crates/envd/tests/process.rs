@@ -708,6 +708,50 @@ async fn two_followers_get_output_then_end() {
 }
 
 #[tokio::test]
+async fn slow_follower_gets_everything() {
+    let envd = Envd::start().await;
+    let p = envd.process();
+    // The process waits for a line so the second follower is attached before any output.
+    let mut req = bash("read _; seq 1 100000");
+    req.stdin = Some(true);
+    let (pid, mut slow) = start(&p, req).await;
+    let fast = connect(&p, pid_sel(pid)).await.unwrap();
+    p.send_input(SendInputRequest {
+        process: pid_sel(pid).into(),
+        input: stdin_input(b"go\n").into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let slow_reader = async {
+        let mut r = Run {
+            pid,
+            ..Default::default()
+        };
+        // Stall for a while: the output must wait for this follower, not be dropped.
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let msg = slow.message().await.unwrap().expect("message");
+            let ev = msg
+                .to_owned_message()
+                .event
+                .into_option()
+                .and_then(|e| e.event);
+            if apply(&mut r, ev) {
+                break;
+            }
+        }
+        read_until(&mut slow, &mut r, |r| r.end.is_some()).await;
+        r
+    };
+    let (slow, fast) = tokio::join!(slow_reader, fast.collect());
+    let want: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(slow.out(), want);
+    assert_eq!(fast.out(), want);
+    assert_eq!(slow.end().exit_code, 0);
+}
+
+#[tokio::test]
 async fn list_shows_background_process_with_tag_and_survives_disconnect() {
     let envd = Envd::start().await;
     let p = envd.process();
