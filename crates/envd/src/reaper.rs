@@ -132,6 +132,10 @@ impl Reaper {
 }
 
 fn reap_all(table: &Mutex<Table>) {
+    // Held across `waitpid` (which never blocks here) because `Reaper::spawn` holds it
+    // across `Command::spawn`: when exec fails, std waits for the failed child itself and
+    // panics if it was reaped first, so reaping must not run during a spawn.
+    let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(_) => return,
@@ -148,7 +152,6 @@ fn reap_all(table: &Mutex<Table>) {
             ),
             _ => continue,
         };
-        let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
         match t.waiting.remove(&pid.as_raw()) {
             Some(tx) => {
                 let _ = tx.send(exit);
