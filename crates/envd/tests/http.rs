@@ -226,6 +226,17 @@ async fn download_errors_are_json() {
         401,
     )
     .await;
+    // Special files are refused; opening a FIFO must not hang.
+    let fifo = std::ffi::CString::new(
+        sandbox_path(&envd, "/tmp/fifo")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    // SAFETY: mkfifo on a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    expect_error(get(vec![("path", "/tmp/fifo")]).await, 400).await;
+    expect_error(get(vec![("path", "/dev/null")]).await, 400).await;
     let r = Client::new()
         .get(files_url(&envd, &[("path", "/etc/hostname")]))
         .header("authorization", common::basic("nobody-here"))

@@ -239,10 +239,13 @@ impl PendingFile {
             }
             Ok(m) => {
                 use std::os::unix::fs::PermissionsExt;
-                (m.permissions().mode() & 0o7777, parent(&target)?)
+                (
+                    m.permissions().mode() & 0o7777,
+                    parent(&target)?.to_path_buf(),
+                )
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let dir = parent(&target)?;
+                let dir = parent(&target)?.to_path_buf();
                 create_parents(&dir, user)?;
                 (0o644, dir)
             }
@@ -330,10 +333,9 @@ impl PendingFile {
     }
 }
 
-fn parent(path: &Path) -> Result<PathBuf, ApiError> {
+fn parent(path: &Path) -> Result<&Path, ApiError> {
     path.parent()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| ApiError::bad_request(format!("{} is not a file path", path.display())))
+        .ok_or_else(|| ApiError::bad_request(format!("{} has no parent", path.display())))
 }
 
 /// Creates `dir` and its missing ancestors, each owned by `user`.
@@ -351,7 +353,7 @@ fn create_parents(dir: &Path, user: &User) -> Result<(), ApiError> {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 missing.push(cur);
-                cur = parent_of(cur)?;
+                cur = parent(cur)?;
             }
             Err(e) => return Err(ApiError::io(cur.display(), &e)),
         }
@@ -368,9 +370,4 @@ fn create_parents(dir: &Path, user: &User) -> Result<(), ApiError> {
         }
     }
     Ok(())
-}
-
-fn parent_of(p: &Path) -> Result<&Path, ApiError> {
-    p.parent()
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "root does not exist"))
 }
