@@ -107,10 +107,10 @@ fn check_signature(req: &Request, token: &str) -> Result<(), &'static str> {
             Some(exp)
         }
     };
-    let op = if req.method() == Method::GET {
-        "read"
-    } else {
-        "write"
+    let op = match *req.method() {
+        Method::GET | Method::HEAD => "read",
+        Method::POST => "write",
+        _ => return Err("signed URLs allow only GET and POST"),
     };
     let expected = file_signature(&path, op, &user, token, expiration);
     if ct_eq(&expected, &signature) {
