@@ -108,8 +108,12 @@ fn end_event(end: End) -> ProcessEvent {
         EndEvent {
             exit_code,
             exited,
+            // As upstream envd (Go's `cmd.Wait` error): a failed or signalled process also
+            // carries its status as `error`.
+            error: end
+                .error
+                .or_else(|| (exit_code != 0 || !exited).then(|| status.clone())),
             status,
-            error: end.error,
             ..Default::default()
         }
         .into(),
