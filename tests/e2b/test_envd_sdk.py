@@ -114,7 +114,7 @@ def test_list_exists_make_dir_rename_remove(sbx, home_dir):
     assert set(entries) == {"a.txt", "d"}
     assert entries["a.txt"].type == FileType.FILE
     assert entries["a.txt"].size == 1
-    assert entries["d"].type == FileType.DIRECTORY
+    assert entries["d"].type == FileType.DIR
     assert sbx.files.exists(f"{home_dir}/a.txt") is True
     assert sbx.files.exists(f"{home_dir}/nope") is False
     moved = sbx.files.rename(f"{home_dir}/a.txt", f"{home_dir}/d/b.txt")

@@ -239,11 +239,13 @@ async fn start_streams_start_data_end() {
     assert_eq!(end.exit_code, 3);
     assert!(end.exited);
     assert_eq!(end.status, "exit status 3");
-    assert_eq!(end.error, None);
+    // Like upstream envd, a failed process carries its status as `error` too.
+    assert_eq!(end.error.as_deref(), Some("exit status 3"));
 
     let ok = run(&p, start_req("/bin/true", &[])).await;
     assert_eq!(ok.end().exit_code, 0);
     assert_eq!(ok.end().status, "exit status 0");
+    assert_eq!(ok.end().error, None);
     // Finished processes are no longer listed.
     assert!(list(&p).await.iter().all(|i| i.pid != ok.pid));
 }
