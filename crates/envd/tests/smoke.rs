@@ -1,7 +1,8 @@
 //! envd starts as PID 1 of its sandbox, answers /health, and is the process that reaps.
 mod common;
 
-use wrenn_proto::process::{ProcessConfig, StartRequest, process_event::Event};
+use wrenn_proto::process::process_event::{Event, data_event::Output};
+use wrenn_proto::process::{ProcessConfig, StartRequest};
 
 #[tokio::test]
 async fn health_is_204() {
@@ -26,12 +27,10 @@ async fn envd_is_pid_1_of_its_sandbox() {
     let mut out = Vec::new();
     while let Some(msg) = stream.message().await.unwrap() {
         let msg = msg.to_owned_message();
-        if let Some(Event::Data(d)) = msg.event.as_option().and_then(|e| e.event.clone()) {
-            if let Some(wrenn_proto::process::process_event::data_event::Output::Stdout(b)) =
-                d.output
-            {
-                out.extend_from_slice(&b);
-            }
+        if let Some(Event::Data(d)) = msg.event.as_option().and_then(|e| e.event.clone())
+            && let Some(Output::Stdout(b)) = d.output
+        {
+            out.extend_from_slice(&b);
         }
     }
     assert_eq!(String::from_utf8_lossy(&out), "envd\n");
