@@ -15,13 +15,14 @@ fn main() {
     let files = [
         envd.join("process/process.proto"),
         envd.join("filesystem/filesystem.proto"),
+        root.join("hostagent/v1/hostagent.proto"),
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }
     connectrpc_build::Config::new()
         .files(&files)
-        .includes(&[envd, wkt])
+        .includes(&[envd, root.clone(), wkt])
         .include_file("_connectrpc.rs")
         .compile()
         .expect("compile protos");

@@ -1,0 +1,1 @@
+//! Root disks: per-sandbox copy-on-write overlays over a shared read-only base image.
