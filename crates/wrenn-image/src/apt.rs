@@ -122,7 +122,11 @@ pub fn fetch(debs: &Path, package: &PackageRef) -> Result<PathBuf> {
             .arg(package.to_string())
             .current_dir(scratch.path())
             .env("LC_ALL", "C"),
-    )?;
+    )
+    .map_err(|e| ImageError::AptDownload {
+        package: package.to_string(),
+        detail: e.to_string(),
+    })?;
     let deb = fs::read_dir(scratch.path())
         .ctx(|| format!("list {}", scratch.path().display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))

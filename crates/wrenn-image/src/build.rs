@@ -145,37 +145,22 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
     };
     steps.note(&format!("building image {}: {reason}", opts.template));
     let work = ScratchDir::new_in(&opts.root, ".build-")?;
-    let debs = opts.cache.join("debs");
 
-    let step = steps.start("Kernel");
-    step.status(&format!("fetching {kernel_pkg}"));
-    let kernel_deb = apt::fetch(&debs, &kernel_pkg)?;
-    step.status(&format!("fetching {busybox_pkg}"));
-    let busybox_deb = apt::fetch(&debs, &busybox_pkg)?;
-    step.status("unpacking");
-    let kernel = kernel::unpack(&kernel_deb, &work.path().join("kernel"))?;
-    let busybox_dir = work.path().join("busybox");
-    apt::extract(&busybox_deb, &busybox_dir)?;
-    step.done(&kernel.release);
-
-    let step = steps.start("Initramfs");
-    let index = ModuleIndex::load(&kernel.release, &kernel.modules)?;
-    let specs = initramfs::parse_modules(opts.inputs.text(inputs::INITRAMFS_MODULES)?);
-    let modules = index.resolve(&specs)?;
-    let initrd = work.path().join(layout::INITRD);
-    initramfs::build(
-        &work.path().join("initramfs"),
-        &find_busybox(&busybox_dir)?,
-        opts.inputs.text(inputs::INITRAMFS_INIT)?.as_bytes(),
-        &modules,
-        &initrd,
-    )?;
-    let module_names: Vec<String> = modules.iter().map(|(n, _)| n.clone()).collect();
-    step.done(&format!(
-        "{} modules: {}",
-        module_names.len(),
-        module_names.join(" ")
-    ));
+    let kernel_key = cache::kernel_key(&kernel_pkg, &busybox_pkg, &opts.inputs);
+    let kernel = match reusable_kernel(&opts.root, &loaded, &kernel_key) {
+        Some(info) => {
+            steps.note(&format!("kernel {} unchanged: reusing it", info.release));
+            KernelOutput::Reused(info)
+        }
+        None => build_kernel(
+            &steps,
+            opts,
+            work.path(),
+            &kernel_pkg,
+            &busybox_pkg,
+            kernel_key,
+        )?,
+    };
 
     let step = steps.start(&format!("Debootstrap {} ({})", opts.suite, opts.variant));
     let tree = crate::debootstrap::ensure(&opts.cache, &dkey, &step)?;
@@ -202,9 +187,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
     ));
 
     let step = steps.start("Install");
-    let kernel_dir = Layout::kernel_dir(&kernel.release);
     let template_dir = Layout::template_dir(&opts.template);
-    for dir in [&kernel_dir, &template_dir] {
+    for dir in [&Layout::kernel_dir(&kernel.info().release), &template_dir] {
         let abs = layout.abs(dir);
         fs::create_dir_all(&abs).ctx(|| format!("create {}", abs.display()))?;
     }
@@ -214,16 +198,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
         inputs_hash,
         built_at: now_rfc3339(),
         default_user: DEFAULT_USER.name.into(),
-        kernel: KernelInfo {
-            release: kernel.release.clone(),
-            package: kernel_pkg,
-            vmlinuz: kernel_dir.join(layout::VMLINUZ),
-            initrd: kernel_dir.join(layout::INITRD),
-            vmlinuz_bytes: file_len(&kernel.vmlinuz)?,
-            initrd_bytes: file_len(&initrd)?,
-            initrd_modules: module_names,
-            cmdline: kernel::CMDLINE.into(),
-        },
+        kernel: kernel.info().clone(),
         envd: EnvdInfo {
             version: envd_version.trim_start_matches("envd ").to_string(),
             sha256: envd_sha256,
@@ -242,8 +217,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
     // The manifest goes first and comes back last: a build interrupted in between leaves
     // no manifest, so the next build redoes it instead of trusting half-replaced files.
     Manifest::remove(&manifest_path)?;
-    fsutil::rename_durable(&kernel.vmlinuz, &layout.abs(&manifest.kernel.vmlinuz))?;
-    fsutil::rename_durable(&initrd, &layout.abs(&manifest.kernel.initrd))?;
+    if let KernelOutput::Fresh {
+        vmlinuz, initrd, ..
+    } = &kernel
+    {
+        fsutil::rename_durable(vmlinuz, &layout.abs(&manifest.kernel.vmlinuz))?;
+        fsutil::rename_durable(initrd, &layout.abs(&manifest.kernel.initrd))?;
+    }
     fsutil::rename_durable(&image, &layout.abs(&manifest.rootfs.path))?;
     manifest.store(&manifest_path)?;
     work.remove()?;
@@ -255,6 +235,96 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
         rebuilt: Some(reason),
         debootstrapped: !tree.cached,
         elapsed: started.elapsed(),
+    })
+}
+
+/// The kernel directory of a build: made anew in the scratch directory, or the installed
+/// one when nothing it depends on changed.
+enum KernelOutput {
+    Reused(KernelInfo),
+    Fresh {
+        info: KernelInfo,
+        vmlinuz: PathBuf,
+        initrd: PathBuf,
+    },
+}
+
+impl KernelOutput {
+    fn info(&self) -> &KernelInfo {
+        match self {
+            KernelOutput::Reused(info) | KernelOutput::Fresh { info, .. } => info,
+        }
+    }
+}
+
+/// The installed template's kernel, when it was made from the same inputs and its files
+/// are intact.
+fn reusable_kernel(root: &Path, loaded: &manifest::Loaded, key: &str) -> Option<KernelInfo> {
+    match loaded {
+        manifest::Loaded::Present(m)
+            if m.kernel.key == key && cache::missing_kernel_file(root, &m.kernel).is_none() =>
+        {
+            Some(m.kernel.clone())
+        }
+        _ => None,
+    }
+}
+
+/// Fetches and unpacks the kernel and busybox packages and generates the initramfs.
+fn build_kernel(
+    steps: &Steps,
+    opts: &BuildOptions,
+    work: &Path,
+    kernel_pkg: &PackageRef,
+    busybox_pkg: &PackageRef,
+    key: String,
+) -> Result<KernelOutput> {
+    let debs = opts.cache.join("debs");
+    let step = steps.start("Kernel");
+    step.status(&format!("fetching {kernel_pkg}"));
+    let kernel_deb = apt::fetch(&debs, kernel_pkg)?;
+    step.status(&format!("fetching {busybox_pkg}"));
+    let busybox_deb = apt::fetch(&debs, busybox_pkg)?;
+    step.status("unpacking");
+    let kernel = kernel::unpack(&kernel_deb, &work.join("kernel"))?;
+    let busybox_dir = work.join("busybox");
+    apt::extract(&busybox_deb, &busybox_dir)?;
+    step.done(&kernel.release);
+
+    let step = steps.start("Initramfs");
+    let index = ModuleIndex::load(&kernel.release, &kernel.modules)?;
+    let specs = initramfs::parse_modules(opts.inputs.text(inputs::INITRAMFS_MODULES)?);
+    let modules = index.resolve(&specs)?;
+    let initrd = work.join(layout::INITRD);
+    initramfs::build(
+        &work.join("initramfs"),
+        &find_busybox(&busybox_dir)?,
+        opts.inputs.text(inputs::INITRAMFS_INIT)?.as_bytes(),
+        &modules,
+        &initrd,
+    )?;
+    let module_names: Vec<String> = modules.iter().map(|(n, _)| n.clone()).collect();
+    step.done(&format!(
+        "{} modules: {}",
+        module_names.len(),
+        module_names.join(" ")
+    ));
+
+    let dir = Layout::kernel_dir(&kernel.release);
+    Ok(KernelOutput::Fresh {
+        info: KernelInfo {
+            key,
+            release: kernel.release.clone(),
+            package: kernel_pkg.clone(),
+            vmlinuz: dir.join(layout::VMLINUZ),
+            initrd: dir.join(layout::INITRD),
+            vmlinuz_bytes: file_len(&kernel.vmlinuz)?,
+            initrd_bytes: file_len(&initrd)?,
+            initrd_modules: module_names,
+            cmdline: kernel::CMDLINE.into(),
+        },
+        vmlinuz: kernel.vmlinuz,
+        initrd,
     })
 }
 

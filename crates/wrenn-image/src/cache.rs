@@ -95,6 +95,25 @@ impl BuildKey<'_> {
     }
 }
 
+/// What the kernel directory (vmlinuz + initramfs) depends on: when only envd or the root
+/// filesystem's inputs change, the installed kernel files are reused as they are.
+pub fn kernel_key(kernel: &PackageRef, busybox: &PackageRef, inputs: &Inputs) -> String {
+    let mut h = KeyHasher::new("wrenn-kernel");
+    h.field("format", &BUILD_FORMAT.to_le_bytes())
+        .field("kernel", kernel.to_string().as_bytes())
+        .field("busybox", busybox.to_string().as_bytes());
+    for (path, file) in inputs
+        .files
+        .iter()
+        .filter(|(p, _)| p.starts_with("initramfs/"))
+    {
+        h.field("file", path.as_bytes())
+            .field("exec", &[u8::from(file.executable)])
+            .field("bytes", &file.bytes);
+    }
+    h.finish()
+}
+
 /// SHA-256 of a file's content, streamed.
 pub fn file_sha256(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
@@ -151,18 +170,31 @@ pub fn decide(root: &Path, loaded: &Loaded, want: &str, force: bool) -> Decision
     if manifest.inputs_hash != want {
         return Decision::Rebuild(Reason::InputsChanged);
     }
-    let outputs = [
-        (&manifest.kernel.vmlinuz, manifest.kernel.vmlinuz_bytes),
-        (&manifest.kernel.initrd, manifest.kernel.initrd_bytes),
-        (&manifest.rootfs.path, manifest.rootfs.size_bytes),
-    ];
-    for (rel, size) in outputs {
-        let ok = std::fs::metadata(root.join(rel)).is_ok_and(|m| m.is_file() && m.len() == size);
-        if !ok {
-            return Decision::Rebuild(Reason::OutputMissing(rel.display().to_string()));
-        }
+    let outputs = [(&manifest.rootfs.path, manifest.rootfs.size_bytes)];
+    if let Some(missing) =
+        missing_kernel_file(root, &manifest.kernel).or_else(|| missing_file(root, &outputs))
+    {
+        return Decision::Rebuild(Reason::OutputMissing(missing));
     }
     Decision::UpToDate
+}
+
+/// The first of the kernel's files that is missing or has the wrong size.
+pub fn missing_kernel_file(root: &Path, kernel: &crate::manifest::KernelInfo) -> Option<String> {
+    missing_file(
+        root,
+        &[
+            (&kernel.vmlinuz, kernel.vmlinuz_bytes),
+            (&kernel.initrd, kernel.initrd_bytes),
+        ],
+    )
+}
+
+fn missing_file(root: &Path, files: &[(&std::path::PathBuf, u64)]) -> Option<String> {
+    files.iter().find_map(|(rel, size)| {
+        let ok = std::fs::metadata(root.join(rel)).is_ok_and(|m| m.is_file() && m.len() == *size);
+        (!ok).then(|| rel.display().to_string())
+    })
 }
 
 #[cfg(test)]
@@ -288,6 +320,43 @@ mod tests {
     }
 
     #[test]
+    fn kernel_key_covers_only_the_kernel_and_initramfs() {
+        let f = Fixture::new();
+        let key = |f: &Fixture| kernel_key(&f.kernel, &f.busybox, &f.inputs);
+        let base = key(&f);
+
+        let mut g = Fixture::new();
+        g.envd = "cd".repeat(32);
+        g.packages.push("vim".into());
+        g.inputs
+            .files
+            .get_mut("rootfs/usr/local/sbin/wrenn-init")
+            .unwrap()
+            .bytes
+            .push(b'\n');
+        assert_eq!(
+            key(&g),
+            base,
+            "envd, packages and rootfs files don't touch the kernel"
+        );
+
+        let mut g = Fixture::new();
+        g.inputs
+            .files
+            .get_mut("initramfs/modules")
+            .unwrap()
+            .bytes
+            .extend_from_slice(b"x\n");
+        assert_ne!(key(&g), base);
+        let mut g = Fixture::new();
+        g.busybox.version = "2".into();
+        assert_ne!(key(&g), base);
+        let mut g = Fixture::new();
+        g.kernel.version = "2".into();
+        assert_ne!(key(&g), base);
+    }
+
+    #[test]
     fn debootstrap_key_ignores_everything_but_its_own_inputs() {
         let a = Fixture::new();
         let mut b = Fixture::new();
@@ -336,6 +405,7 @@ mod tests {
             built_at: "2026-01-01T00:00:00Z".into(),
             default_user: "user".into(),
             kernel: KernelInfo {
+                key: "k".into(),
                 release: "6.1.0-57-cloud-amd64".into(),
                 package: pkg("linux-image-6.1.0-57-cloud-amd64", "6.1.192-3"),
                 vmlinuz: write("kernels/k/vmlinuz", 10),

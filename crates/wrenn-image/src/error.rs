@@ -34,6 +34,11 @@ pub enum ImageError {
     #[error("apt knows no installable version of {package}: run `apt-get update` and try again")]
     NoCandidate { package: String },
 
+    #[error(
+        "cannot download {package} (if the mirror no longer has this version, run `apt-get update`): {detail}"
+    )]
+    AptDownload { package: String, detail: String },
+
     #[error("unexpected apt metadata for {package}: {detail}")]
     AptMetadata { package: String, detail: String },
 

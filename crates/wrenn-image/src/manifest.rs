@@ -28,6 +28,8 @@ pub struct Manifest {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelInfo {
+    /// Hash of what the kernel files depend on (`cache::kernel_key`).
+    pub key: String,
     /// `uname -r` inside the guest.
     pub release: String,
     pub package: PackageRef,
