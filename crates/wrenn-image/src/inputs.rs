@@ -197,6 +197,19 @@ mod tests {
     }
 
     #[test]
+    fn scripts_parse() {
+        // dash is the guest's /bin/sh; busybox ash accepts the same POSIX syntax.
+        for script in [INITRAMFS_INIT, "rootfs/usr/local/sbin/wrenn-init"] {
+            let out = std::process::Command::new("sh")
+                .arg("-n")
+                .arg(repo_base().join(script))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+
+    #[test]
     fn base_package_list() {
         let packages = Inputs::embedded_base().packages().unwrap();
         for p in [
