@@ -205,7 +205,11 @@ mod tests {
                 .arg(repo_base().join(script))
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 

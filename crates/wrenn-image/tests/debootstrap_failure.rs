@@ -30,7 +30,10 @@ fn failed_debootstrap_reports_its_log_and_caches_nothing() {
         panic!("unexpected error: {err}");
     };
     let logged = std::fs::read_to_string(log).unwrap();
-    assert!(logged.starts_with("$ debootstrap --variant=minbase"), "{logged}");
+    assert!(
+        logged.starts_with("$ debootstrap --variant=minbase"),
+        "{logged}"
+    );
     assert!(!tail.is_empty() && logged.contains(tail.lines().last().unwrap()));
     assert!(err.to_string().contains(&log.display().to_string()));
 
