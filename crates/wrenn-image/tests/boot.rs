@@ -276,7 +276,16 @@ async fn build_cache_hit_then_boot_and_run_through_envd() {
 
     let m = &built.manifest;
     assert_eq!(m.default_user, "user");
-    assert_eq!(m.envd.version, "0.6.4");
+    let envd_version = Command::new(&envd)
+        .arg("--version")
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(
+        format!("envd {}", m.envd.version),
+        String::from_utf8_lossy(&envd_version).trim(),
+        "the manifest records the injected envd"
+    );
     let image = root.join(&m.rootfs.path);
     let meta = std::fs::metadata(&image).unwrap();
     assert_eq!(meta.len(), 5 << 30, "default image size is 5 GiB");
