@@ -161,8 +161,10 @@ fn boot(root: &Path, m: &Manifest, port: u16) -> Vm {
 
 async fn wait_healthy(vm: &mut Vm, port: u16) -> Duration {
     let started = Instant::now();
+    // Before envd listens, QEMU's user-mode forward accepts and then stalls or drops the
+    // connection: keep each probe short so the measured time is close to the real one.
     let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(1))
         .build()
         .unwrap();
     loop {
@@ -186,7 +188,7 @@ async fn wait_healthy(vm: &mut Vm, port: u16) -> Duration {
                 vm.serial_tail()
             );
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
