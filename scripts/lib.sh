@@ -25,6 +25,24 @@ apt_ensure() {
     fi
 }
 
+# apt_lists_ensure PACKAGE ...: runs `apt-get update` when apt knows no candidate for one of
+# the packages (a fresh machine without package lists). `wrenn image build` fetches the
+# kernel and busybox with `apt-get download`, which needs them.
+apt_lists_ensure() {
+    if ! apt-cache show --no-all-versions "$@" >/dev/null 2>&1; then
+        log "apt-get update (no candidate for one of: $*)"
+        apt-get update -qq
+    fi
+}
+
+# What `wrenn image build` and booting its images need (wrenn-image's prereq.rs names the
+# same packages in its error message).
+ensure_image_tools() {
+    apt_ensure debootstrap:debootstrap mkfs.ext4:e2fsprogs cpio:cpio dpkg-deb:dpkg \
+        qemu-img:qemu-utils qemu-system-x86_64:qemu-system-x86
+    apt_lists_ensure linux-image-cloud-amd64 busybox-static
+}
+
 ensure_rust() {
     command -v cargo >/dev/null || {
         echo "cargo not found: install a Rust toolchain (rustup) first" >&2
