@@ -192,6 +192,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
         let abs = layout.abs(dir);
         fs::create_dir_all(&abs).ctx(|| format!("create {}", abs.display()))?;
     }
+    // Each build's root image gets its own name: sandboxes' overlays name their backing file
+    // by path, so an image in use must never be replaced in place.
+    let rootfs_rel = template_dir.join(layout::rootfs_name(&inputs_hash));
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         template: opts.template.clone(),
@@ -205,7 +208,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutcome> {
             port: ENVD_PORT,
         },
         rootfs: RootfsInfo {
-            path: template_dir.join(layout::ROOTFS),
+            path: rootfs_rel,
             format: "ext4".into(),
             size_bytes: opts.image_size,
             allocated_bytes: allocated,

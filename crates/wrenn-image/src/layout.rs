@@ -10,6 +10,12 @@ pub const DEFAULT_CACHE: &str = "/var/cache/wrenn";
 pub const VMLINUZ: &str = "vmlinuz";
 pub const INITRD: &str = "initrd.img";
 pub const ROOTFS: &str = "rootfs.ext4";
+
+/// File name of a build's root image, unique per inputs hash (`rootfs-<hash12>.ext4`).
+pub fn rootfs_name(inputs_hash: &str) -> String {
+    let short: String = inputs_hash.chars().take(12).collect();
+    format!("rootfs-{short}.ext4")
+}
 pub const MANIFEST: &str = "manifest.json";
 
 /// Paths below one files root. Everything the manifest records is relative to it.
