@@ -120,6 +120,18 @@ async fn guest_writes_land_in_the_overlay_and_poweroff_ends_qemu() {
     })
     .await;
     assert_eq!(ev, VmEvent::Shutdown { guest: true });
+    // QEMU exits after the guest's poweroff: the event channel closes.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Err(broadcast::error::RecvError::Closed)) => break,
+            Ok(_) => continue,
+            Err(_) => panic!("event channel still open after poweroff"),
+        }
+    }
+    assert!(matches!(
+        vmm.events(&vm).recv().await,
+        Err(broadcast::error::RecvError::Closed)
+    ));
     let start = Instant::now();
     while pid_alive(vm.pid) {
         assert!(
@@ -344,4 +356,48 @@ fn full_disk_surfaces_as_block_io_error() {
     })
     .join()
     .expect("test thread panicked");
+}
+
+#[tokio::test]
+async fn unresponsive_vm_is_killed_and_half_made_vm_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let overlay = overlay_in(dir.path(), dir.path()).await;
+    let spec = spec("vmmkill", dir.path(), &overlay, "idle");
+    let _guard = VmGuard(spec.run_dir.clone());
+    let vmm = QemuVmm::new().with_grace(Duration::from_millis(500));
+
+    // A frozen QEMU ignores `quit`: destroy must escalate to SIGKILL and still wait it out.
+    let vm = vmm.boot(&spec).await.expect("boot");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vm.pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let t = Instant::now();
+    vmm.destroy(&vm).await.expect("destroy frozen VM");
+    assert!(!pid_alive(vm.pid));
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    // A VM nobody holds a handle for (agent died mid-create): kill_run_dir removes it.
+    let vm = vmm.boot(&spec).await.expect("second boot");
+    let pid = vm.pid;
+    drop(vm);
+    vmm.kill_run_dir(&spec.run_dir).await.expect("kill_run_dir");
+    assert!(!pid_alive(pid));
+    assert!(vmm.adopt(&spec.run_dir).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn second_boot_into_a_busy_run_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let overlay = overlay_in(dir.path(), dir.path()).await;
+    let spec = spec("vmmbusy", dir.path(), &overlay, "idle");
+    let _guard = VmGuard(spec.run_dir.clone());
+    let vmm = QemuVmm::new();
+    let vm = vmm.boot(&spec).await.expect("boot");
+    let err = vmm.boot(&spec).await.unwrap_err();
+    assert!(matches!(err, VmmError::InvalidSpec(_)), "{err:?}");
+    // The refused boot touched nothing of the running VM.
+    assert_eq!(vmm.status(&vm).await.unwrap(), VmStatus::Running);
+    vmm.destroy(&vm).await.unwrap();
 }

@@ -219,6 +219,7 @@ pub trait Vmm: Send + Sync {
     /// nothing runs there (the caller cleans up).
     async fn adopt(&self, run_dir: &Path) -> Result<Option<VmHandle>, VmmError>;
     async fn status(&self, vm: &VmHandle) -> Result<VmStatus, VmmError>;
-    /// QMP events from now on. Each VM has its own channel, which closes when QMP disconnects.
+    /// QMP events from now on (subscribe right after boot/adopt). Each VM has its own
+    /// channel; it reports `Closed` once the QMP connection ends, i.e. when QEMU exited.
     fn events(&self, vm: &VmHandle) -> tokio::sync::broadcast::Receiver<VmEvent>;
 }

@@ -243,7 +243,8 @@ impl Vmm for QemuVmm {
     }
 }
 
-/// Stops the QEMU at `pid` if it is still ours: QMP `quit`, then SIGKILL after `grace`.
+/// Stops the QEMU at `pid` if it is still ours: QMP `quit`, then SIGKILL after `grace`;
+/// without a QMP connection (cleanup of a half-made VM) SIGKILL right away.
 async fn stop(
     pid: i32,
     run_dir: &Path,
@@ -255,13 +256,14 @@ async fn stop(
         return Ok(());
     }
     if let Some(qmp) = qmp.filter(|q| !q.is_closed()) {
+        let started = tokio::time::Instant::now();
         // The reply may lose the race with QEMU closing the socket: the exit is what counts.
         let _ = tokio::time::timeout(grace, qmp.execute("quit", None)).await;
+        if wait_gone(pid, grace.saturating_sub(started.elapsed())).await {
+            return Ok(());
+        }
+        tracing::warn!(pid, "VM did not quit within {grace:?}: SIGKILL");
     }
-    if wait_gone(pid, grace).await {
-        return Ok(());
-    }
-    tracing::warn!(pid, "VM did not quit within {grace:?}: SIGKILL");
     if is_our_qemu(pid, &socket) {
         sigkill(pid);
     }

@@ -55,7 +55,9 @@ pub struct QmpClient {
     /// Commands awaiting a reply, by id; `None` once the connection is gone.
     pending: Pending,
     next_id: AtomicU64,
-    events: broadcast::Sender<VmEvent>,
+    /// Weak: the reader task owns the only strong sender, so subscribers see the channel
+    /// close when the connection ends (QEMU exited).
+    events: broadcast::WeakSender<VmEvent>,
     reader: JoinHandle<()>,
 }
 
@@ -104,12 +106,13 @@ impl QmpClient {
 
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (events, _) = broadcast::channel(64);
-        let reader = tokio::spawn(read_loop(lines, pending.clone(), events.clone()));
+        let weak = events.downgrade();
+        let reader = tokio::spawn(read_loop(lines, pending.clone(), events));
         Ok(QmpClient {
             writer: tokio::sync::Mutex::new(write),
             pending,
             next_id: AtomicU64::new(1),
-            events,
+            events: weak,
             reader,
         })
     }
@@ -135,8 +138,12 @@ impl QmpClient {
         lock(&self.pending).is_none()
     }
 
+    /// Events from now on; the receiver reports `Closed` once the connection has ended.
     pub fn subscribe(&self) -> broadcast::Receiver<VmEvent> {
-        self.events.subscribe()
+        match self.events.upgrade() {
+            Some(tx) => tx.subscribe(),
+            None => broadcast::channel(1).1,
+        }
     }
 
     /// Runs `command` with optional `arguments` and returns its `return` value.
