@@ -601,3 +601,49 @@ fn cleanup_stale_removes_leftovers_and_keeps_the_rest() {
     ip(&["netns", "del", &g2]);
     assert_eq!(w.snapshot(), before);
 }
+
+#[test]
+fn concurrent_setups_and_teardowns() {
+    let w = World::new('p');
+    let before = w.snapshot();
+    let slots: Vec<u32> = (1..=8).collect();
+    let s = slots.clone();
+    let (nets, took) = w.with_net(move |n| async move {
+        let start = Instant::now();
+        let nets = futures::future::join_all(s.iter().map(|&slot| n.setup(slot, slot % 2 == 0)))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .expect("concurrent setups");
+        (nets, start.elapsed())
+    });
+    eprintln!("8 concurrent setups took {took:?}");
+    let routes = w.snapshot().routes;
+    for net in &nets {
+        assert!(
+            routes.contains(&format!("{} via", net.host_ip)),
+            "{net:?}\n{routes}"
+        );
+    }
+
+    // QEMU is started inside the namespace this way; it must see the TAP there.
+    let ns = nets[0].netns.clone();
+    let links = in_ns_async(&w.host, move || async move {
+        let mut cmd = tokio::process::Command::new("ip");
+        cmd.args(["-br", "link"]);
+        wrenn_agent::network::netns::command_in(&mut cmd, &ns).expect("command_in");
+        let out = cmd.output().await.expect("ip in sandbox namespace");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    assert!(links.contains("tap0"), "{links}");
+    assert!(!links.contains("up0"), "ran in the host namespace: {links}");
+
+    w.with_net(move |n| async move {
+        let start = Instant::now();
+        for r in futures::future::join_all(slots.iter().map(|&slot| n.teardown(slot))).await {
+            r.expect("concurrent teardown");
+        }
+        eprintln!("8 concurrent teardowns took {:?}", start.elapsed());
+    });
+    assert_eq!(w.snapshot(), before);
+}

@@ -416,7 +416,8 @@ impl Network {
     }
 
     /// Removes every namespace, host link and host nft table of this prefix whose slot is not in
-    /// `keep` (leftovers of a crash). Returns the slots removed, ascending.
+    /// `keep` (leftovers of a crash). Returns the slots removed, ascending; if some could not be
+    /// removed, the others still are and the first error is returned.
     pub async fn cleanup_stale(&self, keep: &HashSet<u32>) -> Result<Vec<u32>, NetError> {
         self.cfg.validate()?;
         let prefix = self.cfg.prefix.clone();
@@ -443,6 +444,7 @@ impl Network {
         found.extend(host_found);
 
         let mut removed = Vec::new();
+        let mut first_err = None;
         for slot in found.into_iter().filter(|s| !keep.contains(s)) {
             if slot == 0 || slot > MAX_SLOTS_LIMIT {
                 warn!(
@@ -452,20 +454,33 @@ impl Network {
                 continue;
             }
             info!(slot, "removing stale sandbox network");
-            let l = self.layout(slot);
-            self.remove_host_side(&l, true, true).await?;
-            // A stray namespace end of the veth (see above) goes with its host end; delete it
-            // too in case the host end was already gone.
-            let stray = l.ns_veth.clone();
-            netns::run_in(self.host()?, move || async move {
-                let h = link::connect()?;
-                link::delete(&h, &stray).await.map(drop)
-            })
-            .await?;
-            self.remove_netns(&l).await?;
-            removed.push(slot);
+            // Keep going past a failing slot so one bad leftover does not keep the rest.
+            match self.remove_stale(slot).await {
+                Ok(()) => removed.push(slot),
+                Err(e) => {
+                    warn!(slot, error = %e, "could not remove stale sandbox network");
+                    first_err.get_or_insert(e);
+                }
+            }
         }
-        Ok(removed)
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(removed),
+        }
+    }
+
+    async fn remove_stale(&self, slot: u32) -> Result<(), NetError> {
+        let l = self.layout(slot);
+        self.remove_host_side(&l, true, true).await?;
+        // A stray namespace end of the veth (see above) goes with its host end; delete it too
+        // in case the host end was already gone.
+        let stray = l.ns_veth.clone();
+        netns::run_in(self.host()?, move || async move {
+            let h = link::connect()?;
+            link::delete(&h, &stray).await.map(drop)
+        })
+        .await?;
+        self.remove_netns(&l).await
     }
 
     /// Whether the namespace of `slot` exists.
