@@ -1,0 +1,194 @@
+//! nftables rulesets, applied with `nft -f -` as one atomic transaction each. Host-side rules
+//! live in one table per sandbox (`inet <prefix>-sbx-<slot>`), so a slot's rules are created and
+//! removed as a unit and are found by name after a crash. Inside the sandbox namespace the
+//! table belongs to the namespace and goes away with it.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use super::{GUEST_IP, NetError, SlotLayout};
+
+/// The host-side table name of `slot`.
+pub(crate) fn host_table(prefix: &str, slot: u32) -> String {
+    format!("{prefix}-sbx-{slot}")
+}
+
+/// Host-side rules of one sandbox. They isolate by themselves: whatever the host's own forward
+/// policy, a sandbox reaches no other sandbox, receives no forwarded connection and cannot open
+/// connections to the host; it reaches beyond the host only with `allow_internet`. Connections
+/// from the host itself to the sandbox pass (they are not forwarded traffic).
+pub(crate) fn host_ruleset(prefix: &str, l: &SlotLayout, allow_internet: bool) -> String {
+    let t = host_table(prefix, l.slot);
+    let v = &l.host_veth;
+    let any_sbx = format!("{prefix}-v*");
+    let egress = if allow_internet {
+        String::new()
+    } else {
+        format!("\t\tiifname \"{v}\" drop\n")
+    };
+    let nat = if allow_internet {
+        format!(
+            "\tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tip saddr {ns_ip} oifname != \"{any_sbx}\" masquerade\n\
+             \t}}\n",
+            ns_ip = l.ns_veth_ip
+        )
+    } else {
+        String::new()
+    };
+    // Priority filter - 10 runs before the usual filter chains; a drop here is final.
+    format!(
+        "{reset}\
+         table inet {t} {{\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter - 10; policy accept;\n\
+         \t\tiifname \"{v}\" oifname \"{any_sbx}\" drop\n\
+         \t\toifname \"{v}\" ct state established,related accept\n\
+         \t\toifname \"{v}\" drop\n\
+         {egress}\
+         \t}}\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority filter - 10; policy accept;\n\
+         \t\tiifname \"{v}\" ct state established,related accept\n\
+         \t\tiifname \"{v}\" drop\n\
+         \t}}\n\
+         {nat}\
+         }}\n",
+        reset = delete_table_cmds(&t),
+    )
+}
+
+/// Rules inside the sandbox namespace: the host's connections to `host_ip` are DNATed to the
+/// guest; the guest may only answer, unless `allow_internet`, in which case its traffic leaves
+/// through the veth SNATed to the namespace's veth address.
+pub(crate) fn sandbox_ruleset(prefix: &str, l: &SlotLayout, allow_internet: bool) -> String {
+    let p = &l.ns_veth;
+    let tap = &l.tap;
+    let (snat, egress) = if allow_internet {
+        (
+            format!(
+                "\t\toifname \"{p}\" ip saddr {GUEST_IP} snat ip to {}\n",
+                l.ns_veth_ip
+            ),
+            format!("\t\tiifname \"{tap}\" oifname \"{p}\" accept\n"),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    format!(
+        "{reset}\
+         table inet {prefix} {{\n\
+         \tchain prerouting {{\n\
+         \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+         \t\tiifname \"{p}\" ip daddr {host_ip} dnat ip to {GUEST_IP}\n\
+         \t}}\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         {snat}\
+         \t}}\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter; policy drop;\n\
+         \t\tct state established,related accept\n\
+         \t\tiifname \"{p}\" oifname \"{tap}\" ip daddr {GUEST_IP} ct status dnat accept\n\
+         {egress}\
+         \t}}\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tiifname \"{tap}\" ct state established,related accept\n\
+         \t\tiifname \"{tap}\" drop\n\
+         \t}}\n\
+         }}\n",
+        reset = delete_table_cmds(prefix),
+        host_ip = l.host_ip,
+    )
+}
+
+/// Commands that delete table `t` whether or not it exists (nft 1.0.6 has no `destroy`):
+/// declaring a table is a no-op if it exists, then it is deleted, all in one transaction.
+pub(crate) fn delete_table_cmds(t: &str) -> String {
+    format!("table inet {t} {{}}\ndelete table inet {t}\n")
+}
+
+/// Applies `ruleset` atomically in the calling thread's namespace.
+pub(crate) fn apply(ruleset: &str) -> Result<(), NetError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| NetError::Nft(format!("run nft: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(ruleset.as_bytes())
+            .map_err(|e| NetError::Nft(format!("write ruleset to nft: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| NetError::Nft(format!("wait for nft: {e}")))?;
+    if !out.status.success() {
+        return Err(NetError::Nft(format!(
+            "nft -f failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Names of the `inet` tables in the calling thread's namespace.
+pub(crate) fn inet_tables() -> Result<Vec<String>, NetError> {
+    let out = Command::new("nft")
+        .args(["-j", "list", "tables"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| NetError::Nft(format!("run nft: {e}")))?;
+    if !out.status.success() {
+        return Err(NetError::Nft(format!(
+            "nft list tables failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    parse_inet_tables(&out.stdout)
+}
+
+fn parse_inet_tables(json: &[u8]) -> Result<Vec<String>, NetError> {
+    let v: serde_json::Value = serde_json::from_slice(json)
+        .map_err(|e| NetError::Nft(format!("parse `nft -j list tables`: {e}")))?;
+    let items = v
+        .get("nftables")
+        .and_then(|n| n.as_array())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    Ok(items
+        .iter()
+        .filter_map(|item| item.get("table"))
+        .filter(|t| t.get("family").and_then(|f| f.as_str()) == Some("inet"))
+        .filter_map(|t| t.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_inet_tables_only() {
+        let json = br#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {"table": {"family": "inet", "name": "wrenn-sbx-3", "handle": 1}},
+            {"table": {"family": "ip", "name": "nat", "handle": 2}},
+            {"table": {"family": "inet", "name": "filter", "handle": 3}}]}"#;
+        assert_eq!(
+            parse_inet_tables(json).expect("parse"),
+            vec!["wrenn-sbx-3".to_owned(), "filter".to_owned()]
+        );
+        assert!(
+            parse_inet_tables(br#"{"nftables": []}"#)
+                .expect("parse")
+                .is_empty()
+        );
+        assert!(parse_inet_tables(b"not json").is_err());
+    }
+}
