@@ -219,6 +219,9 @@ pub trait Vmm: Send + Sync {
     /// nothing runs there (the caller cleans up).
     async fn adopt(&self, run_dir: &Path) -> Result<Option<VmHandle>, VmmError>;
     async fn status(&self, vm: &VmHandle) -> Result<VmStatus, VmmError>;
+    /// Kills whatever VMM of ours still runs in `run_dir` without adopting it: cleanup of a
+    /// half-made or unadoptable sandbox.
+    async fn kill_run_dir(&self, run_dir: &Path) -> Result<(), VmmError>;
     /// QMP events from now on (subscribe right after boot/adopt). Each VM has its own
     /// channel; it reports `Closed` once the QMP connection ends, i.e. when QEMU exited.
     fn events(&self, vm: &VmHandle) -> tokio::sync::broadcast::Receiver<VmEvent>;

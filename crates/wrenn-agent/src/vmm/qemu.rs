@@ -238,6 +238,10 @@ impl Vmm for QemuVmm {
         Ok(VmStatus::from_qmp(status))
     }
 
+    async fn kill_run_dir(&self, run_dir: &Path) -> Result<(), VmmError> {
+        QemuVmm::kill_run_dir(self, run_dir).await
+    }
+
     fn events(&self, vm: &VmHandle) -> tokio::sync::broadcast::Receiver<VmEvent> {
         vm.qmp.subscribe()
     }
