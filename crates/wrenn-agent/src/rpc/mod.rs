@@ -44,10 +44,34 @@ pub trait SandboxBackend: Send + Sync + 'static {
 pub fn router(backend: Arc<dyn SandboxBackend>, verifier: CpVerifier) -> axum::Router {
     let host_id: Arc<str> = backend.host_facts().host_id.into();
     let connect = connectrpc::Router::new().add_service(Arc::new(AgentService::new(backend)));
+    // No response compression: file and process output is often incompressible, and gzip
+    // of a 10 MiB ReadFile cost seconds of CPU on a host whose cores belong to the VMs.
+    // Compressed requests are still accepted.
+    let connect = connect
+        .into_axum_service()
+        .with_compression_policy(connectrpc::CompressionPolicy::disabled());
     axum::Router::new()
-        .fallback_service(connect.into_axum_service())
+        .fallback_service(connect)
         .layer(axum::middleware::from_fn_with_state(
             AuthState { verifier, host_id },
             require_cp_token,
         ))
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, with `TCP_NODELAY` on every
+/// connection: streams (exec output, PTY) are many small frames, and without it Nagle plus
+/// the peer's delayed ACK adds ~40 ms to a round trip (measured on envd: 43 ms -> 4 ms).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
