@@ -406,4 +406,62 @@ mod tests {
         );
         v.verify_header(&h, HOST).unwrap();
     }
+
+    #[tokio::test]
+    async fn middleware_refuses_with_connect_401() {
+        use tower::ServiceExt;
+        let (s, v) = pair();
+        let app = axum::Router::new()
+            .route(
+                "/svc/M",
+                axum::routing::post(|req: Request| async move {
+                    // The handler sees the verified claims.
+                    req.extensions()
+                        .get::<Claims>()
+                        .map(|c| c.aud.clone())
+                        .unwrap_or_default()
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                AuthState {
+                    verifier: v,
+                    host_id: HOST.into(),
+                },
+                require_cp_token,
+            ));
+        let call = |auth: Option<String>| {
+            let mut b = http::Request::post("/svc/M");
+            if let Some(a) = auth {
+                b = b.header(http::header::AUTHORIZATION, a);
+            }
+            app.clone()
+                .oneshot(b.body(axum::body::Body::empty()).unwrap())
+        };
+        let body = |r: Response| async move {
+            axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap()
+        };
+
+        for auth in [
+            None,
+            Some("Bearer nope".to_string()),
+            Some(format!(
+                "Bearer {}",
+                s.sign("host-b", Duration::from_secs(60))
+            )),
+        ] {
+            let r = call(auth).await.unwrap();
+            assert_eq!(r.status(), 401);
+            assert_eq!(r.headers()[http::header::CONTENT_TYPE], "application/json");
+            let v: serde_json::Value = serde_json::from_slice(&body(r).await).unwrap();
+            assert_eq!(v["code"], "unauthenticated");
+        }
+        let ok = call(Some(format!(
+            "Bearer {}",
+            s.sign(HOST, Duration::from_secs(60))
+        )))
+        .await
+        .unwrap();
+        assert_eq!(ok.status(), 200);
+        assert_eq!(&body(ok).await[..], HOST.as_bytes());
+    }
 }

@@ -626,9 +626,42 @@ async fn files_write_read_list_mkdir_remove() {
 }
 
 #[tokio::test]
-async fn write_file_needs_meta_first() {
+async fn write_file_needs_meta_first_and_only_first() {
     let agent = Agent::start().await;
     let c = agent.client();
+    let id = "writemeta00000000001";
+    agent.create(id).await;
+
+    // A second meta aborts the upload with the client's error; no partial file is left.
+    let meta = WriteFileRequest {
+        msg: Some(Msg::Meta(Box::new(Meta {
+            sandbox_id: id.into(),
+            path: "/tmp/partial".into(),
+            ..Default::default()
+        }))),
+        ..Default::default()
+    };
+    let reqs = [
+        meta.clone(),
+        WriteFileRequest {
+            msg: Some(Msg::Chunk(vec![7u8; 1024 * 1024])),
+            ..Default::default()
+        },
+        meta,
+    ];
+    let e = c.write_file(futures::stream::iter(reqs)).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgument, "{e:?}");
+    let e = stream_error(
+        c.read_file(ReadFileRequest {
+            sandbox_id: id.into(),
+            path: "/tmp/partial".into(),
+            ..Default::default()
+        })
+        .await,
+    )
+    .await;
+    assert_eq!(e.code, ErrorCode::NotFound, "{e:?}");
+
     let e = c
         .write_file(futures::stream::iter([WriteFileRequest {
             msg: Some(Msg::Chunk(b"x".to_vec())),

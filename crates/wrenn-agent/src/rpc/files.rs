@@ -1,6 +1,8 @@
 //! Conversions for the file calls: envd entries as `FileEntry`, and the `WriteFile` client
 //! stream as the byte stream of an upload.
 
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
 use connectrpc::{ConnectError, InboundStream};
 use futures::{Stream, StreamExt};
@@ -52,20 +54,29 @@ pub async fn first_meta(
     }
 }
 
+/// Where [`chunks`] leaves the error that broke the client stream, so the call fails with
+/// the client's own error rather than a generic upload failure.
+pub type StreamFault = Arc<Mutex<Option<ConnectError>>>;
+
 /// The `chunk`s after `meta`, as upload bytes. A second `meta` or a broken client stream
 /// fails the upload, which makes envd discard the partial file.
 pub fn chunks(
     requests: InboundStream<pb::WriteFileRequest>,
+    fault: StreamFault,
 ) -> impl Stream<Item = Result<Bytes, ConnectError>> + Send + 'static {
-    requests.map(|r| {
-        let msg = r?.to_owned_message();
-        match msg.msg {
+    requests.map(move |r| {
+        let chunk = r.and_then(|m| match m.to_owned_message().msg {
             Some(Msg::Chunk(b)) => Ok(Bytes::from(b)),
             Some(Msg::Meta(_)) => Err(ConnectError::invalid_argument(
                 "meta may only be the first WriteFile message",
             )),
             None => Ok(Bytes::new()),
+        });
+        if let Err(e) = &chunk {
+            let mut slot = fault.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert_with(|| e.clone());
         }
+        chunk
     })
 }
 

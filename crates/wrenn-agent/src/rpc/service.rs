@@ -413,10 +413,18 @@ impl HostAgentService for AgentService {
         async {
             let path = required("path", &meta.path)?;
             let envd = self.envd(&meta.sandbox_id).await?;
+            let fault = files::StreamFault::default();
             let written = envd
-                .write_file(path, user(&meta.user), files::chunks(requests))
+                .write_file(
+                    path,
+                    user(&meta.user),
+                    files::chunks(requests, fault.clone()),
+                )
                 .await
-                .map_err(|e| envd_error(&meta.sandbox_id, e))?;
+                .map_err(|e| {
+                    let client_fault = fault.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    client_fault.unwrap_or_else(|| envd_error(&meta.sandbox_id, e))
+                })?;
             tracing::debug!(path = %written.path, size = written.size, "file written");
             Response::ok(WriteFileResponse {
                 path: written.path,
