@@ -7,6 +7,9 @@
 //! each guest's envd (`envd_client`). It must not touch the control plane's database or know
 //! about users and teams beyond the IDs it is given.
 
+pub mod auth;
+pub mod envd_client;
 pub mod network;
+pub mod rpc;
 pub mod storage;
 pub mod vmm;

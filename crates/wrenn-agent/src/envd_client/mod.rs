@@ -1,0 +1,360 @@
+//! Client for one sandbox's envd, as the host agent sees it: Connect RPC (`process.Process`,
+//! `filesystem.Filesystem`, JSON codec) plus the plain routes `/health`, `/init`, `/files`
+//! and `/metrics`. One client per sandbox, cloned cheaply, so its HTTP connections are
+//! pooled. The sandbox's access token is sent as `X-Access-Token`, the acting guest user as
+//! `Authorization: Basic base64(user:)`.
+
+mod files;
+mod process;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use connectrpc::ConnectError;
+use connectrpc::client::{CallOptions, ClientConfig, HttpClient};
+use http::{HeaderMap, HeaderValue};
+use serde::Deserialize;
+use wrenn_proto::filesystem::FilesystemClient;
+use wrenn_proto::process::ProcessClient;
+
+pub use files::{ByteStream, EntryInfo, FileType, READ_CHUNK, WrittenFile};
+pub use process::{
+    EXEC_OUTPUT_LIMIT, ExecOutput, ExecSpec, ProcessEvent, ProcessEvents, ProcessInfo, PtySpec,
+    Selector, Signal,
+};
+
+/// envd's port inside every sandbox.
+pub const ENVD_PORT: u16 = 49983;
+/// How often `wait_healthy` polls `/health`.
+const HEALTH_POLL: Duration = Duration::from_millis(75);
+/// Bound on one `/health` probe, so a black-holed address cannot stall the poll loop.
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on unary calls (list, signal, mkdir, ...): they never take long on a live envd.
+const UNARY_TIMEOUT: Duration = Duration::from_secs(30);
+const ACCESS_TOKEN_HEADER: &str = "x-access-token";
+
+/// A failed envd call.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvdError {
+    /// envd answered a Connect call with an error (or the call failed in transport).
+    #[error("envd: {0}")]
+    Rpc(#[from] ConnectError),
+    /// envd answered a plain route with a non-success status.
+    #[error("envd answered {status}: {message}")]
+    Http { status: u16, message: String },
+    /// envd could not be reached or the connection broke.
+    #[error("envd unreachable: {0}")]
+    Transport(String),
+    /// envd did not become healthy before the deadline.
+    #[error("envd not healthy after {0:?}")]
+    NotHealthy(Duration),
+    /// The command ran past its timeout and was killed.
+    #[error("command did not finish within {0:?} and was killed")]
+    Timeout(Duration),
+    /// envd answered something this client does not understand, or the caller gave
+    /// something that cannot be sent.
+    #[error("envd protocol: {0}")]
+    Protocol(String),
+    /// A local byte stream fed to an upload failed.
+    #[error("upload source: {0}")]
+    Source(String),
+}
+
+impl From<reqwest::Error> for EnvdError {
+    fn from(e: reqwest::Error) -> Self {
+        // Include the source chain: reqwest's own message ("error sending request") says
+        // little.
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            src = s.source();
+        }
+        EnvdError::Transport(msg)
+    }
+}
+
+/// envd's `/metrics` body.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EnvdMetrics {
+    /// Unix seconds.
+    #[serde(default)]
+    pub ts: i64,
+    #[serde(default)]
+    pub cpu_count: u32,
+    #[serde(default)]
+    pub cpu_used_pct: f64,
+    #[serde(default)]
+    pub mem_total: u64,
+    #[serde(default)]
+    pub mem_used: u64,
+    #[serde(default)]
+    pub disk_used: u64,
+    #[serde(default)]
+    pub disk_total: u64,
+}
+
+struct Inner {
+    base_url: String,
+    process: ProcessClient<HttpClient>,
+    fs: FilesystemClient<HttpClient>,
+    http: reqwest::Client,
+    /// The token envd currently requires; set by a successful `init`.
+    token: RwLock<Option<HeaderValue>>,
+}
+
+/// A pooled client for one sandbox's envd. Clones share connections and the token.
+#[derive(Clone)]
+pub struct EnvdClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EnvdClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvdClient")
+            .field("base_url", &self.inner.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `Authorization` value selecting a guest user.
+fn basic(user: &str) -> Result<HeaderValue, EnvdError> {
+    let v = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:"))
+    );
+    HeaderValue::from_str(&v)
+        .map_err(|_| EnvdError::Protocol(format!("invalid user name {user:?}")))
+}
+
+fn token_value(token: &str) -> Result<HeaderValue, EnvdError> {
+    HeaderValue::from_str(token).map_err(|_| EnvdError::Protocol("invalid access token".into()))
+}
+
+impl EnvdClient {
+    /// A client for the envd at `base_url` (`http://<host_ip>:49983`), with the access
+    /// token envd already requires, if any.
+    pub fn new(base_url: &str, access_token: Option<&str>) -> Result<Self, EnvdError> {
+        let base_url = base_url.trim_end_matches('/').to_string();
+        let uri: http::Uri = base_url
+            .parse()
+            .map_err(|e| EnvdError::Protocol(format!("invalid envd URL {base_url:?}: {e}")))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(EnvdError::Protocol(format!(
+                "envd URL must be http://host:port, got {base_url:?}"
+            )));
+        }
+        let transport = HttpClient::plaintext();
+        let config = ClientConfig::new(uri).json();
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        let token = access_token.map(token_value).transpose()?;
+        Ok(EnvdClient {
+            inner: Arc::new(Inner {
+                process: ProcessClient::new(transport.clone(), config.clone()),
+                fs: FilesystemClient::new(transport, config),
+                http,
+                base_url,
+                token: RwLock::new(token),
+            }),
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.inner.base_url
+    }
+
+    fn token(&self) -> Option<HeaderValue> {
+        self.inner
+            .token
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Headers every authenticated request carries: the token and the acting user.
+    fn auth_headers(&self, user: Option<&str>) -> Result<HeaderMap, EnvdError> {
+        let mut h = HeaderMap::new();
+        if let Some(t) = self.token() {
+            h.insert(ACCESS_TOKEN_HEADER, t);
+        }
+        if let Some(u) = user.filter(|u| !u.is_empty()) {
+            h.insert(http::header::AUTHORIZATION, basic(u)?);
+        }
+        Ok(h)
+    }
+
+    /// Call options for a Connect call: auth headers and an optional whole-call timeout.
+    fn call_options(
+        &self,
+        user: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<CallOptions, EnvdError> {
+        let mut o = CallOptions::default();
+        for (name, value) in &self.auth_headers(user)? {
+            o = o.with_header(name.clone(), value.clone());
+        }
+        if let Some(t) = timeout {
+            o = o.with_timeout(t);
+        }
+        Ok(o)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.inner.base_url, path)
+    }
+
+    /// One `GET /health` probe.
+    pub async fn health(&self) -> Result<(), EnvdError> {
+        let r = self
+            .inner
+            .http
+            .get(self.url("/health"))
+            .timeout(HEALTH_PROBE_TIMEOUT)
+            .send()
+            .await?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(http_error(r).await)
+        }
+    }
+
+    /// Polls `/health` until it answers 2xx or `deadline` passes; returns the time waited.
+    pub async fn wait_healthy(&self, deadline: Instant) -> Result<Duration, EnvdError> {
+        let start = Instant::now();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let probe = tokio::time::timeout(remaining, self.health()).await;
+            if let Ok(Ok(())) = probe {
+                return Ok(start.elapsed());
+            }
+            if Instant::now() + HEALTH_POLL >= deadline {
+                return Err(EnvdError::NotHealthy(start.elapsed()));
+            }
+            tokio::time::sleep(HEALTH_POLL).await;
+        }
+    }
+
+    /// `POST /init`: hands envd its access token, default user (`None` or empty keeps
+    /// envd's), extra environment and default workdir. On success this client uses the new
+    /// token from then on.
+    pub async fn init(
+        &self,
+        access_token: &str,
+        default_user: Option<&str>,
+        env: impl IntoIterator<Item = (impl Into<String>, impl Into<String>)>,
+        workdir: Option<&str>,
+    ) -> Result<(), EnvdError> {
+        let token = token_value(access_token)?;
+        let env: BTreeMap<String, String> =
+            env.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let mut body = serde_json::json!({
+            "accessToken": access_token,
+            "envVars": env,
+            "timestamp": time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .map_err(|e| EnvdError::Protocol(e.to_string()))?,
+        });
+        if let Some(u) = default_user.filter(|u| !u.is_empty()) {
+            body["defaultUser"] = u.into();
+        }
+        if let Some(w) = workdir.filter(|w| !w.is_empty()) {
+            body["defaultWorkdir"] = w.into();
+        }
+        let r = self
+            .inner
+            .http
+            .post(self.url("/init"))
+            .headers(self.auth_headers(None)?)
+            .json(&body)
+            .timeout(UNARY_TIMEOUT)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            return Err(http_error(r).await);
+        }
+        *self.inner.token.write().unwrap_or_else(|e| e.into_inner()) = Some(token);
+        Ok(())
+    }
+
+    /// `GET /metrics`.
+    pub async fn metrics(&self) -> Result<EnvdMetrics, EnvdError> {
+        let r = self
+            .inner
+            .http
+            .get(self.url("/metrics"))
+            .headers(self.auth_headers(None)?)
+            .timeout(UNARY_TIMEOUT)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            return Err(http_error(r).await);
+        }
+        let body = r.bytes().await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| EnvdError::Protocol(format!("/metrics body: {e}")))
+    }
+}
+
+/// The error of a non-success plain-route response: envd's `{"code","message"}` body, or
+/// the raw text when it is something else.
+async fn http_error(r: reqwest::Response) -> EnvdError {
+    #[derive(Deserialize)]
+    struct Body {
+        message: Option<String>,
+    }
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<Body>(&text)
+        .ok()
+        .and_then(|b| b.message)
+        .unwrap_or(text);
+    EnvdError::Http { status, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_validation() {
+        assert!(EnvdClient::new("http://10.0.0.1:49983", None).is_ok());
+        assert!(EnvdClient::new("http://10.0.0.1:49983/", Some("tok")).is_ok());
+        assert!(EnvdClient::new("https://10.0.0.1:49983", None).is_err());
+        assert!(EnvdClient::new("not a url", None).is_err());
+        assert!(EnvdClient::new("http://h:1", Some("bad\ntoken")).is_err());
+    }
+
+    #[test]
+    fn basic_header() {
+        assert_eq!(basic("user").unwrap(), "Basic dXNlcjo=");
+    }
+
+    #[tokio::test]
+    async fn wait_healthy_gives_up_at_the_deadline() {
+        // A port nobody listens on: connection refused at once, so the loop must poll
+        // until the deadline rather than fail early.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = EnvdClient::new(&format!("http://127.0.0.1:{port}"), None).unwrap();
+        let start = Instant::now();
+        let r = c
+            .wait_healthy(Instant::now() + Duration::from_millis(400))
+            .await;
+        assert!(matches!(r, Err(EnvdError::NotHealthy(_))), "{r:?}");
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+            "{waited:?}"
+        );
+    }
+}
