@@ -8,8 +8,75 @@
 //! about users and teams beyond the IDs it is given.
 
 pub mod auth;
+pub mod config;
 pub mod envd_client;
 pub mod network;
 pub mod rpc;
+pub mod sandbox;
 pub mod storage;
 pub mod vmm;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::AgentConfig;
+use crate::vmm::{QemuVmm, probe};
+
+/// Runs the agent until SIGTERM/SIGINT: probes the accelerator, re-adopts surviving VMs,
+/// and serves the control plane's RPCs.
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let pem = std::fs::read_to_string(&cfg.cp_public_key).with_context(|| {
+        format!(
+            "read control-plane public key {}",
+            cfg.cp_public_key.display()
+        )
+    })?;
+    let verifier = auth::CpVerifier::from_public_pem(&pem).context("control-plane public key")?;
+    std::fs::create_dir_all(cfg.cache_dir())?;
+    let (accel, reason) = match cfg.accel {
+        Some(a) => (a, format!("{a} forced by --accel")),
+        None => {
+            let base = sandbox::template::load(&cfg.root, "base").context(
+                "the accelerator probe boots the base template's kernel: build it with `wrenn image build`, or pass --accel",
+            )?;
+            probe::choose_accel(
+                &base.kernel,
+                &base.initrd,
+                &cfg.cache_dir().join("accel.json"),
+                None,
+                Duration::from_secs(30),
+            )
+            .await
+            .context("accelerator probe")?
+        }
+    };
+    tracing::info!(accelerator = %accel, %reason, "accelerator chosen");
+    let vmm: Arc<dyn vmm::Vmm> = Arc::new(QemuVmm::new());
+    let manager = sandbox::Manager::start(cfg.clone(), vmm, accel).await?;
+    let app = rpc::router(manager.clone(), verifier);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("bind {}", cfg.listen))?;
+    tracing::info!(addr = %cfg.listen, host_id = %cfg.host_id, "agent listening");
+    rpc::serve(listener, app, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    // VMs keep running: a restarted agent re-adopts them.
+    tracing::info!("agent stopping; sandboxes keep running");
+}

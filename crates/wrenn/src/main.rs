@@ -1,7 +1,8 @@
 //! `wrenn`: the one user-facing binary. Parses the command line and hands each subcommand to
-//! the library that owns it (`image` → wrenn-image). `server`, `agent`, `up` and `bench`
-//! join as further variants of [`Command`].
+//! the library that owns it (`image` → wrenn-image, `agent` → wrenn-agent). `server`, `up`
+//! and `bench` join as further variants of [`Command`].
 
+mod agent;
 mod image;
 
 use clap::{Parser, Subcommand};
@@ -24,19 +25,34 @@ enum Command {
         #[command(subcommand)]
         command: image::ImageCommand,
     },
+    /// Run the host agent: microVM sandboxes on this machine, driven by the control plane.
+    Agent(agent::AgentArgs),
 }
 
 fn main() -> anyhow::Result<()> {
-    init_tracing();
-    match Cli::parse().command {
-        Command::Image { command } => image::run(command),
+    // A `.env` in the working directory feeds the environment-backed flags.
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        anyhow::bail!(".env: {e}");
+    }
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Image { command } => {
+            init_tracing("warn");
+            image::run(command)
+        }
+        Command::Agent(args) => {
+            init_tracing("info");
+            agent::run(args)
+        }
     }
 }
 
-/// Logs go to stderr, quiet unless `RUST_LOG` asks: progress is shown separately.
-fn init_tracing() {
+/// Logs go to stderr at `default` unless `RUST_LOG` asks otherwise.
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

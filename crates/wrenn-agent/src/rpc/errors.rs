@@ -12,6 +12,8 @@ pub enum BackendError {
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
     ResourceExhausted(String),
@@ -24,6 +26,7 @@ impl From<BackendError> for ConnectError {
         match e {
             BackendError::NotFound(m) => ConnectError::not_found(m),
             BackendError::InvalidArgument(m) => ConnectError::invalid_argument(m),
+            BackendError::AlreadyExists(m) => ConnectError::already_exists(m),
             BackendError::FailedPrecondition(m) => ConnectError::failed_precondition(m),
             BackendError::ResourceExhausted(m) => ConnectError::resource_exhausted(m),
             BackendError::Internal(m) => ConnectError::internal(m),

@@ -1,0 +1,726 @@
+//! The sandbox manager: the lifecycle of every sandbox on this host.
+//!
+//! Create is overlay → slot → network → boot → envd health → `/init`, each step registering
+//! its undo so a failure anywhere leaves the host exactly as before. Every sandbox's record is
+//! persisted under `sandboxes/<id>/` so that a restarted agent re-adopts the VMs still running
+//! and removes what it was half-way through making. A deadline loop destroys sandboxes whose
+//! absolute `end_at` has passed and reports them in the next list.
+
+pub mod record;
+pub mod rollback;
+pub mod template;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::FutureExt;
+use tokio::sync::{RwLock, Semaphore};
+use tracing::{Instrument, info, info_span, warn};
+use wrenn_proto::hostagent::v1 as pb;
+
+use crate::config::AgentConfig;
+use crate::envd_client::EnvdClient;
+use crate::network::{Network, NetworkConfig, SandboxNet, SlotAllocator};
+use crate::rpc::{BackendError, SandboxBackend};
+use crate::storage;
+use crate::vmm::{Accel, VmEvent, VmHandle, VmSpec, Vmm};
+use record::{SandboxRecord, State};
+use rollback::Rollback;
+
+const ENVD_PORT: u16 = 49983;
+/// Below this a Debian guest with envd does not boot reliably.
+const MIN_MEMORY_MB: u32 = 128;
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A sandbox this agent runs.
+struct Live {
+    dir: PathBuf,
+    /// Set once destroy starts, so the VM's exit is not reported as an error.
+    destroying: std::sync::atomic::AtomicBool,
+    rec: Mutex<SandboxRecord>,
+    vm: VmHandle,
+    net: SandboxNet,
+    envd: EnvdClient,
+}
+
+impl Live {
+    fn record(&self) -> SandboxRecord {
+        self.rec.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+pub struct Manager {
+    cfg: AgentConfig,
+    vmm: Arc<dyn Vmm>,
+    accel: Accel,
+    net: Network,
+    slots: Arc<SlotAllocator>,
+    boots: Semaphore,
+    live: RwLock<HashMap<String, Arc<Live>>>,
+    /// IDs with a create or destroy in flight.
+    busy: Mutex<HashSet<String>>,
+    reaped: Mutex<Vec<String>>,
+    paused: Mutex<Vec<String>>,
+    host_cpus: u32,
+    host_mem_mb: u64,
+}
+
+fn valid_sandbox_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 24];
+    // getrandom through the std hash seed is not a CSPRNG; read the kernel's.
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn host_memory_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
+}
+
+impl Manager {
+    /// Builds the manager, re-adopts what survived a restart and cleans up the rest, then
+    /// starts the deadline loop.
+    pub async fn start(
+        cfg: AgentConfig,
+        vmm: Arc<dyn Vmm>,
+        accel: Accel,
+    ) -> anyhow::Result<Arc<Manager>> {
+        std::fs::create_dir_all(cfg.sandboxes_dir())?;
+        let net = Network::new(NetworkConfig {
+            prefix: cfg.net_prefix.clone(),
+            max_slots: cfg.max_sandboxes,
+        });
+        let host_cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        let mgr = Arc::new(Manager {
+            slots: Arc::new(SlotAllocator::new(cfg.max_sandboxes)),
+            boots: Semaphore::new(cfg.boots().max(1)),
+            cfg,
+            vmm,
+            accel,
+            net,
+            live: RwLock::default(),
+            busy: Mutex::default(),
+            reaped: Mutex::default(),
+            paused: Mutex::default(),
+            host_cpus,
+            host_mem_mb: host_memory_mb(),
+        });
+        mgr.recover().await;
+        let weak = Arc::downgrade(&mgr);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(m) = weak.upgrade() else { return };
+                m.enforce_deadlines().await;
+            }
+        });
+        Ok(mgr)
+    }
+
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    fn failpoint(&self, step: &str) -> Result<(), BackendError> {
+        if self.cfg.failpoint.as_deref() == Some(step) {
+            return Err(BackendError::Internal(format!(
+                "injected failure after step '{step}'"
+            )));
+        }
+        Ok(())
+    }
+
+    fn claim(&self, id: &str) -> bool {
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string())
+    }
+
+    fn release_claim(&self, id: &str) {
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    fn validate(&self, req: &pb::CreateSandboxRequest) -> Result<(), BackendError> {
+        if !valid_sandbox_id(&req.sandbox_id) {
+            return Err(BackendError::InvalidArgument(
+                "sandbox_id must be 1-64 characters of [a-z0-9-]".into(),
+            ));
+        }
+        if req.vcpus == 0 || req.vcpus > self.host_cpus {
+            return Err(BackendError::InvalidArgument(format!(
+                "vcpus must be between 1 and {} (this host's cores)",
+                self.host_cpus
+            )));
+        }
+        if req.memory_mb < MIN_MEMORY_MB || u64::from(req.memory_mb) > self.host_mem_mb {
+            return Err(BackendError::InvalidArgument(format!(
+                "memory_mb must be between {MIN_MEMORY_MB} and {} (this host's memory)",
+                self.host_mem_mb
+            )));
+        }
+        Ok(())
+    }
+
+    async fn create_inner(
+        &self,
+        req: pb::CreateSandboxRequest,
+    ) -> Result<(pb::SandboxInfo, String), BackendError> {
+        self.validate(&req)?;
+        let template = template::load(&self.cfg.root, &req.template).map_err(|e| match e {
+            template::TemplateError::Broken { .. } => BackendError::Internal(e.to_string()),
+            _ => BackendError::InvalidArgument(e.to_string()),
+        })?;
+        let id = req.sandbox_id.clone();
+        if self.live.read().await.contains_key(&id) || !self.claim(&id) {
+            return Err(BackendError::AlreadyExists(format!(
+                "sandbox {id} already exists"
+            )));
+        }
+        let result = self.create_steps(req, template).await;
+        self.release_claim(&id);
+        result
+    }
+
+    async fn create_steps(
+        &self,
+        req: pb::CreateSandboxRequest,
+        template: template::Template,
+    ) -> Result<(pb::SandboxInfo, String), BackendError> {
+        let id = req.sandbox_id.clone();
+        let dir = self.cfg.sandboxes_dir().join(&id);
+        let mut undo = Rollback::default();
+        let r = self.create_with(&req, &template, &dir, &mut undo).await;
+        match r {
+            Ok(live) => {
+                undo.disarm();
+                let rec = live.record();
+                let token = rec.envd_token.clone();
+                self.watch_events(live.clone());
+                self.live.write().await.insert(id.clone(), live);
+                info!(sandbox_id = %id, "sandbox running");
+                Ok((self.info(&rec, &dir), token))
+            }
+            Err(e) => {
+                warn!(sandbox_id = %id, error = %e, "create failed; rolling back");
+                undo.run().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_with(
+        &self,
+        req: &pb::CreateSandboxRequest,
+        template: &template::Template,
+        dir: &Path,
+        undo: &mut Rollback,
+    ) -> Result<Arc<Live>, BackendError> {
+        let internal =
+            |what: &str, e: &dyn std::fmt::Display| BackendError::Internal(format!("{what}: {e}"));
+        std::fs::create_dir(dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                BackendError::AlreadyExists(format!("sandbox {} already exists", req.sandbox_id))
+            }
+            _ => internal("create sandbox dir", &e),
+        })?;
+        {
+            let dir = dir.to_path_buf();
+            undo.push("sandbox dir", move || {
+                async move {
+                    let _ = tokio::fs::remove_dir_all(&dir).await;
+                }
+                .boxed()
+            });
+        }
+        let mut rec = SandboxRecord {
+            id: req.sandbox_id.clone(),
+            state: State::Creating,
+            template: template.name.clone(),
+            vcpus: req.vcpus,
+            memory_mb: req.memory_mb,
+            disk_size_mb: req.disk_size_mb,
+            slot: None,
+            created_at_ms: now_ms(),
+            end_at_ms: req.end_at_ms,
+            on_timeout: match req.on_timeout.as_known() {
+                Some(pb::OnTimeout::ON_TIMEOUT_PAUSE) => "pause".into(),
+                _ => "kill".into(),
+            },
+            team_id: req.team_id.clone(),
+            metadata: req.metadata.clone().into_iter().collect(),
+            allow_internet: req.allow_internet,
+            default_user: if req.default_user.is_empty() {
+                template.default_user.clone()
+            } else {
+                req.default_user.clone()
+            },
+            envd_token: random_token(),
+            envd_version: template.envd_version.clone(),
+            error: None,
+        };
+        record::save(dir, &rec).map_err(|e| internal("persist record", &e))?;
+
+        // 1. Root disk.
+        let overlay = dir.join("rootfs.qcow2");
+        let size = (req.disk_size_mb > 0).then_some(req.disk_size_mb);
+        storage::create_overlay(&template.rootfs, &overlay, size)
+            .await
+            .map_err(|e| match e {
+                storage::StorageError::InvalidSize { .. } => {
+                    BackendError::InvalidArgument(e.to_string())
+                }
+                other => internal("root disk overlay", &other),
+            })?;
+        self.failpoint("overlay")?;
+
+        // 2. Network slot.
+        let slot = self.slots.alloc().ok_or_else(|| {
+            BackendError::ResourceExhausted("no free network slot on this host".into())
+        })?;
+        {
+            let slots = self.slots.clone();
+            undo.push("slot", move || {
+                async move {
+                    slots.release(slot);
+                }
+                .boxed()
+            });
+        }
+        rec.slot = Some(slot);
+        record::save(dir, &rec).map_err(|e| internal("persist record", &e))?;
+        self.failpoint("slot")?;
+
+        // 3. Network.
+        let net = self
+            .net
+            .setup(slot, req.allow_internet)
+            .await
+            .map_err(|e| internal("network", &e))?;
+        {
+            let n = self.net.clone();
+            undo.push("network", move || {
+                async move {
+                    if let Err(e) = n.teardown(slot).await {
+                        warn!(slot, error = %e, "network teardown during rollback");
+                    }
+                }
+                .boxed()
+            });
+        }
+        self.failpoint("network")?;
+
+        // 4. Boot.
+        let spec = VmSpec {
+            sandbox_id: req.sandbox_id.clone(),
+            vcpus: req.vcpus,
+            memory_mb: req.memory_mb,
+            kernel: template.kernel.clone(),
+            initrd: template.initrd.clone(),
+            kernel_args: net.kernel_param(),
+            root_disk: overlay.clone(),
+            netns: Some(net.netns.clone()),
+            tap: Some(net.tap.clone()),
+            guest_mac: Some(net.guest_mac.clone()),
+            run_dir: dir.join("run"),
+            accel: self.accel,
+        };
+        let vm = {
+            let _permit = self
+                .boots
+                .acquire()
+                .await
+                .map_err(|e| internal("boot limiter", &e))?;
+            self.vmm
+                .boot(&spec)
+                .instrument(info_span!("boot", sandbox_id = %req.sandbox_id))
+                .await
+                .map_err(|e| internal("boot VM", &e))?
+        };
+        {
+            let vmm = self.vmm.clone();
+            let vm = vm.clone();
+            undo.push("vm", move || {
+                async move {
+                    if let Err(e) = vmm.destroy(&vm).await {
+                        warn!(error = %e, "VM destroy during rollback");
+                    }
+                }
+                .boxed()
+            });
+        }
+        self.failpoint("boot")?;
+
+        // 5. envd health.
+        let envd = EnvdClient::new(&format!("http://{}:{ENVD_PORT}", net.host_ip), None)
+            .map_err(|e| internal("envd client", &e))?;
+        let waited = envd
+            .wait_healthy(std::time::Instant::now() + self.cfg.envd_health_timeout())
+            .instrument(info_span!("envd_health", sandbox_id = %req.sandbox_id))
+            .await
+            .map_err(|e| internal("envd did not become healthy", &e))?;
+        info!(sandbox_id = %req.sandbox_id, ms = waited.as_millis() as u64, "envd healthy");
+        self.failpoint("health")?;
+
+        // 6. /init: fresh token, default user and env.
+        let env: HashMap<String, String> = req.default_env.clone().into_iter().collect();
+        envd.init(&rec.envd_token, Some(&rec.default_user), env, None)
+            .await
+            .map_err(|e| internal("envd /init", &e))?;
+        self.failpoint("init")?;
+
+        rec.state = State::Running;
+        record::save(dir, &rec).map_err(|e| internal("persist record", &e))?;
+        Ok(Arc::new(Live {
+            dir: dir.to_path_buf(),
+            destroying: Default::default(),
+            rec: Mutex::new(rec),
+            vm,
+            net,
+            envd,
+        }))
+    }
+
+    /// Turns VMM events into sandbox state: a block I/O error (e.g. the disk is full) puts the
+    /// sandbox in `error` with a message instead of leaving a silently stuck VM.
+    fn watch_events(&self, live: Arc<Live>) {
+        let mut events = self.vmm.events(&live.vm);
+        tokio::spawn(async move {
+            loop {
+                let ev = match events.recv().await {
+                    Ok(ev) => ev,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                };
+                let msg = match ev {
+                    VmEvent::BlockIoError {
+                        device,
+                        operation,
+                        nospace,
+                        reason,
+                    } => {
+                        if nospace {
+                            format!("disk full: {operation} on {device} failed (no space left)")
+                        } else {
+                            format!("disk I/O error: {operation} on {device}: {reason}")
+                        }
+                    }
+                    VmEvent::Shutdown { guest } => {
+                        if guest {
+                            "the guest shut down".to_string()
+                        } else {
+                            "the VM exited".to_string()
+                        }
+                    }
+                    _ => continue,
+                };
+                if live.destroying.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let mut rec = live.rec.lock().unwrap_or_else(|e| e.into_inner());
+                warn!(sandbox_id = %rec.id, error = %msg, "sandbox error");
+                rec.state = State::Error;
+                rec.error = Some(msg);
+                let _ = record::save(&live.dir, &rec);
+            }
+        });
+    }
+
+    fn info(&self, rec: &SandboxRecord, dir: &Path) -> pb::SandboxInfo {
+        let status = match rec.state {
+            State::Creating => pb::SandboxStatus::SANDBOX_STATUS_PENDING,
+            State::Running => pb::SandboxStatus::SANDBOX_STATUS_RUNNING,
+            State::Error => pb::SandboxStatus::SANDBOX_STATUS_ERROR,
+        };
+        pb::SandboxInfo {
+            sandbox_id: rec.id.clone(),
+            status: status.into(),
+            template: rec.template.clone(),
+            vcpus: rec.vcpus,
+            memory_mb: rec.memory_mb,
+            disk_size_mb: rec.disk_size_mb,
+            host_ip: rec
+                .slot
+                .map(|s| self.net.describe(s).host_ip.to_string())
+                .unwrap_or_default(),
+            envd_version: rec.envd_version.clone(),
+            created_at_ms: rec.created_at_ms,
+            end_at_ms: rec.end_at_ms,
+            on_timeout: if rec.on_timeout == "pause" {
+                pb::OnTimeout::ON_TIMEOUT_PAUSE.into()
+            } else {
+                pb::OnTimeout::ON_TIMEOUT_KILL.into()
+            },
+            team_id: rec.team_id.clone(),
+            disk_used_bytes: storage::allocated_bytes(&dir.join("rootfs.qcow2")).unwrap_or(0),
+            error: rec.error.clone().unwrap_or_default(),
+            metadata: rec.metadata.clone().into_iter().collect(),
+            allow_internet: rec.allow_internet,
+            ..Default::default()
+        }
+    }
+
+    /// Destroys a sandbox: VM, network, slot, files. Idempotent for unknown IDs: not found.
+    pub async fn destroy_sandbox(&self, id: &str) -> Result<(), BackendError> {
+        let live = self.live.write().await.remove(id);
+        let Some(live) = live else {
+            return Err(BackendError::NotFound(format!("sandbox {id} not found")));
+        };
+        self.teardown(&live).await;
+        Ok(())
+    }
+
+    async fn teardown(&self, live: &Live) {
+        live.destroying
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let span = info_span!("destroy", sandbox_id = %live.vm.sandbox_id);
+        async {
+            if let Err(e) = self.vmm.destroy(&live.vm).await {
+                warn!(error = %e, "VM destroy");
+            }
+            if let Err(e) = self.net.teardown(live.net.slot).await {
+                warn!(error = %e, "network teardown");
+            }
+            self.slots.release(live.net.slot);
+            if let Err(e) = tokio::fs::remove_dir_all(&live.dir).await {
+                warn!(error = %e, "remove sandbox dir");
+            }
+            info!("sandbox destroyed");
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn enforce_deadlines(&self) {
+        let now = now_ms();
+        let due: Vec<String> = self
+            .live
+            .read()
+            .await
+            .iter()
+            .filter(|(_, l)| {
+                let r = l.record();
+                r.end_at_ms > 0 && r.end_at_ms <= now
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            // Pausing arrives with snapshots; until then both actions destroy.
+            if self.destroy_sandbox(&id).await.is_ok() {
+                info!(sandbox_id = %id, "deadline reached; sandbox destroyed");
+                self.reaped
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(id);
+            }
+        }
+    }
+
+    /// After a restart: re-adopt running VMs, clean up half-made and dead sandboxes and any
+    /// network leftovers of this prefix.
+    async fn recover(&self) {
+        let mut keep = HashSet::new();
+        let entries = match std::fs::read_dir(self.cfg.sandboxes_dir()) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, "read sandboxes dir");
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            match self.adopt(&dir).await {
+                Some(live) => {
+                    keep.insert(live.net.slot);
+                    info!(sandbox_id = %live.vm.sandbox_id, "re-adopted sandbox");
+                    self.watch_events(live.clone());
+                    self.live
+                        .write()
+                        .await
+                        .insert(live.vm.sandbox_id.clone(), live);
+                }
+                None => self.remove_leftover(&dir).await,
+            }
+        }
+        match self.net.cleanup_stale(&keep).await {
+            Ok(removed) if !removed.is_empty() => {
+                info!(?removed, "removed stale sandbox networks")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "network cleanup"),
+        }
+    }
+
+    async fn adopt(&self, dir: &Path) -> Option<Arc<Live>> {
+        let rec = record::load(dir).ok()?;
+        if rec.state == State::Creating {
+            return None;
+        }
+        let slot = rec.slot?;
+        let vm = self.vmm.adopt(&dir.join("run")).await.ok().flatten()?;
+        if !self.net.exists(slot).await {
+            let _ = self.vmm.destroy(&vm).await;
+            return None;
+        }
+        self.slots.reserve(slot);
+        let net = self.net.describe(slot);
+        let envd = EnvdClient::new(
+            &format!("http://{}:{ENVD_PORT}", net.host_ip),
+            Some(&rec.envd_token),
+        )
+        .ok()?;
+        Some(Arc::new(Live {
+            dir: dir.to_path_buf(),
+            destroying: Default::default(),
+            rec: Mutex::new(rec),
+            vm,
+            net,
+            envd,
+        }))
+    }
+
+    async fn remove_leftover(&self, dir: &Path) {
+        let rec = record::load(dir).ok();
+        info!(dir = %dir.display(), "cleaning up half-made or dead sandbox");
+        if let Err(e) = self.vmm.kill_run_dir(&dir.join("run")).await {
+            warn!(error = %e, "kill leftover VM");
+        }
+        if let Some(slot) = rec.and_then(|r| r.slot) {
+            let _ = self.net.teardown(slot).await;
+        }
+        let _ = tokio::fs::remove_dir_all(dir).await;
+    }
+
+    async fn live(&self, id: &str) -> Result<Arc<Live>, BackendError> {
+        self.live
+            .read()
+            .await
+            .get(id)
+            .cloned()
+            .ok_or_else(|| BackendError::NotFound(format!("sandbox {id} not found")))
+    }
+}
+
+#[async_trait::async_trait]
+impl SandboxBackend for Manager {
+    async fn create(
+        &self,
+        req: pb::CreateSandboxRequest,
+    ) -> Result<(pb::SandboxInfo, String), BackendError> {
+        let span = info_span!("create", sandbox_id = %req.sandbox_id);
+        self.create_inner(req).instrument(span).await
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), BackendError> {
+        self.destroy_sandbox(id).await
+    }
+
+    async fn list(&self) -> Result<pb::ListSandboxesResponse, BackendError> {
+        let sandboxes = self
+            .live
+            .read()
+            .await
+            .values()
+            .map(|l| self.info(&l.record(), &l.dir))
+            .collect();
+        let reaped = std::mem::take(&mut *self.reaped.lock().unwrap_or_else(|e| e.into_inner()));
+        let paused = std::mem::take(&mut *self.paused.lock().unwrap_or_else(|e| e.into_inner()));
+        Ok(pb::ListSandboxesResponse {
+            sandboxes,
+            reaped_ids: reaped,
+            paused_ids: paused,
+            ..Default::default()
+        })
+    }
+
+    async fn get(&self, id: &str) -> Result<pb::SandboxInfo, BackendError> {
+        let l = self.live(id).await?;
+        Ok(self.info(&l.record(), &l.dir))
+    }
+
+    async fn set_timeout(&self, id: &str, end_at_ms: i64) -> Result<pb::SandboxInfo, BackendError> {
+        if end_at_ms < 0 {
+            return Err(BackendError::InvalidArgument(
+                "end_at_ms must be >= 0".into(),
+            ));
+        }
+        let l = self.live(id).await?;
+        let rec = {
+            let mut rec = l.rec.lock().unwrap_or_else(|e| e.into_inner());
+            rec.end_at_ms = end_at_ms;
+            let _ = record::save(&l.dir, &rec);
+            rec.clone()
+        };
+        Ok(self.info(&rec, &l.dir))
+    }
+
+    async fn envd(&self, id: &str) -> Result<EnvdClient, BackendError> {
+        let l = self.live(id).await?;
+        let rec = l.record();
+        if rec.state != State::Running {
+            return Err(BackendError::FailedPrecondition(format!(
+                "sandbox {id} is not running: {}",
+                rec.error.unwrap_or_else(|| "not ready".into())
+            )));
+        }
+        Ok(l.envd.clone())
+    }
+
+    async fn disk_allocated(&self, id: &str) -> Result<u64, BackendError> {
+        let l = self.live(id).await?;
+        storage::allocated_bytes(&l.dir.join("rootfs.qcow2"))
+            .map_err(|e| BackendError::Internal(format!("disk usage: {e}")))
+    }
+
+    fn host_facts(&self) -> pb::PingResponse {
+        let running = self
+            .live
+            .try_read()
+            .map(|m| m.len() as u32)
+            .unwrap_or_default();
+        pb::PingResponse {
+            host_id: self.cfg.host_id.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            accelerator: match self.accel {
+                Accel::Kvm => "kvm".into(),
+                Accel::Tcg => "tcg".into(),
+            },
+            cpu_count: self.host_cpus,
+            memory_total_bytes: self.host_mem_mb * 1024 * 1024,
+            sandboxes_running: running,
+            ..Default::default()
+        }
+    }
+}

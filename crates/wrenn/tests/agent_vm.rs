@@ -1,0 +1,454 @@
+//! The host agent with real microVMs (QEMU microvm under TCG here): lifecycle, isolation,
+//! rollback of every create step, deadlines, restart safety and bad input.
+mod agent;
+
+use std::time::{Duration, Instant};
+
+use agent::{AgentEnv, OUTSIDE_IP, OUTSIDE_PORT, create_req, rt, sandbox_id, sh};
+use sha2::{Digest, Sha256};
+use wrenn_proto::hostagent::v1 as pb;
+
+#[test]
+fn create_exec_files_destroy_leaves_nothing() {
+    let env = AgentEnv::new();
+    rt().block_on(async {
+        let c = env.client();
+        let before = env.host_state();
+        let id = sandbox_id();
+        let created = c
+            .create_sandbox(create_req(&id))
+            .await
+            .expect("create")
+            .into_owned();
+        let info = created.sandbox.as_option().expect("sandbox info").clone();
+        assert_eq!(info.sandbox_id, id);
+        assert_eq!(
+            info.status.as_known(),
+            Some(pb::SandboxStatus::SANDBOX_STATUS_RUNNING)
+        );
+        assert!(!created.envd_access_token.is_empty());
+
+        // The guest's kernel, not the host's.
+        let (out, _, code) = sh(&c, &id, "uname -r").await;
+        assert_eq!(code, 0);
+        let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        assert_ne!(out.trim(), host.trim(), "uname -r must be the guest kernel");
+        assert!(out.trim().ends_with("-cloud-amd64"), "guest kernel: {out}");
+        let (user, _, _) = sh(&c, &id, "id -un").await;
+        assert_eq!(user, "user\n");
+
+        // 10 MiB through WriteFile (client stream) and back through ReadFile.
+        let data: Vec<u8> = (0..10 * 1024 * 1024u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let want = hex(&Sha256::digest(&data));
+        let mut msgs = vec![pb::WriteFileRequest {
+            msg: Some(pb::write_file_request::Msg::Meta(Box::new(
+                pb::write_file_request::Meta {
+                    sandbox_id: id.clone(),
+                    path: "/home/user/big.bin".into(),
+                    ..Default::default()
+                },
+            ))),
+            ..Default::default()
+        }];
+        for chunk in data.chunks(256 * 1024) {
+            msgs.push(pb::WriteFileRequest {
+                msg: Some(pb::write_file_request::Msg::Chunk(chunk.to_vec())),
+                ..Default::default()
+            });
+        }
+        let w = c
+            .write_file(futures::stream::iter(msgs))
+            .await
+            .expect("write")
+            .into_owned();
+        assert_eq!(w.size, data.len() as u64);
+        let (sum, _, _) = sh(&c, &id, "sha256sum /home/user/big.bin | cut -d' ' -f1").await;
+        assert_eq!(sum.trim(), want, "sha256 inside the guest");
+        let mut stream = c
+            .read_file(pb::ReadFileRequest {
+                sandbox_id: id.clone(),
+                path: "/home/user/big.bin".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("read");
+        let mut got = Vec::new();
+        while let Some(m) = stream.message().await.expect("read chunk") {
+            got.extend_from_slice(&m.to_owned_message().chunk);
+        }
+        assert_eq!(hex(&Sha256::digest(&got)), want, "sha256 read back");
+
+        c.destroy_sandbox(pb::DestroySandboxRequest {
+            sandbox_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("destroy");
+        let after = env.host_state();
+        assert_eq!(
+            before, after,
+            "destroy must leave no netns, TAP, qemu, overlay or rules"
+        );
+        let listed = c
+            .list_sandboxes(pb::ListSandboxesRequest::default())
+            .await
+            .unwrap()
+            .into_owned();
+        assert!(listed.sandboxes.is_empty());
+        // The slot is free again: a new sandbox gets the same address.
+        let id2 = sandbox_id();
+        let again = c
+            .create_sandbox(create_req(&id2))
+            .await
+            .expect("create 2")
+            .into_owned();
+        assert_eq!(again.sandbox.as_option().unwrap().host_ip, info.host_ip);
+        c.destroy_sandbox(pb::DestroySandboxRequest {
+            sandbox_id: id2,
+            ..Default::default()
+        })
+        .await
+        .expect("destroy 2");
+    });
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn four_sandboxes_are_isolated() {
+    let env = AgentEnv::new();
+    rt().block_on(async {
+        let c = env.client();
+        let mut ids = Vec::new();
+        let mut ips = Vec::new();
+        let creates: Vec<_> = (0..4)
+            .map(|i| {
+                let mut r = create_req(&sandbox_id());
+                // The last one may use the internet: the positive control for egress rules.
+                r.allow_internet = i == 3;
+                r
+            })
+            .collect();
+        let results = futures::future::join_all(creates.into_iter().map(|r| {
+            let c = env.client();
+            async move { c.create_sandbox(r).await.map(|x| x.into_owned()) }
+        }))
+        .await;
+        for r in results {
+            let s = r.expect("create").sandbox.as_option().unwrap().clone();
+            ids.push(s.sandbox_id.clone());
+            ips.push(s.host_ip.clone());
+        }
+        // A file written in one is absent from the others.
+        let (_, _, code) = sh(&c, &ids[0], "echo secret > /home/user/only-here").await;
+        assert_eq!(code, 0);
+        for id in &ids[1..] {
+            let (_, _, code) = sh(&c, id, "test -e /home/user/only-here").await;
+            assert_ne!(code, 0, "file leaked into {id}");
+        }
+        let probe = |ip: &str, port: u16| {
+            format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{ip}/{port}' && echo open || echo closed")
+        };
+        // No sandbox reaches another one, nor the outside without egress.
+        for (i, id) in ids.iter().enumerate().take(3) {
+            for (j, ip) in ips.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                let (out, _, _) = sh(&c, id, &probe(ip, 49983)).await;
+                assert_eq!(
+                    out.trim(),
+                    "closed",
+                    "sandbox {i} reached sandbox {j} at {ip}"
+                );
+            }
+            let (out, _, _) = sh(&c, id, &probe(OUTSIDE_IP, OUTSIDE_PORT)).await;
+            assert_eq!(
+                out.trim(),
+                "closed",
+                "sandbox {i} reached the outside without egress"
+            );
+        }
+        // Positive control: the sandbox that asked for egress reaches the outside listener...
+        let (out, _, _) = sh(&c, &ids[3], &probe(OUTSIDE_IP, OUTSIDE_PORT)).await;
+        assert_eq!(
+            out.trim(),
+            "open",
+            "egress-enabled sandbox must reach the outside"
+        );
+        // ...but still not its neighbours.
+        let (out, _, _) = sh(&c, &ids[3], &probe(&ips[0], 49983)).await;
+        assert_eq!(
+            out.trim(),
+            "closed",
+            "egress must not open sandbox-to-sandbox"
+        );
+        for id in ids {
+            c.destroy_sandbox(pb::DestroySandboxRequest {
+                sandbox_id: id,
+                ..Default::default()
+            })
+            .await
+            .expect("destroy");
+        }
+        assert!(env.sandbox_netns().is_empty());
+        assert!(env.qemu_pids().is_empty());
+    });
+}
+
+#[test]
+fn failure_at_each_create_step_leaves_host_unchanged() {
+    for step in ["overlay", "slot", "network", "boot", "health", "init"] {
+        let env = AgentEnv::with_env(&[("AGENT_FAILPOINT", step)]);
+        rt().block_on(async {
+            let c = env.client();
+            let before = env.host_state();
+            let err = c
+                .create_sandbox(create_req(&sandbox_id()))
+                .await
+                .expect_err("create must fail");
+            assert!(err.to_string().contains(step), "step {step}: {err}");
+            let after = env.host_state();
+            assert_eq!(before, after, "failure after step {step} left state behind");
+            let listed = c
+                .list_sandboxes(pb::ListSandboxesRequest::default())
+                .await
+                .unwrap()
+                .into_owned();
+            assert!(listed.sandboxes.is_empty());
+        });
+    }
+}
+
+#[test]
+fn deadline_destroys_and_reports_in_list() {
+    let env = AgentEnv::new();
+    rt().block_on(async {
+        let c = env.client();
+        let id = sandbox_id();
+        let mut req = create_req(&id);
+        // Far enough out to survive the boot, then moved close by SetTimeout.
+        req.end_at_ms = now_ms() + 600_000;
+        c.create_sandbox(req).await.expect("create");
+        let moved = c
+            .set_timeout(pb::SetTimeoutRequest {
+                sandbox_id: id.clone(),
+                end_at_ms: now_ms() + 1_500,
+                ..Default::default()
+            })
+            .await
+            .expect("set timeout")
+            .into_owned();
+        assert!(moved.sandbox.as_option().unwrap().end_at_ms > 0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let l = c
+                .list_sandboxes(pb::ListSandboxesRequest::default())
+                .await
+                .unwrap()
+                .into_owned();
+            if l.reaped_ids.contains(&id) {
+                assert!(l.sandboxes.iter().all(|s| s.sandbox_id != id));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sandbox not reaped at its deadline"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Reported once: the next list no longer carries it.
+        let l = c
+            .list_sandboxes(pb::ListSandboxesRequest::default())
+            .await
+            .unwrap()
+            .into_owned();
+        assert!(!l.reaped_ids.contains(&id));
+        assert!(env.qemu_pids().is_empty());
+        assert!(env.sandbox_netns().is_empty());
+    });
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[test]
+fn restart_after_sigkill_readopts_running_vms() {
+    let mut env = AgentEnv::new();
+    let ids: Vec<String> = rt().block_on(async {
+        let c = env.client();
+        let a = sandbox_id();
+        let b = sandbox_id();
+        for id in [&a, &b] {
+            c.create_sandbox(create_req(id)).await.expect("create");
+        }
+        // A PTY with a tag in each, to re-attach to after the restart.
+        for id in [&a, &b] {
+            let mut s = c
+                .pty_attach(pb::PtyAttachRequest {
+                    sandbox_id: id.clone(),
+                    tag: "shell".into(),
+                    cmd: "/bin/bash".into(),
+                    cols: 80,
+                    rows: 24,
+                    ..Default::default()
+                })
+                .await
+                .expect("pty attach");
+            let first = s.message().await.expect("pty event").expect("started");
+            assert!(matches!(
+                first.to_owned_message().event,
+                Some(pb::pty_event::Event::Started(_))
+            ));
+        }
+        vec![a, b]
+    });
+    let qemu_before = env.qemu_pids();
+    assert_eq!(qemu_before.len(), 2);
+    env.kill_agent();
+    env.start_agent();
+    rt().block_on(async {
+        let c = env.client();
+        let l = c
+            .list_sandboxes(pb::ListSandboxesRequest::default())
+            .await
+            .unwrap()
+            .into_owned();
+        let mut listed: Vec<String> = l.sandboxes.iter().map(|s| s.sandbox_id.clone()).collect();
+        listed.sort();
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(listed, want, "both sandboxes listed after restart");
+        for id in &ids {
+            let (out, _, code) = sh(&c, id, "echo alive").await;
+            assert_eq!((out.as_str(), code), ("alive\n", 0));
+            // Re-attach to the PTY by tag and drive it.
+            let mut s = c
+                .pty_attach(pb::PtyAttachRequest {
+                    sandbox_id: id.clone(),
+                    tag: "shell".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("re-attach");
+            let first = s.message().await.expect("event").expect("started");
+            assert!(matches!(
+                first.to_owned_message().event,
+                Some(pb::pty_event::Event::Started(_))
+            ));
+            c.pty_input(pb::PtyInputRequest {
+                sandbox_id: id.clone(),
+                tag: "shell".into(),
+                data: b"echo $((40+2))\n".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("pty input");
+            let mut seen = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !String::from_utf8_lossy(&seen).contains("42") {
+                assert!(Instant::now() < deadline, "no PTY output after re-attach");
+                match tokio::time::timeout(Duration::from_secs(20), s.message()).await {
+                    Ok(Ok(Some(m))) => {
+                        if let Some(pb::pty_event::Event::Output(b)) = m.to_owned_message().event {
+                            seen.extend_from_slice(&b);
+                        }
+                    }
+                    other => panic!("pty stream ended: {other:?}"),
+                }
+            }
+            c.pty_kill(pb::PtyKillRequest {
+                sandbox_id: id.clone(),
+                tag: "shell".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("pty kill");
+        }
+        for id in ids {
+            c.destroy_sandbox(pb::DestroySandboxRequest {
+                sandbox_id: id,
+                ..Default::default()
+            })
+            .await
+            .expect("destroy after restart");
+        }
+        assert!(env.qemu_pids().is_empty());
+        assert!(env.sandbox_netns().is_empty());
+    });
+}
+
+#[test]
+fn bad_input_and_auth_are_refused_and_change_nothing() {
+    let env = AgentEnv::new();
+    rt().block_on(async {
+        let c = env.client();
+        let before = env.host_state();
+        let code = |e: connectrpc::ConnectError| e.code;
+        let mut r = create_req(&sandbox_id());
+        r.vcpus = 0;
+        assert_eq!(
+            code(c.create_sandbox(r).await.unwrap_err()),
+            connectrpc::ErrorCode::InvalidArgument
+        );
+        let mut r = create_req(&sandbox_id());
+        r.memory_mb = 10_000_000;
+        assert_eq!(
+            code(c.create_sandbox(r).await.unwrap_err()),
+            connectrpc::ErrorCode::InvalidArgument
+        );
+        let mut r = create_req(&sandbox_id());
+        r.template = "no-such-template".into();
+        assert_eq!(
+            code(c.create_sandbox(r).await.unwrap_err()),
+            connectrpc::ErrorCode::InvalidArgument
+        );
+        let mut r = create_req("Bad ID!");
+        r.vcpus = 1;
+        assert_eq!(
+            code(c.create_sandbox(r).await.unwrap_err()),
+            connectrpc::ErrorCode::InvalidArgument
+        );
+        let e = c
+            .destroy_sandbox(pb::DestroySandboxRequest {
+                sandbox_id: "nosuchsandbox".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(code(e), connectrpc::ErrorCode::NotFound);
+        let e = c
+            .exec(pb::ExecRequest {
+                sandbox_id: "nosuchsandbox".into(),
+                cmd: "true".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(code(e), connectrpc::ErrorCode::NotFound);
+        // Without a valid control-plane token nothing is served.
+        let other = wrenn_agent::auth::CpSigner::generate().unwrap();
+        for bad in [
+            String::new(),
+            "garbage".into(),
+            other.sign(agent::HOST_ID, Duration::from_secs(60)),
+            env.signer.sign("another-host", Duration::from_secs(60)),
+        ] {
+            let e = env
+                .client_with_token(&bad)
+                .list_sandboxes(pb::ListSandboxesRequest::default())
+                .await
+                .unwrap_err();
+            assert_eq!(code(e), connectrpc::ErrorCode::Unauthenticated);
+        }
+        assert_eq!(before, env.host_state());
+    });
+}
