@@ -3,6 +3,7 @@
 //! medians, p95 and the spread of the per-pair ratio. Timing thresholds never live in
 //! tests: this command is where performance is read.
 
+pub mod agent;
 pub mod envd;
 pub mod report;
 pub mod stats;
@@ -20,6 +21,9 @@ pub struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results.json")]
     pub json: PathBuf,
+    /// Skip the scenarios that boot VMs.
+    #[arg(long)]
+    pub skip_vm: bool,
     /// The envd binary (default: `envd` next to this executable).
     #[arg(long)]
     pub envd: Option<PathBuf>,
@@ -28,6 +32,9 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     rows.extend(envd::run(&args).await?);
+    if !args.skip_vm {
+        rows.extend(agent::run(&args)?);
+    }
     for name in report::NOT_YET {
         rows.push(report::Row::not_available(name));
     }

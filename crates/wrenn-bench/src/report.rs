@@ -6,11 +6,11 @@ use crate::stats::{RatioSpread, Summary, diff_spread, ratio_spread, summarize};
 
 /// Scenarios whose feature does not exist yet; the issues that bring them add their rows.
 pub const NOT_YET: &[&str] = &[
-    "cold create → envd ready (API vs raw qemu)",
+    "cold create → envd ready via the control-plane API",
     "exec relay via API / E2B proxy",
     "pause / resume / template spawn",
     "10 concurrent creates",
-    "memory per idle sandbox",
+    "memory per idle template clone",
     "control plane get/list req/s",
 ];
 
@@ -43,6 +43,19 @@ impl Row {
             baseline: Some(summarize(base)),
             ratio: Some(ratio_spread(ours, base)),
             diff: Some(diff_spread(ours, base)),
+        }
+    }
+
+    /// A single measured value (no baseline), e.g. memory.
+    pub fn single(scenario: &str, unit: &str, value: f64) -> Row {
+        Row {
+            scenario: scenario.into(),
+            unit: unit.into(),
+            ours: Some(summarize(&[value])),
+            baseline_name: String::new(),
+            baseline: None,
+            ratio: None,
+            diff: None,
         }
     }
 
@@ -90,6 +103,12 @@ pub fn markdown(rows: &[Row]) -> String {
                 num(d.p50),
                 num(d.p5),
                 num(d.p95),
+            )),
+            (Some(o), None, _, _) => out.push_str(&format!(
+                "| {} | {} | {} | | | | | | |\n",
+                r.scenario,
+                r.unit,
+                num(o.p50)
             )),
             _ => out.push_str(&format!(
                 "| {} | not available | | | | | | | |\n",

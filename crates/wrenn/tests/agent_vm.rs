@@ -15,8 +15,11 @@ fn create_exec_files_destroy_leaves_nothing() {
         let c = env.client();
         let before = env.host_state();
         let id = sandbox_id();
+        let mut req = create_req(&id);
+        // Bigger than the 5 GiB base image: the guest's root filesystem grows to it.
+        req.disk_size_mb = 6144;
         let created = c
-            .create_sandbox(create_req(&id))
+            .create_sandbox(req)
             .await
             .expect("create")
             .into_owned();
@@ -36,6 +39,13 @@ fn create_exec_files_destroy_leaves_nothing() {
         assert!(out.trim().ends_with("-cloud-amd64"), "guest kernel: {out}");
         let (user, _, _) = sh(&c, &id, "id -un").await;
         assert_eq!(user, "user\n");
+        let (size, _, _) = sh(&c, &id, "df -m --output=size / | tail -1").await;
+        let size: u64 = size.trim().parse().expect("df size");
+        if size <= 5600 {
+            let (diag, _, _) = sh(&c, &id, "sudo blockdev --getsize64 /dev/vda; stat -f -c '%b %S' /; sudo resize2fs /dev/vda 2>&1 | tail -3").await;
+            panic!("root filesystem should have grown to ~6 GiB, is {size} MiB: {diag}");
+        }
+        let used_before = info.disk_used_bytes;
 
         // 10 MiB through WriteFile (client stream) and back through ReadFile.
         let data: Vec<u8> = (0..10 * 1024 * 1024u32)
@@ -79,6 +89,15 @@ fn create_exec_files_destroy_leaves_nothing() {
             got.extend_from_slice(&m.to_owned_message().chunk);
         }
         assert_eq!(hex(&Sha256::digest(&got)), want, "sha256 read back");
+        // Disk usage is the overlay's allocated blocks: it grew by the file written.
+        sh(&c, &id, "sync").await;
+        let now = c
+            .get_sandbox(pb::GetSandboxRequest { sandbox_id: id.clone(), ..Default::default() })
+            .await
+            .expect("get")
+            .into_owned();
+        let used = now.sandbox.as_option().unwrap().disk_used_bytes;
+        assert!(used >= used_before + 10 * 1024 * 1024, "disk_used_bytes {used_before} -> {used}");
 
         c.destroy_sandbox(pb::DestroySandboxRequest {
             sandbox_id: id.clone(),

@@ -1,0 +1,351 @@
+//! Host-agent scenarios: cold create → envd ready through the agent's RPC, beside the raw
+//! floor (the same QEMU argv with its netns, TAP and overlay made beforehand, timed from exec
+//! to the first 2xx from envd's `/health`), and the host memory of an idle sandbox.
+//!
+//! Everything runs inside a network namespace this benchmark creates to stand in for the
+//! host, on its own thread (namespaces are per thread), and is removed at the end.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use connectrpc::client::{ClientConfig, HttpClient};
+use wrenn_agent::auth::CpSigner;
+use wrenn_agent::network::{Network, NetworkConfig};
+use wrenn_agent::vmm::qemu::qemu_args;
+use wrenn_agent::vmm::{Accel, QemuVmm, VmSpec};
+use wrenn_proto::hostagent::v1 as pb;
+use wrenn_proto::hostagent::v1::HostAgentServiceClient;
+
+use crate::Args;
+use crate::report::Row;
+
+const HOST_ID: &str = "bench-host";
+const PORT: u16 = 50061;
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let p = std::env::current_exe()?.with_file_name(name);
+    if !p.exists() {
+        bail!(
+            "{} not found next to wrenn-bench (cargo build -p {name})",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let st = Command::new("ip").args(args).status()?;
+    anyhow::ensure!(st.success(), "ip {args:?} failed");
+    Ok(())
+}
+
+/// Cleans up on drop: agent, VMs under the files root, namespaces.
+struct Env {
+    host_ns: String,
+    prefix: String,
+    root: tempfile::TempDir,
+    agent: Option<Child>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        let root = self.root.path().to_string_lossy().into_owned();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            if cmd.starts_with("qemu-system") && cmd.contains(&root) {
+                // SAFETY: a QEMU this benchmark started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let name = line.split_whitespace().next().unwrap_or("");
+                if name.starts_with(&format!("{}-", self.prefix))
+                    || name.starts_with(&format!("{}r-", self.prefix))
+                {
+                    let _ = Command::new("ip").args(["netns", "del", name]).status();
+                }
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.host_ns])
+            .status();
+    }
+}
+
+fn image_root(wrenn: &Path, envd: &Path) -> anyhow::Result<PathBuf> {
+    let root = PathBuf::from(
+        std::env::var("WRENN_TEST_IMAGE_ROOT")
+            .unwrap_or_else(|_| "/var/cache/wrenn/test-root".into()),
+    );
+    std::fs::create_dir_all(&root)?;
+    let lock = std::fs::File::create(root.join(".lock"))?;
+    // SAFETY: flock on an fd we own; released when `lock` drops.
+    anyhow::ensure!(
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } == 0,
+        "flock"
+    );
+    let st = Command::new(wrenn)
+        .args(["image", "build", "--plain", "--root"])
+        .arg(&root)
+        .arg("--envd")
+        .arg(envd)
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(st.success(), "wrenn image build failed");
+    Ok(root)
+}
+
+fn rand_tag() -> String {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    format!("{:02x}{:02x}", b[0], b[1])
+}
+
+/// Runs the scenarios on a dedicated thread inside the host stand-in namespace.
+pub fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
+    let pairs = if args.quick { 5 } else { 15 };
+    let envd = match &args.envd {
+        Some(p) => p.clone(),
+        None => sibling("envd")?,
+    };
+    let wrenn = sibling("wrenn")?;
+    std::thread::spawn(move || -> anyhow::Result<Vec<Row>> {
+        let images = image_root(&wrenn, &envd)?;
+        let tag = rand_tag();
+        let env = Env {
+            host_ns: format!("wb{tag}h"),
+            prefix: format!("b{tag}"),
+            root: tempfile::tempdir_in("/var/tmp")?,
+            agent: None,
+        };
+        ip(&["netns", "add", &env.host_ns])?;
+        ip(&["-n", &env.host_ns, "link", "set", "lo", "up"])?;
+        let f = std::fs::File::open(format!("/run/netns/{}", env.host_ns))?;
+        // SAFETY: setns for this thread only, on a valid namespace fd.
+        anyhow::ensure!(
+            unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } == 0,
+            "setns"
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(measure(env, images, wrenn, pairs))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("agent benchmark thread panicked"))?
+}
+
+async fn measure(
+    mut env: Env,
+    images: PathBuf,
+    wrenn: PathBuf,
+    pairs: usize,
+) -> anyhow::Result<Vec<Row>> {
+    for d in ["kernels", "images"] {
+        std::os::unix::fs::symlink(images.join(d), env.root.path().join(d))?;
+    }
+    let signer = CpSigner::generate()?;
+    let pem = env.root.path().join("cp.pub.pem");
+    std::fs::write(&pem, signer.public_key_pem())?;
+    env.agent = Some(
+        Command::new(&wrenn)
+            .arg("agent")
+            .arg("--root")
+            .arg(env.root.path())
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{PORT}"),
+                "--host-id",
+                HOST_ID,
+            ])
+            .arg("--cp-public-key")
+            .arg(&pem)
+            .args([
+                "--net-prefix",
+                &env.prefix,
+                "--accel",
+                "tcg",
+                "--max-sandboxes",
+                "32",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn wrenn agent")?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", PORT)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "agent did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = || {
+        let cfg = ClientConfig::new(format!("http://127.0.0.1:{PORT}").parse().expect("uri"))
+            .with_default_header(
+                "authorization",
+                format!("Bearer {}", signer.sign(HOST_ID, Duration::from_secs(300))),
+            );
+        HostAgentServiceClient::new(HttpClient::plaintext(), cfg)
+    };
+    // The floor's network uses its own prefix and slots far from the agent's.
+    let floor_net = Network::new(NetworkConfig {
+        prefix: format!("{}r", env.prefix),
+        max_slots: 64,
+    });
+    let manifest =
+        match wrenn_image::Manifest::load(&wrenn_image::Layout::new(&images).manifest("base")) {
+            wrenn_image::manifest::Loaded::Present(m) => m,
+            _ => bail!("no base template under {}", images.display()),
+        };
+    let kernel = images.join(&manifest.kernel.vmlinuz);
+    let initrd = images.join(&manifest.kernel.initrd);
+    let base = images.join(&manifest.rootfs.path);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+
+    let (mut ours, mut floor) = (Vec::new(), Vec::new());
+    for i in 0..pairs {
+        // Ours: CreateSandbox → returns once envd answered and /init is done.
+        let id = format!("bench{i:015}");
+        let t = Instant::now();
+        client()
+            .create_sandbox(pb::CreateSandboxRequest {
+                sandbox_id: id.clone(),
+                template: "base".into(),
+                vcpus: 1,
+                memory_mb: 256,
+                ..Default::default()
+            })
+            .await
+            .context("create sandbox")?;
+        ours.push(t.elapsed().as_secs_f64() * 1e3);
+        client()
+            .destroy_sandbox(pb::DestroySandboxRequest {
+                sandbox_id: id,
+                ..Default::default()
+            })
+            .await?;
+
+        // Floor: netns, TAP and overlay made beforehand; timed from exec to /health 2xx.
+        let slot = 40 + (i as u32 % 20);
+        let net = floor_net.setup(slot, false).await?;
+        let dir = env.root.path().join(format!("floor{i}"));
+        std::fs::create_dir_all(&dir)?;
+        let overlay = dir.join("rootfs.qcow2");
+        wrenn_agent::storage::create_overlay(&base, &overlay, None).await?;
+        let spec = VmSpec {
+            sandbox_id: format!("floor{i}"),
+            vcpus: 1,
+            memory_mb: 256,
+            kernel: kernel.clone(),
+            initrd: initrd.clone(),
+            kernel_args: net.kernel_param(),
+            root_disk: overlay,
+            netns: Some(net.netns.clone()),
+            tap: Some(net.tap.clone()),
+            guest_mac: Some(net.guest_mac.clone()),
+            run_dir: dir.join("run"),
+            accel: Accel::Tcg,
+        };
+        std::fs::create_dir_all(&spec.run_dir)?;
+        let argv = qemu_args(&spec);
+        let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
+        cmd.args(&argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        wrenn_agent::network::netns::command_in(&mut cmd, &net.netns)?;
+        let url = format!("http://{}:49983/health", net.host_ip);
+        let t = Instant::now();
+        let st = cmd.status().await?;
+        anyhow::ensure!(st.success(), "raw qemu failed to start");
+        loop {
+            if let Ok(r) = http.get(&url).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(180),
+                "raw VM never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        floor.push(t.elapsed().as_secs_f64() * 1e3);
+        QemuVmm::new().kill_run_dir(&spec.run_dir).await?;
+        floor_net.teardown(slot).await?;
+        std::fs::remove_dir_all(&dir)?;
+    }
+    let mut rows = vec![Row::paired(
+        "agent create → envd ready (TCG)",
+        "ms",
+        "same qemu argv, netns/TAP/overlay premade",
+        &ours,
+        &floor,
+    )];
+
+    // Host memory of one idle 256 MiB sandbox.
+    let id = "benchidle00000000000".to_string();
+    client()
+        .create_sandbox(pb::CreateSandboxRequest {
+            sandbox_id: id.clone(),
+            template: "base".into(),
+            vcpus: 1,
+            memory_mb: 256,
+            ..Default::default()
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (rss, pss) = qemu_memory(env.root.path()).context("idle sandbox memory")?;
+    rows.push(Row::single("idle 256 MiB sandbox: QEMU RSS", "MiB", rss));
+    rows.push(Row::single("idle 256 MiB sandbox: QEMU PSS", "MiB", pss));
+    client()
+        .destroy_sandbox(pb::DestroySandboxRequest {
+            sandbox_id: id,
+            ..Default::default()
+        })
+        .await?;
+    drop(env);
+    Ok(rows)
+}
+
+/// RSS and PSS (MiB) of the one QEMU running under `root`.
+fn qemu_memory(root: &Path) -> anyhow::Result<(f64, f64)> {
+    let root = root.to_string_lossy();
+    for e in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if !(cmd.starts_with("qemu-system") && cmd.contains(root.as_ref())) {
+            continue;
+        }
+        let field = |file: &str, key: &str| -> Option<f64> {
+            std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .map(|kb| kb / 1024.0)
+        };
+        let rss = field("status", "VmRSS:").context("VmRSS")?;
+        let pss = field("smaps_rollup", "Pss:").context("Pss")?;
+        return Ok((rss, pss));
+    }
+    bail!("no QEMU found")
+}
