@@ -1,0 +1,6 @@
+//! The Wrenn control plane.
+//!
+//! A stateless server whose truth lives in the database (SQLite by default, PostgreSQL in
+//! production): accounts, teams, API keys, hosts, sandboxes and templates. It owns the public
+//! API and talks to host agents only through their authenticated RPC; it never touches a VM,
+//! a network namespace or a disk itself.
