@@ -3,6 +3,8 @@
 # Build artefacts and tool caches live outside the clone so fresh clones reuse them.
 export WRENN_CACHE="${WRENN_CACHE:-/var/cache/wrenn}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$WRENN_CACHE/target}"
+# Incremental state only helps edit-compile loops; in scripted builds it costs gigabytes.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 mkdir -p "$WRENN_CACHE"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
