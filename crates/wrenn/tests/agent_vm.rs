@@ -471,3 +471,50 @@ fn bad_input_and_auth_are_refused_and_change_nothing() {
         assert_eq!(before, env.host_state());
     });
 }
+
+#[test]
+fn restart_cleans_up_a_create_cut_short_by_sigkill() {
+    let mut env = AgentEnv::new();
+    let before = env.host_state();
+    // Start a create and SIGKILL the agent while the VM boots.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let client = env.client();
+    let id = sandbox_id();
+    let handle = std::thread::spawn(move || {
+        rt().block_on(async move {
+            let _ = tx.send(());
+            let _ = client.create_sandbox(create_req(&id)).await;
+        })
+    });
+    rx.recv().expect("create started");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.qemu_pids().is_empty() {
+        assert!(Instant::now() < deadline, "no VM started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    env.kill_agent();
+    let _ = handle.join();
+    assert_eq!(
+        env.qemu_pids().len(),
+        1,
+        "the half-made VM outlives the killed agent"
+    );
+    env.start_agent();
+    rt().block_on(async {
+        let c = env.client();
+        let l = c
+            .list_sandboxes(pb::ListSandboxesRequest::default())
+            .await
+            .unwrap()
+            .into_owned();
+        assert!(
+            l.sandboxes.is_empty(),
+            "a half-made sandbox must not be adopted"
+        );
+    });
+    assert_eq!(
+        before,
+        env.host_state(),
+        "restart must remove the half-made sandbox"
+    );
+}

@@ -49,6 +49,17 @@ pub fn is_our_qemu(pid: i32, qmp_socket: &Path) -> bool {
     is_qemu && args.contains(&qmp)
 }
 
+/// Every live QEMU whose command line names `qmp_socket` (see [`is_our_qemu`]).
+pub fn pids_of_qemu_with(qmp_socket: &Path) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|&pid| is_our_qemu(pid, qmp_socket))
+        .collect()
+}
+
 pub fn sigkill(pid: i32) {
     // ESRCH (already gone) is the outcome we want anyway.
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);

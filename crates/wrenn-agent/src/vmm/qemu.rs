@@ -67,6 +67,12 @@ impl QemuVmm {
         if let Some(pid) = read_pid_file(&pid_file(&run_dir)).ok().flatten() {
             stop(pid, &run_dir, None, self.grace).await?;
         }
+        // A QEMU still daemonizing has no pid file yet (an agent killed mid-boot): find it by
+        // its command line, which names this run dir's QMP socket.
+        let socket = qmp_socket(&run_dir);
+        for pid in super::process::pids_of_qemu_with(&socket) {
+            stop(pid, &run_dir, None, self.grace).await?;
+        }
         remove_runtime_files(&run_dir);
         Ok(())
     }
