@@ -5,5 +5,6 @@
 //! API and talks to host agents only through their authenticated RPC; it never touches a VM,
 //! a network namespace or a disk itself.
 
+pub mod auth;
 pub mod error;
 pub mod ids;
