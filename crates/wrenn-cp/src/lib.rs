@@ -4,3 +4,5 @@
 //! production): accounts, teams, API keys, hosts, sandboxes and templates. It owns the public
 //! API and talks to host agents only through their authenticated RPC; it never touches a VM,
 //! a network namespace or a disk itself.
+
+pub mod db;
