@@ -28,10 +28,15 @@ impl ActorType {
 impl TryFrom<String> for ActorType {
     type Error = DbError;
     fn try_from(s: String) -> Result<Self, DbError> {
-        [ActorType::User, ActorType::ApiKey, ActorType::Host, ActorType::System]
-            .into_iter()
-            .find(|a| a.as_str() == s)
-            .ok_or_else(|| DbError::Corrupt(format!("actor type {s:?}")))
+        [
+            ActorType::User,
+            ActorType::ApiKey,
+            ActorType::Host,
+            ActorType::System,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == s)
+        .ok_or_else(|| DbError::Corrupt(format!("actor type {s:?}")))
     }
 }
 

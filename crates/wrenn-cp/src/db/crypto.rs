@@ -100,16 +100,25 @@ mod tests {
         let v = c.encrypt("sb1", "t");
         assert!(matches!(other.decrypt("sb1", &v), Err(DbError::Decrypt)));
         assert!(matches!(c.decrypt("sb2", &v), Err(DbError::Decrypt)));
-        assert!(matches!(c.decrypt("sb1", "!!notbase64"), Err(DbError::Decrypt)));
+        assert!(matches!(
+            c.decrypt("sb1", "!!notbase64"),
+            Err(DbError::Decrypt)
+        ));
         assert!(matches!(c.decrypt("sb1", "AAAA"), Err(DbError::Decrypt)));
         let mut tampered = STANDARD.decode(&v).unwrap();
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
-        assert!(matches!(c.decrypt("sb1", &STANDARD.encode(tampered)), Err(DbError::Decrypt)));
+        assert!(matches!(
+            c.decrypt("sb1", &STANDARD.encode(tampered)),
+            Err(DbError::Decrypt)
+        ));
     }
 
     #[test]
     fn key_length_is_checked() {
-        assert!(matches!(EnvdTokenCipher::new(&[0u8; 16]), Err(DbError::BadKey(16))));
+        assert!(matches!(
+            EnvdTokenCipher::new(&[0u8; 16]),
+            Err(DbError::BadKey(16))
+        ));
     }
 }

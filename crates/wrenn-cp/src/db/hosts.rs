@@ -26,10 +26,14 @@ impl HostStatus {
 impl TryFrom<String> for HostStatus {
     type Error = DbError;
     fn try_from(s: String) -> Result<Self, DbError> {
-        [HostStatus::Pending, HostStatus::Online, HostStatus::Unreachable]
-            .into_iter()
-            .find(|h| h.as_str() == s)
-            .ok_or_else(|| DbError::Corrupt(format!("host status {s:?}")))
+        [
+            HostStatus::Pending,
+            HostStatus::Online,
+            HostStatus::Unreachable,
+        ]
+        .into_iter()
+        .find(|h| h.as_str() == s)
+        .ok_or_else(|| DbError::Corrupt(format!("host status {s:?}")))
     }
 }
 
@@ -134,7 +138,11 @@ impl Db {
 
     /// Hosts owned by a BYOC team (`Some`) or the platform's hosts (`None`), oldest first.
     pub async fn list_hosts(&self, team_id: Option<&str>) -> Result<Vec<Host>, DbError> {
-        let filter = if team_id.is_some() { "team_id = $1" } else { "team_id IS NULL" };
+        let filter = if team_id.is_some() {
+            "team_id = $1"
+        } else {
+            "team_id IS NULL"
+        };
         let sql = format!("SELECT {HOST_COLS} FROM hosts WHERE {filter} ORDER BY created_at, id");
         let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
         if let Some(t) = team_id {
@@ -282,7 +290,9 @@ impl Db {
         .await?;
         let Some(host_id) = host_id else {
             drop(tx);
-            return Err(DbError::TokenRejected(self.refresh_rejection(old_hash).await?));
+            return Err(DbError::TokenRejected(
+                self.refresh_rejection(old_hash).await?,
+            ));
         };
         let tok = RefreshToken {
             id: ids::prefixed("hrt"),
@@ -291,7 +301,7 @@ impl Db {
             expires_at: new_expires_at,
             revoked_at: None,
         };
-        insert_refresh(&mut *tx, &tok, new_hash).await?;
+        insert_refresh(&mut tx, &tok, new_hash).await?;
         tx.commit().await?;
         Ok(tok)
     }

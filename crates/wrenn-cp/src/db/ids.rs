@@ -31,7 +31,9 @@ pub fn sandbox_id() -> String {
 /// Whether `s` has the sandbox ID shape; the API rejects anything else with 400 before any
 /// query.
 pub fn is_sandbox_id(s: &str) -> bool {
-    s.len() == SANDBOX_ID_LEN && s.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    s.len() == SANDBOX_ID_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
 }
 
 pub fn prefixed(prefix: &str) -> String {

@@ -90,7 +90,9 @@ pub fn encode_cursor(created_at: i64, id: &str) -> String {
 }
 
 fn decode_cursor(c: &str) -> Result<(i64, String), DbError> {
-    let raw = URL_SAFE_NO_PAD.decode(c).map_err(|_| DbError::InvalidCursor)?;
+    let raw = URL_SAFE_NO_PAD
+        .decode(c)
+        .map_err(|_| DbError::InvalidCursor)?;
     let s = String::from_utf8(raw).map_err(|_| DbError::InvalidCursor)?;
     let (at, id) = s.split_once('.').ok_or(DbError::InvalidCursor)?;
     let at = at.parse::<i64>().map_err(|_| DbError::InvalidCursor)?;
@@ -108,7 +110,10 @@ mod tests {
     fn limits() {
         assert_eq!(PageRequest::new(None, None).unwrap().limit, 100);
         assert_eq!(PageRequest::new(Some(1000), None).unwrap().limit, 1000);
-        assert!(matches!(PageRequest::new(Some(0), None), Err(DbError::InvalidLimit(0))));
+        assert!(matches!(
+            PageRequest::new(Some(0), None),
+            Err(DbError::InvalidLimit(0))
+        ));
         assert!(matches!(
             PageRequest::new(Some(1001), None),
             Err(DbError::InvalidLimit(1001))
@@ -120,10 +125,17 @@ mod tests {
         let c = encode_cursor(1_700_000_000_123, "abc.def");
         let r = PageRequest::new(None, Some(&c)).unwrap();
         assert_eq!(r.after, Some((1_700_000_000_123, "abc.def".to_owned())));
-        for bad in ["***", "bm9kb3Q", &URL_SAFE_NO_PAD.encode("x.id"), &URL_SAFE_NO_PAD.encode("1.")]
-        {
+        for bad in [
+            "***",
+            "bm9kb3Q",
+            &URL_SAFE_NO_PAD.encode("x.id"),
+            &URL_SAFE_NO_PAD.encode("1."),
+        ] {
             assert!(
-                matches!(PageRequest::new(None, Some(bad)), Err(DbError::InvalidCursor)),
+                matches!(
+                    PageRequest::new(None, Some(bad)),
+                    Err(DbError::InvalidCursor)
+                ),
                 "{bad}"
             );
         }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::crypto::EnvdTokenCipher;
 use super::debounce::Debouncer;
@@ -34,7 +35,11 @@ pub struct DbConfig {
 }
 
 impl DbConfig {
-    pub fn new(data_dir: impl Into<PathBuf>, database_url: Option<String>, envd_key: &[u8]) -> Self {
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        database_url: Option<String>,
+        envd_key: &[u8],
+    ) -> Self {
         Self {
             database_url,
             data_dir: data_dir.into(),
@@ -51,6 +56,8 @@ pub struct Db {
     backend: Backend,
     pub(super) cipher: Arc<EnvdTokenCipher>,
     pub(super) activity: Arc<Debouncer>,
+    /// Serialises this process's SQLite write transactions (see [`Db::begin_write`]).
+    sqlite_writer: Arc<Mutex<()>>,
     /// What [`Db::reopen`] needs.
     url: String,
     envd_key: Arc<Vec<u8>>,
@@ -79,10 +86,20 @@ impl Db {
                     source,
                 })?;
                 let path = config.data_dir.join("wrenn.db");
-                (Backend::Sqlite, format!("sqlite://{}?mode=rwc", path.display()))
+                (
+                    Backend::Sqlite,
+                    format!("sqlite://{}?mode=rwc", path.display()),
+                )
             }
         };
-        Self::open(backend, url, config.envd_key, config.max_connections.max(1), cipher).await
+        Self::open(
+            backend,
+            url,
+            config.envd_key,
+            config.max_connections.max(1),
+            cipher,
+        )
+        .await
     }
 
     /// A second, independent handle on the same database (as after a restart); runs the
@@ -142,6 +159,7 @@ impl Db {
             backend,
             cipher,
             activity: Arc::new(Debouncer::new(super::debounce::ACTIVITY_INTERVAL)),
+            sqlite_writer: Arc::new(Mutex::new(())),
             url,
             envd_key: Arc::new(envd_key),
             max_connections,
@@ -161,15 +179,53 @@ impl Db {
         self.pool.close().await;
     }
 
-    /// A transaction that takes the write lock up front. SQLite's default deferred `BEGIN`
-    /// fails at once with SQLITE_BUSY when a transaction that has read tries to write while
-    /// another writer committed; `BEGIN IMMEDIATE` queues on the busy timeout instead.
-    pub(super) async fn begin_write(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, DbError> {
+    /// A transaction that takes the write lock up front.
+    ///
+    /// SQLite has one writer at a time. Its default deferred `BEGIN` fails at once with
+    /// SQLITE_BUSY when a transaction that has read tries to write after another writer
+    /// committed, and its busy handler polls with sleeps of up to 100 ms, so many concurrent
+    /// writers spend most of their time asleep. Writers in this process therefore queue on an
+    /// async mutex first, then `BEGIN IMMEDIATE` (which still honours the busy timeout against
+    /// other processes). PostgreSQL needs neither: plain `BEGIN`, row locks do the rest.
+    pub(super) async fn begin_write(&self) -> Result<WriteTx, DbError> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => {
+                let guard = self.sqlite_writer.clone().lock_owned().await;
+                WriteTx {
+                    tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+                    _guard: Some(guard),
+                }
+            }
+            Backend::Postgres => WriteTx {
+                tx: self.pool.begin().await?,
+                _guard: None,
+            },
         })
+    }
+}
+
+/// A write transaction (see [`Db::begin_write`]); dereferences to the connection, so queries
+/// run on `&mut *tx`. Dropping it without [`WriteTx::commit`] rolls back.
+pub(super) struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    _guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<(), DbError> {
+        Ok(self.tx.commit().await?)
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
     }
 }

@@ -164,12 +164,14 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         for (k, v) in &sb.metadata {
-            sqlx::query("INSERT INTO sandbox_metadata (sandbox_id, key, value) VALUES ($1, $2, $3)")
-                .bind(&sb.id)
-                .bind(k)
-                .bind(v)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO sandbox_metadata (sandbox_id, key, value) VALUES ($1, $2, $3)",
+            )
+            .bind(&sb.id)
+            .bind(k)
+            .bind(v)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(sb)
@@ -184,7 +186,10 @@ impl Db {
             .bind(team_id)
             .fetch_one(&self.pool)
             .await?;
-        self.with_metadata(vec![sb]).await?.pop().ok_or(DbError::NotFound)
+        self.with_metadata(vec![sb])
+            .await?
+            .pop()
+            .ok_or(DbError::NotFound)
     }
 
     /// Unscoped read, for background workers (reaper, host monitor), never for API requests.
@@ -194,7 +199,10 @@ impl Db {
             .bind(id)
             .fetch_one(&self.pool)
             .await?;
-        self.with_metadata(vec![sb]).await?.pop().ok_or(DbError::NotFound)
+        self.with_metadata(vec![sb])
+            .await?
+            .pop()
+            .ok_or(DbError::NotFound)
     }
 
     /// A team's sandboxes, newest first, filtered by status and metadata, one page.
@@ -206,11 +214,19 @@ impl Db {
     ) -> Result<Page<Sandbox>, DbError> {
         let mut ph = Placeholders::default();
         let mut args = Vec::new();
-        let mut sql = format!("SELECT {COLS} FROM sandboxes s WHERE team_id = {}", ph.next());
+        let mut sql = format!(
+            "SELECT {COLS} FROM sandboxes s WHERE team_id = {}",
+            ph.next()
+        );
         args.push(Arg::Text(team_id.to_owned()));
         if !filter.statuses.is_empty() {
             sql += &format!(" AND status IN ({})", ph.list(filter.statuses.len()));
-            args.extend(filter.statuses.iter().map(|s| Arg::Text(s.as_str().to_owned())));
+            args.extend(
+                filter
+                    .statuses
+                    .iter()
+                    .map(|s| Arg::Text(s.as_str().to_owned())),
+            );
         }
         for (k, v) in &filter.metadata {
             sql += &format!(
@@ -339,7 +355,10 @@ impl Db {
         };
         tx.commit().await?;
         tracing::debug!(sandbox = %id, status = %to, "sandbox transition");
-        self.with_metadata(vec![sb]).await?.pop().ok_or(DbError::NotFound)
+        self.with_metadata(vec![sb])
+            .await?
+            .pop()
+            .ok_or(DbError::NotFound)
     }
 
     /// Moves every sandbox on a host that may become `to` (e.g. `missing` when the host stops

@@ -106,7 +106,10 @@ mod tests {
         assert!(!Missing.is_terminal() && !Paused.is_terminal());
         for s in SandboxStatus::ALL {
             assert_eq!(SandboxStatus::parse(s.as_str()), Some(s));
-            assert!(!SandboxStatus::can_transition(s, s), "{s} -> {s} is not a transition");
+            assert!(
+                !SandboxStatus::can_transition(s, s),
+                "{s} -> {s} is not a transition"
+            );
         }
     }
 }

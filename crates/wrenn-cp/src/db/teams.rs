@@ -79,11 +79,7 @@ impl Db {
     /// different owners could each still see the other owner under PostgreSQL's READ
     /// COMMITTED and leave the team ownerless. SQLite needs nothing: `BEGIN IMMEDIATE`
     /// already serialises all writers.
-    async fn lock_team(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        team_id: &str,
-    ) -> Result<(), DbError> {
+    async fn lock_team(&self, tx: &mut super::pool::WriteTx, team_id: &str) -> Result<(), DbError> {
         if self.backend() == super::Backend::Postgres {
             sqlx::query("SELECT id FROM teams WHERE id = $1 FOR UPDATE")
                 .bind(team_id)
@@ -135,12 +131,12 @@ impl Db {
     }
 
     pub async fn team_by_id(&self, id: &str) -> Result<Team, DbError> {
-        Ok(sqlx::query_as(
-            "SELECT id, name, slug, is_byoc, created_at FROM teams WHERE id = $1",
+        Ok(
+            sqlx::query_as("SELECT id, name, slug, is_byoc, created_at FROM teams WHERE id = $1")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await?,
         )
-        .bind(id)
-        .fetch_one(&self.pool)
-        .await?)
     }
 
     /// The user's teams with their role in each, oldest membership first (the default team).
@@ -156,7 +152,12 @@ impl Db {
     }
 
     /// Adds a member; already a member is [`DbError::AlreadyExists`].
-    pub async fn add_member(&self, team_id: &str, user_id: &str, role: Role) -> Result<(), DbError> {
+    pub async fn add_member(
+        &self,
+        team_id: &str,
+        user_id: &str,
+        role: Role,
+    ) -> Result<(), DbError> {
         sqlx::query(
             "INSERT INTO memberships (team_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)",
         )
@@ -192,7 +193,12 @@ impl Db {
     }
 
     /// Changes a member's role. Demoting the last owner is [`DbError::LastOwner`].
-    pub async fn change_role(&self, team_id: &str, user_id: &str, role: Role) -> Result<(), DbError> {
+    pub async fn change_role(
+        &self,
+        team_id: &str,
+        user_id: &str,
+        role: Role,
+    ) -> Result<(), DbError> {
         let mut tx = self.begin_write().await?;
         self.lock_team(&mut tx, team_id).await?;
         let r = sqlx::query("UPDATE memberships SET role = $3 WHERE team_id = $1 AND user_id = $2")
@@ -228,10 +234,7 @@ impl Db {
 }
 
 /// Called after the change inside the same transaction; an error drops (rolls back) it.
-async fn ensure_owner_left(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    team_id: &str,
-) -> Result<(), DbError> {
+async fn ensure_owner_left(tx: &mut super::pool::WriteTx, team_id: &str) -> Result<(), DbError> {
     let owners: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM memberships WHERE team_id = $1 AND role = 'owner'",
     )

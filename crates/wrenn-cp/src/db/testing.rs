@@ -195,6 +195,9 @@ mod tests {
             with_database("postgres://u:p@h:1/db?sslmode=disable", "wt_x"),
             "postgres://u:p@h:1/wt_x?sslmode=disable"
         );
-        assert_eq!(with_database("postgres://h:1", "wt_x"), "postgres://h:1/wt_x");
+        assert_eq!(
+            with_database("postgres://h:1", "wt_x"),
+            "postgres://h:1/wt_x"
+        );
     }
 }

@@ -1,6 +1,4 @@
-use wrenn_cp::db::{
-    DbError, HostStatus, NewHost, NewRegistrationToken, TokenRejection, now_ms,
-};
+use wrenn_cp::db::{DbError, HostStatus, NewHost, NewRegistrationToken, TokenRejection, now_ms};
 use wrenn_cp::db_test;
 
 use super::team;

@@ -12,7 +12,10 @@ use wrenn_cp::db::{Db, NewSandbox, OnTimeout, Sandbox, SandboxStatus, Team};
 
 /// A user and a team they own.
 pub async fn team(db: &Db, email: &str) -> Team {
-    let u = db.create_user(email, Some("hash"), "Someone", false).await.unwrap();
+    let u = db
+        .create_user(email, Some("hash"), "Someone", false)
+        .await
+        .unwrap();
     db.create_team("Team", false, Some(&u.id)).await.unwrap()
 }
 
@@ -39,5 +42,7 @@ pub async fn sandbox(db: &Db, team_id: &str, meta: &[(&str, &str)]) -> Sandbox {
 
 pub async fn running_sandbox(db: &Db, team_id: &str) -> Sandbox {
     let sb = sandbox(db, team_id, &[]).await;
-    db.transition_sandbox(&sb.id, SandboxStatus::Running, None).await.unwrap()
+    db.transition_sandbox(&sb.id, SandboxStatus::Running, None)
+        .await
+        .unwrap()
 }

@@ -1,8 +1,7 @@
 use std::collections::HashSet;
 
 use wrenn_cp::db::{
-    DbError, EnvdTokenCipher, NewHost, PageRequest, SandboxFilter, SandboxPatch, SandboxStatus,
-    ids,
+    DbError, EnvdTokenCipher, NewHost, PageRequest, SandboxFilter, SandboxPatch, SandboxStatus, ids,
 };
 use wrenn_cp::db_test;
 
