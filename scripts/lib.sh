@@ -70,3 +70,61 @@ sys.exit(0 if m.version('e2b') == '$E2B_SDK_VERSION' and m.version('pytest') els
     fi
     export WRENN_VENV="$venv"
 }
+
+# start_test_postgres: a throwaway PostgreSQL cluster for the control-plane database tests.
+# Uses Debian's server binaries (installing `postgresql` when missing), initdb as the postgres
+# user (initdb refuses root) into a temp dir, listens on a free loopback port with its socket
+# in that dir, and exports WRENN_TEST_PG_URL. stop_test_postgres stops it and removes the dir;
+# callers trap it on EXIT so a failing run cleans up too.
+pg_bindir() {
+    local d
+    d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+    [[ -n $d && -x $d/initdb ]] && echo "$d"
+}
+
+start_test_postgres() {
+    local bin
+    if ! bin=$(pg_bindir); then
+        log "installing postgresql"
+        if [[ $(id -u) -ne 0 ]]; then
+            echo "need root to apt-get install postgresql" >&2
+            return 1
+        fi
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+        bin=$(pg_bindir) || { echo "postgresql installed but no initdb found" >&2; return 1; }
+    fi
+    local port
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    WRENN_PG_DIR=$(mktemp -d /tmp/wrenn-pg.XXXXXX)
+    export WRENN_PG_DIR
+    local run=()
+    if [[ $(id -u) -eq 0 ]]; then
+        chown postgres:postgres "$WRENN_PG_DIR"
+        run=(runuser -u postgres --)
+    fi
+    log "starting throwaway PostgreSQL on 127.0.0.1:$port ($WRENN_PG_DIR)"
+    "${run[@]}" "$bin/initdb" -D "$WRENN_PG_DIR/data" -U postgres -A trust --no-sync >"$WRENN_PG_DIR/initdb.log" 2>&1 || {
+        cat "$WRENN_PG_DIR/initdb.log" >&2
+        return 1
+    }
+    # fsync off: a test cluster that dies with the run need not survive a power cut.
+    "${run[@]}" "$bin/pg_ctl" -D "$WRENN_PG_DIR/data" -l "$WRENN_PG_DIR/server.log" -w \
+        -o "-p $port -k $WRENN_PG_DIR -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" \
+        start >/dev/null || {
+        cat "$WRENN_PG_DIR/server.log" >&2
+        return 1
+    }
+    WRENN_PG_BIN="$bin"
+    export WRENN_PG_BIN
+    export WRENN_TEST_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
+}
+
+stop_test_postgres() {
+    [[ -n ${WRENN_PG_DIR:-} && -d $WRENN_PG_DIR ]] || return 0
+    local run=()
+    [[ $(id -u) -eq 0 ]] && run=(runuser -u postgres --)
+    "${run[@]}" "$WRENN_PG_BIN/pg_ctl" -D "$WRENN_PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+    rm -rf "$WRENN_PG_DIR"
+    unset WRENN_PG_DIR WRENN_TEST_PG_URL
+}

@@ -6,5 +6,6 @@
 //! a network namespace or a disk itself.
 
 pub mod auth;
+pub mod db;
 pub mod error;
 pub mod ids;

@@ -1,0 +1,370 @@
+use serde::{Deserialize, Serialize};
+use sqlx::FromRow;
+
+use super::error::TokenRejection;
+use super::row::JsonText;
+use super::{Db, DbError, ids, now_ms};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostStatus {
+    Pending,
+    Online,
+    Unreachable,
+}
+
+impl HostStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostStatus::Pending => "pending",
+            HostStatus::Online => "online",
+            HostStatus::Unreachable => "unreachable",
+        }
+    }
+}
+
+impl TryFrom<String> for HostStatus {
+    type Error = DbError;
+    fn try_from(s: String) -> Result<Self, DbError> {
+        [
+            HostStatus::Pending,
+            HostStatus::Online,
+            HostStatus::Unreachable,
+        ]
+        .into_iter()
+        .find(|h| h.as_str() == s)
+        .ok_or_else(|| DbError::Corrupt(format!("host status {s:?}")))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, FromRow)]
+pub struct Host {
+    pub id: String,
+    /// `None`: a platform host; `Some`: a BYOC team's own host.
+    pub team_id: Option<String>,
+    pub name: String,
+    /// `ip:port` of the agent's RPC listener.
+    pub address: String,
+    #[sqlx(try_from = "String")]
+    pub status: HostStatus,
+    pub last_heartbeat_at: Option<i64>,
+    /// Free-form JSON (cores, memory, disk, arch ...) reported at registration.
+    #[sqlx(try_from = "JsonText")]
+    pub specs: serde_json::Value,
+    pub created_by: Option<String>,
+    pub created_at: i64,
+}
+
+pub struct NewHost<'a> {
+    pub team_id: Option<&'a str>,
+    pub name: &'a str,
+    pub address: &'a str,
+    pub specs: serde_json::Value,
+    pub created_by: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
+pub struct RegistrationToken {
+    pub id: String,
+    pub team_id: Option<String>,
+    /// Set when the token was made for an existing host row.
+    pub host_id: Option<String>,
+    pub created_by: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+}
+
+pub struct NewRegistrationToken<'a> {
+    /// SHA-256 hex of the plaintext token.
+    pub token_hash: &'a str,
+    pub team_id: Option<&'a str>,
+    pub host_id: Option<&'a str>,
+    pub created_by: Option<&'a str>,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
+pub struct RefreshToken {
+    pub id: String,
+    pub host_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+const HOST_COLS: &str =
+    "id, team_id, name, address, status, last_heartbeat_at, specs, created_by, created_at";
+const REG_COLS: &str = "id, team_id, host_id, created_by, created_at, expires_at, used_at";
+const REFRESH_COLS: &str = "id, host_id, created_at, expires_at, revoked_at";
+
+impl Db {
+    pub async fn create_host(&self, new: NewHost<'_>) -> Result<Host, DbError> {
+        let host = Host {
+            id: ids::prefixed("host"),
+            team_id: new.team_id.map(str::to_owned),
+            name: new.name.to_owned(),
+            address: new.address.to_owned(),
+            status: HostStatus::Pending,
+            last_heartbeat_at: None,
+            specs: new.specs,
+            created_by: new.created_by.map(str::to_owned),
+            created_at: now_ms(),
+        };
+        sqlx::query(
+            "INSERT INTO hosts (id, team_id, name, address, status, specs, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&host.id)
+        .bind(&host.team_id)
+        .bind(&host.name)
+        .bind(&host.address)
+        .bind(host.status.as_str())
+        .bind(host.specs.to_string())
+        .bind(&host.created_by)
+        .bind(host.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(host)
+    }
+
+    pub async fn host_by_id(&self, id: &str) -> Result<Host, DbError> {
+        let sql = format!("SELECT {HOST_COLS} FROM hosts WHERE id = $1");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Hosts owned by a BYOC team (`Some`) or the platform's hosts (`None`), oldest first.
+    pub async fn list_hosts(&self, team_id: Option<&str>) -> Result<Vec<Host>, DbError> {
+        let filter = if team_id.is_some() {
+            "team_id = $1"
+        } else {
+            "team_id IS NULL"
+        };
+        let sql = format!("SELECT {HOST_COLS} FROM hosts WHERE {filter} ORDER BY created_at, id");
+        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+        if let Some(t) = team_id {
+            q = q.bind(t);
+        }
+        Ok(q.fetch_all(&self.pool).await?)
+    }
+
+    /// Records a heartbeat or registration: status, address and the time seen.
+    pub async fn set_host_status(
+        &self,
+        id: &str,
+        status: HostStatus,
+        address: Option<&str>,
+    ) -> Result<(), DbError> {
+        let seen = (status == HostStatus::Online).then(now_ms);
+        let r = sqlx::query(
+            "UPDATE hosts SET status = $2, address = COALESCE($3, address), \
+             last_heartbeat_at = COALESCE($4, last_heartbeat_at) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(status.as_str())
+        .bind(address)
+        .bind(seen)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(DbError::NotFound);
+        }
+        Ok(())
+    }
+
+    pub async fn create_registration_token(
+        &self,
+        new: NewRegistrationToken<'_>,
+    ) -> Result<RegistrationToken, DbError> {
+        let tok = RegistrationToken {
+            id: ids::prefixed("htok"),
+            team_id: new.team_id.map(str::to_owned),
+            host_id: new.host_id.map(str::to_owned),
+            created_by: new.created_by.map(str::to_owned),
+            created_at: now_ms(),
+            expires_at: new.expires_at,
+            used_at: None,
+        };
+        sqlx::query(
+            "INSERT INTO host_registration_tokens \
+             (id, token_hash, team_id, host_id, created_by, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&tok.id)
+        .bind(new.token_hash)
+        .bind(&tok.team_id)
+        .bind(&tok.host_id)
+        .bind(&tok.created_by)
+        .bind(tok.created_at)
+        .bind(tok.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(tok)
+    }
+
+    /// Uses a registration token exactly once. The check and the mark are one conditional
+    /// UPDATE, so of two concurrent registrations with one token only one succeeds.
+    pub async fn consume_registration_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<RegistrationToken, DbError> {
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE host_registration_tokens SET used_at = $2 \
+             WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 RETURNING {REG_COLS}"
+        );
+        let used: Option<RegistrationToken> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(token_hash)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(t) = used {
+            return Ok(t);
+        }
+        // Only to say why; the outcome is the same refusal.
+        let sql = format!("SELECT {REG_COLS} FROM host_registration_tokens WHERE token_hash = $1");
+        let row: Option<RegistrationToken> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Err(DbError::TokenRejected(match row {
+            None => TokenRejection::Unknown,
+            Some(t) if t.used_at.is_some() => TokenRejection::AlreadyUsed,
+            Some(_) => TokenRejection::Expired,
+        }))
+    }
+
+    pub async fn issue_refresh_token(
+        &self,
+        host_id: &str,
+        token_hash: &str,
+        expires_at: i64,
+    ) -> Result<RefreshToken, DbError> {
+        let tok = RefreshToken {
+            id: ids::prefixed("hrt"),
+            host_id: host_id.to_owned(),
+            created_at: now_ms(),
+            expires_at,
+            revoked_at: None,
+        };
+        insert_refresh(&mut *self.pool.acquire().await?, &tok, token_hash).await?;
+        Ok(tok)
+    }
+
+    /// The valid (not revoked, not expired) refresh token with this hash.
+    pub async fn valid_refresh_token(&self, token_hash: &str) -> Result<RefreshToken, DbError> {
+        let sql = format!(
+            "SELECT {REFRESH_COLS} FROM host_refresh_tokens \
+             WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2"
+        );
+        let t: Option<RefreshToken> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(token_hash)
+            .bind(now_ms())
+            .fetch_optional(&self.pool)
+            .await?;
+        t.ok_or(DbError::TokenRejected(TokenRejection::Unknown))
+    }
+
+    /// Rotation: issues the new token for the old one's host and revokes the old one, in one
+    /// transaction, so a crash leaves either the old token valid or the new one, never neither
+    /// and never both. The old token must be valid; two concurrent rotations of one token
+    /// yield exactly one new token (the revoke is a conditional UPDATE).
+    pub async fn rotate_refresh_token(
+        &self,
+        old_hash: &str,
+        new_hash: &str,
+        new_expires_at: i64,
+    ) -> Result<RefreshToken, DbError> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let host_id: Option<String> = sqlx::query_scalar(
+            "UPDATE host_refresh_tokens SET revoked_at = $2 \
+             WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2 RETURNING host_id",
+        )
+        .bind(old_hash)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(host_id) = host_id else {
+            drop(tx);
+            return Err(DbError::TokenRejected(
+                self.refresh_rejection(old_hash).await?,
+            ));
+        };
+        let tok = RefreshToken {
+            id: ids::prefixed("hrt"),
+            host_id,
+            created_at: now,
+            expires_at: new_expires_at,
+            revoked_at: None,
+        };
+        insert_refresh(&mut tx, &tok, new_hash).await?;
+        tx.commit().await?;
+        Ok(tok)
+    }
+
+    async fn refresh_rejection(&self, hash: &str) -> Result<TokenRejection, DbError> {
+        let sql = format!("SELECT {REFRESH_COLS} FROM host_refresh_tokens WHERE token_hash = $1");
+        let t: Option<RefreshToken> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match t {
+            None => TokenRejection::Unknown,
+            Some(t) if t.revoked_at.is_some() => TokenRejection::Revoked,
+            Some(_) => TokenRejection::Expired,
+        })
+    }
+
+    /// Revokes one refresh token; unknown or already revoked is [`DbError::NotFound`].
+    pub async fn revoke_refresh_token(&self, token_hash: &str) -> Result<(), DbError> {
+        let r = sqlx::query(
+            "UPDATE host_refresh_tokens SET revoked_at = $2 \
+             WHERE token_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(token_hash)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(DbError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Revokes every refresh token of a host (host deleted or credential withdrawn); returns
+    /// how many were not revoked yet.
+    pub async fn revoke_host_refresh_tokens(&self, host_id: &str) -> Result<u64, DbError> {
+        let r = sqlx::query(
+            "UPDATE host_refresh_tokens SET revoked_at = $2 \
+             WHERE host_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(host_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+}
+
+async fn insert_refresh(
+    conn: &mut sqlx::AnyConnection,
+    tok: &RefreshToken,
+    token_hash: &str,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO host_refresh_tokens (id, host_id, token_hash, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&tok.id)
+    .bind(&tok.host_id)
+    .bind(token_hash)
+    .bind(tok.created_at)
+    .bind(tok.expires_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! Cursor pagination.
+//!
+//! Lists are ordered newest first by `(created_at, id)` (descending), which is stable: `id`
+//! breaks ties between rows created in the same millisecond, and new rows land before the first
+//! page instead of shifting later ones. The cursor is opaque to clients: URL-safe base64 of
+//! `<created_at>.<id>` of the last row returned. Limits: default 100; anything outside
+//! `1..=1000` is refused with [`DbError::InvalidLimit`] (the API answers 400) rather than
+//! silently clamped, so a client never believes it received everything it asked for.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+
+use super::error::DbError;
+
+pub const DEFAULT_LIMIT: u32 = 100;
+pub const MAX_LIMIT: u32 = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: u32,
+    /// `(created_at, id)` of the last row of the previous page.
+    pub after: Option<(i64, String)>,
+}
+
+impl Default for PageRequest {
+    fn default() -> Self {
+        Self {
+            limit: DEFAULT_LIMIT,
+            after: None,
+        }
+    }
+}
+
+impl PageRequest {
+    /// From the API's query parameters (`limit`, `cursor`), validating both.
+    pub fn new(limit: Option<u32>, cursor: Option<&str>) -> Result<Self, DbError> {
+        let limit = limit.unwrap_or(DEFAULT_LIMIT);
+        if limit == 0 || limit > MAX_LIMIT {
+            return Err(DbError::InvalidLimit(limit));
+        }
+        let after = match cursor.filter(|c| !c.is_empty()) {
+            Some(c) => Some(decode_cursor(c)?),
+            None => None,
+        };
+        Ok(Self { limit, after })
+    }
+
+    pub fn first(limit: u32) -> Result<Self, DbError> {
+        Self::new(Some(limit), None)
+    }
+
+    /// Rows to fetch: one more than the limit tells whether another page exists.
+    pub(super) fn fetch_limit(&self) -> i64 {
+        i64::from(self.limit) + 1
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass back as `cursor` for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A row that can be paged: its position in the `(created_at, id)` order.
+pub(super) trait Keyed {
+    fn key(&self) -> (i64, &str);
+}
+
+pub(super) fn finish<T: Keyed>(mut rows: Vec<T>, req: &PageRequest) -> Page<T> {
+    let limit = req.limit as usize;
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|r| {
+            let (at, id) = r.key();
+            encode_cursor(at, id)
+        })
+    } else {
+        None
+    };
+    Page {
+        items: rows,
+        next_cursor,
+    }
+}
+
+pub fn encode_cursor(created_at: i64, id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{created_at}.{id}"))
+}
+
+fn decode_cursor(c: &str) -> Result<(i64, String), DbError> {
+    let raw = URL_SAFE_NO_PAD
+        .decode(c)
+        .map_err(|_| DbError::InvalidCursor)?;
+    let s = String::from_utf8(raw).map_err(|_| DbError::InvalidCursor)?;
+    let (at, id) = s.split_once('.').ok_or(DbError::InvalidCursor)?;
+    let at = at.parse::<i64>().map_err(|_| DbError::InvalidCursor)?;
+    if id.is_empty() || id.len() > 64 {
+        return Err(DbError::InvalidCursor);
+    }
+    Ok((at, id.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits() {
+        assert_eq!(PageRequest::new(None, None).unwrap().limit, 100);
+        assert_eq!(PageRequest::new(Some(1000), None).unwrap().limit, 1000);
+        assert!(matches!(
+            PageRequest::new(Some(0), None),
+            Err(DbError::InvalidLimit(0))
+        ));
+        assert!(matches!(
+            PageRequest::new(Some(1001), None),
+            Err(DbError::InvalidLimit(1001))
+        ));
+    }
+
+    #[test]
+    fn cursor_round_trip_and_garbage() {
+        let c = encode_cursor(1_700_000_000_123, "abc.def");
+        let r = PageRequest::new(None, Some(&c)).unwrap();
+        assert_eq!(r.after, Some((1_700_000_000_123, "abc.def".to_owned())));
+        for bad in [
+            "***",
+            "bm9kb3Q",
+            &URL_SAFE_NO_PAD.encode("x.id"),
+            &URL_SAFE_NO_PAD.encode("1."),
+        ] {
+            assert!(
+                matches!(
+                    PageRequest::new(None, Some(bad)),
+                    Err(DbError::InvalidCursor)
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(PageRequest::new(None, Some("")).unwrap().after, None);
+    }
+}

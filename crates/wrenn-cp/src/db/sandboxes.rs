@@ -1,0 +1,435 @@
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use sqlx::FromRow;
+
+use super::page::{self, Keyed, Page, PageRequest};
+use super::row::Placeholders;
+use super::status::SandboxStatus;
+use super::{Db, DbError, ids, now_ms};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    Kill,
+    Pause,
+}
+
+impl OnTimeout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnTimeout::Kill => "kill",
+            OnTimeout::Pause => "pause",
+        }
+    }
+}
+
+impl TryFrom<String> for OnTimeout {
+    type Error = DbError;
+    fn try_from(s: String) -> Result<Self, DbError> {
+        match s.as_str() {
+            "kill" => Ok(OnTimeout::Kill),
+            "pause" => Ok(OnTimeout::Pause),
+            _ => Err(DbError::Corrupt(format!("on_timeout {s:?}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
+pub struct Sandbox {
+    pub id: String,
+    pub team_id: String,
+    pub host_id: Option<String>,
+    pub template: String,
+    #[sqlx(try_from = "String")]
+    pub status: SandboxStatus,
+    pub vcpus: i64,
+    pub memory_mb: i64,
+    pub disk_size_mb: i64,
+    pub timeout_sec: i64,
+    /// Absolute deadline (epoch ms); `None` for no timeout.
+    pub end_at: Option<i64>,
+    #[sqlx(try_from = "String")]
+    pub on_timeout: OnTimeout,
+    pub envd_version: Option<String>,
+    pub host_ip: Option<String>,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub last_active_at: i64,
+    pub updated_at: i64,
+    #[sqlx(skip)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Keyed for Sandbox {
+    fn key(&self) -> (i64, &str) {
+        (self.created_at, &self.id)
+    }
+}
+
+pub struct NewSandbox<'a> {
+    pub team_id: &'a str,
+    pub host_id: Option<&'a str>,
+    pub template: &'a str,
+    pub vcpus: i64,
+    pub memory_mb: i64,
+    pub disk_size_mb: i64,
+    pub timeout_sec: i64,
+    pub end_at: Option<i64>,
+    pub on_timeout: OnTimeout,
+    pub metadata: BTreeMap<String, String>,
+    /// Plaintext; stored encrypted.
+    pub envd_token: Option<&'a str>,
+}
+
+/// Filters for listing; empty means no filter. Metadata pairs must all match.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxFilter {
+    pub statuses: Vec<SandboxStatus>,
+    pub metadata: Vec<(String, String)>,
+}
+
+/// Fields to change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxPatch<'a> {
+    pub host_id: Option<&'a str>,
+    pub host_ip: Option<&'a str>,
+    pub envd_version: Option<&'a str>,
+    pub end_at: Option<i64>,
+    pub timeout_sec: Option<i64>,
+    /// Plaintext; stored encrypted.
+    pub envd_token: Option<&'a str>,
+}
+
+const COLS: &str = "id, team_id, host_id, template, status, vcpus, memory_mb, disk_size_mb, \
+    timeout_sec, end_at, on_timeout, envd_version, host_ip, error, created_at, started_at, \
+    last_active_at, updated_at";
+
+/// A value bound into dynamically built SQL.
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+impl Db {
+    /// Inserts a new sandbox in `pending` with a fresh ID, and its metadata.
+    pub async fn insert_pending_sandbox(&self, new: NewSandbox<'_>) -> Result<Sandbox, DbError> {
+        let now = now_ms();
+        let id = ids::sandbox_id();
+        let token = new.envd_token.map(|t| self.cipher.encrypt(&id, t));
+        let sb = Sandbox {
+            id,
+            team_id: new.team_id.to_owned(),
+            host_id: new.host_id.map(str::to_owned),
+            template: new.template.to_owned(),
+            status: SandboxStatus::Pending,
+            vcpus: new.vcpus,
+            memory_mb: new.memory_mb,
+            disk_size_mb: new.disk_size_mb,
+            timeout_sec: new.timeout_sec,
+            end_at: new.end_at,
+            on_timeout: new.on_timeout,
+            envd_version: None,
+            host_ip: None,
+            error: None,
+            created_at: now,
+            started_at: None,
+            last_active_at: now,
+            updated_at: now,
+            metadata: new.metadata,
+        };
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, \
+             disk_size_mb, timeout_sec, end_at, on_timeout, envd_token_enc, created_at, \
+             last_active_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(&sb.id)
+        .bind(&sb.team_id)
+        .bind(&sb.host_id)
+        .bind(&sb.template)
+        .bind(sb.status.as_str())
+        .bind(sb.vcpus)
+        .bind(sb.memory_mb)
+        .bind(sb.disk_size_mb)
+        .bind(sb.timeout_sec)
+        .bind(sb.end_at)
+        .bind(sb.on_timeout.as_str())
+        .bind(token)
+        .bind(sb.created_at)
+        .bind(sb.last_active_at)
+        .bind(sb.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        for (k, v) in &sb.metadata {
+            sqlx::query(
+                "INSERT INTO sandbox_metadata (sandbox_id, key, value) VALUES ($1, $2, $3)",
+            )
+            .bind(&sb.id)
+            .bind(k)
+            .bind(v)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(sb)
+    }
+
+    /// The sandbox if it belongs to `team_id`; another team's sandbox is
+    /// [`DbError::NotFound`], exactly like a missing one.
+    pub async fn get_sandbox(&self, team_id: &str, id: &str) -> Result<Sandbox, DbError> {
+        let sql = format!("SELECT {COLS} FROM sandboxes WHERE id = $1 AND team_id = $2");
+        let sb: Sandbox = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(team_id)
+            .fetch_one(&self.pool)
+            .await?;
+        self.with_metadata(vec![sb])
+            .await?
+            .pop()
+            .ok_or(DbError::NotFound)
+    }
+
+    /// Unscoped read, for background workers (reaper, host monitor), never for API requests.
+    pub async fn get_sandbox_any_team(&self, id: &str) -> Result<Sandbox, DbError> {
+        let sql = format!("SELECT {COLS} FROM sandboxes WHERE id = $1");
+        let sb: Sandbox = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        self.with_metadata(vec![sb])
+            .await?
+            .pop()
+            .ok_or(DbError::NotFound)
+    }
+
+    /// A team's sandboxes, newest first, filtered by status and metadata, one page.
+    pub async fn list_sandboxes(
+        &self,
+        team_id: &str,
+        filter: &SandboxFilter,
+        req: &PageRequest,
+    ) -> Result<Page<Sandbox>, DbError> {
+        let mut ph = Placeholders::default();
+        let mut args = Vec::new();
+        let mut sql = format!(
+            "SELECT {COLS} FROM sandboxes s WHERE team_id = {}",
+            ph.next()
+        );
+        args.push(Arg::Text(team_id.to_owned()));
+        if !filter.statuses.is_empty() {
+            sql += &format!(" AND status IN ({})", ph.list(filter.statuses.len()));
+            args.extend(
+                filter
+                    .statuses
+                    .iter()
+                    .map(|s| Arg::Text(s.as_str().to_owned())),
+            );
+        }
+        for (k, v) in &filter.metadata {
+            sql += &format!(
+                " AND EXISTS (SELECT 1 FROM sandbox_metadata m \
+                 WHERE m.sandbox_id = s.id AND m.key = {} AND m.value = {})",
+                ph.next(),
+                ph.next()
+            );
+            args.push(Arg::Text(k.clone()));
+            args.push(Arg::Text(v.clone()));
+        }
+        if let Some((at, id)) = &req.after {
+            sql += &format!(" AND (created_at, id) < ({}, {})", ph.next(), ph.next());
+            args.push(Arg::Int(*at));
+            args.push(Arg::Text(id.clone()));
+        }
+        sql += &format!(" ORDER BY created_at DESC, id DESC LIMIT {}", ph.next());
+        args.push(Arg::Int(req.fetch_limit()));
+
+        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+        for a in args {
+            q = match a {
+                Arg::Text(s) => q.bind(s),
+                Arg::Int(i) => q.bind(i),
+            };
+        }
+        let rows: Vec<Sandbox> = q.fetch_all(&self.pool).await?;
+        let page = page::finish(rows, req);
+        Ok(Page {
+            items: self.with_metadata(page.items).await?,
+            next_cursor: page.next_cursor,
+        })
+    }
+
+    /// Sandboxes on a host in the given states (all states when empty), for reconciliation.
+    pub async fn sandboxes_on_host(
+        &self,
+        host_id: &str,
+        statuses: &[SandboxStatus],
+    ) -> Result<Vec<Sandbox>, DbError> {
+        let mut ph = Placeholders::default();
+        let mut sql = format!("SELECT {COLS} FROM sandboxes WHERE host_id = {}", ph.next());
+        if !statuses.is_empty() {
+            sql += &format!(" AND status IN ({})", ph.list(statuses.len()));
+        }
+        sql += " ORDER BY created_at, id";
+        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(host_id);
+        for s in statuses {
+            q = q.bind(s.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        self.with_metadata(rows).await
+    }
+
+    async fn with_metadata(&self, mut rows: Vec<Sandbox>) -> Result<Vec<Sandbox>, DbError> {
+        if rows.is_empty() {
+            return Ok(rows);
+        }
+        let sql = format!(
+            "SELECT sandbox_id, key, value FROM sandbox_metadata WHERE sandbox_id IN ({})",
+            Placeholders::default().list(rows.len())
+        );
+        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+        for r in &rows {
+            q = q.bind(r.id.clone());
+        }
+        let meta: Vec<(String, String, String)> = q.fetch_all(&self.pool).await?;
+        let mut by_id: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+        for (id, k, v) in meta {
+            by_id.entry(id).or_default().insert(k, v);
+        }
+        for r in &mut rows {
+            r.metadata = by_id.remove(&r.id).unwrap_or_default();
+        }
+        Ok(rows)
+    }
+
+    /// Moves a sandbox to `to` if the transition table allows it from its current status.
+    ///
+    /// One conditional UPDATE (`WHERE id = $1 AND status IN (allowed predecessors)`) in a write
+    /// transaction: of concurrent conflicting requests exactly one matches the row, the others
+    /// see the new status and get [`DbError::Conflict`]. `error` is recorded when `to` is
+    /// `error`. Not team-scoped: API handlers check ownership with [`Db::get_sandbox`] first.
+    pub async fn transition_sandbox(
+        &self,
+        id: &str,
+        to: SandboxStatus,
+        error: Option<&str>,
+    ) -> Result<Sandbox, DbError> {
+        let from = to.allowed_from();
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let mut updated: Option<Sandbox> = None;
+        if !from.is_empty() {
+            let mut ph = Placeholders::starting_after(5);
+            let sql = format!(
+                "UPDATE sandboxes SET status = $2, updated_at = $3, error = COALESCE($4, error), \
+                 started_at = COALESCE(started_at, $5) \
+                 WHERE id = $1 AND status IN ({}) RETURNING {COLS}",
+                ph.list(from.len())
+            );
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .bind(to.as_str())
+                .bind(now)
+                .bind(error.filter(|_| to == SandboxStatus::Error))
+                .bind((to == SandboxStatus::Running).then_some(now));
+            for s in from {
+                q = q.bind(s.as_str());
+            }
+            updated = q.fetch_optional(&mut *tx).await?;
+        }
+        let Some(sb) = updated else {
+            let current: Option<String> =
+                sqlx::query_scalar("SELECT status FROM sandboxes WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return match current {
+                None => Err(DbError::NotFound),
+                Some(s) => Err(DbError::Conflict {
+                    current: SandboxStatus::try_from(s)?,
+                    requested: to,
+                }),
+            };
+        };
+        tx.commit().await?;
+        tracing::debug!(sandbox = %id, status = %to, "sandbox transition");
+        self.with_metadata(vec![sb])
+            .await?
+            .pop()
+            .ok_or(DbError::NotFound)
+    }
+
+    /// Moves every sandbox on a host that may become `to` (e.g. `missing` when the host stops
+    /// answering); returns their IDs. Same table, same conditional UPDATE as
+    /// [`Db::transition_sandbox`].
+    pub async fn transition_host_sandboxes(
+        &self,
+        host_id: &str,
+        to: SandboxStatus,
+    ) -> Result<Vec<String>, DbError> {
+        let from = to.allowed_from();
+        if from.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ph = Placeholders::starting_after(3);
+        let sql = format!(
+            "UPDATE sandboxes SET status = $2, updated_at = $3 \
+             WHERE host_id = $1 AND status IN ({}) RETURNING id",
+            ph.list(from.len())
+        );
+        let mut tx = self.begin_write().await?;
+        let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(host_id)
+            .bind(to.as_str())
+            .bind(now_ms());
+        for s in from {
+            q = q.bind(s.as_str());
+        }
+        let ids: Vec<String> = q.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// Changes the given fields (not the status: that is [`Db::transition_sandbox`]).
+    pub async fn update_sandbox(&self, id: &str, patch: SandboxPatch<'_>) -> Result<(), DbError> {
+        let token = patch.envd_token.map(|t| self.cipher.encrypt(id, t));
+        let r = sqlx::query(
+            "UPDATE sandboxes SET host_id = COALESCE($2, host_id), host_ip = COALESCE($3, host_ip), \
+             envd_version = COALESCE($4, envd_version), end_at = COALESCE($5, end_at), \
+             timeout_sec = COALESCE($6, timeout_sec), \
+             envd_token_enc = COALESCE($7, envd_token_enc), updated_at = $8 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(patch.host_id)
+        .bind(patch.host_ip)
+        .bind(patch.envd_version)
+        .bind(patch.end_at)
+        .bind(patch.timeout_sec)
+        .bind(token)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(DbError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// The sandbox's envd access token, decrypted; `None` when none was set.
+    pub async fn sandbox_envd_token(&self, id: &str) -> Result<Option<String>, DbError> {
+        let enc: Option<String> =
+            sqlx::query_scalar("SELECT envd_token_enc FROM sandboxes WHERE id = $1")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await?;
+        enc.map(|e| self.cipher.decrypt(id, &e)).transpose()
+    }
+
+    /// Records activity on the sandbox, debounced (see [`super::debounce`]). Returns whether an
+    /// UPDATE was sent.
+    pub async fn touch_sandbox(&self, id: &str) -> Result<bool, DbError> {
+        self.touch("sandboxes", "last_active_at", id).await
+    }
+}

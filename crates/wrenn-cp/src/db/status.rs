@@ -1,0 +1,115 @@
+//! Sandbox states and the one transition table.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxStatus {
+    Pending,
+    Running,
+    Paused,
+    Stopped,
+    Error,
+    /// The host stopped answering; reversible when it comes back.
+    Missing,
+}
+
+use SandboxStatus::*;
+
+impl SandboxStatus {
+    pub const ALL: [SandboxStatus; 6] = [Pending, Running, Paused, Stopped, Error, Missing];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pending => "pending",
+            Running => "running",
+            Paused => "paused",
+            Stopped => "stopped",
+            Error => "error",
+            Missing => "missing",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// The transition table: the states a sandbox may move to `self` from. Every status
+    /// change in the control plane is checked against this and nothing else.
+    pub fn allowed_from(self) -> &'static [SandboxStatus] {
+        match self {
+            Pending => &[],
+            Running => &[Pending, Paused, Missing],
+            Paused => &[Running, Missing],
+            Stopped => &[Running],
+            Error => &[Pending, Running, Paused, Missing],
+            Missing => &[Running, Paused],
+        }
+    }
+
+    pub fn can_transition(from: SandboxStatus, to: SandboxStatus) -> bool {
+        to.allowed_from().contains(&from)
+    }
+
+    /// No transition leaves these.
+    pub fn is_terminal(self) -> bool {
+        Self::ALL
+            .into_iter()
+            .all(|to| !Self::can_transition(self, to))
+    }
+}
+
+impl std::fmt::Display for SandboxStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for SandboxStatus {
+    type Error = super::DbError;
+    fn try_from(s: String) -> Result<Self, super::DbError> {
+        Self::parse(&s).ok_or_else(|| super::DbError::Corrupt(format!("sandbox status {s:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let allowed: Vec<(SandboxStatus, SandboxStatus)> = SandboxStatus::ALL
+            .into_iter()
+            .flat_map(|f| SandboxStatus::ALL.into_iter().map(move |t| (f, t)))
+            .filter(|(f, t)| SandboxStatus::can_transition(*f, *t))
+            .collect();
+        let expected = [
+            (Pending, Running),
+            (Pending, Error),
+            (Running, Paused),
+            (Running, Stopped),
+            (Running, Error),
+            (Running, Missing),
+            (Paused, Running),
+            (Paused, Error),
+            (Paused, Missing),
+            (Missing, Running),
+            (Missing, Paused),
+            (Missing, Error),
+        ];
+        let mut expected = expected.to_vec();
+        let mut got = allowed.clone();
+        got.sort_by_key(|(f, t)| (f.as_str(), t.as_str()));
+        expected.sort_by_key(|(f, t)| (f.as_str(), t.as_str()));
+        assert_eq!(got, expected);
+        assert!(Stopped.is_terminal() && Error.is_terminal());
+        assert!(!Missing.is_terminal() && !Paused.is_terminal());
+        for s in SandboxStatus::ALL {
+            assert_eq!(SandboxStatus::parse(s.as_str()), Some(s));
+            assert!(
+                !SandboxStatus::can_transition(s, s),
+                "{s} -> {s} is not a transition"
+            );
+        }
+    }
+}

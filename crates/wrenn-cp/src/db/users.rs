@@ -1,0 +1,130 @@
+use serde::Serialize;
+use sqlx::FromRow;
+
+use super::row::Flag;
+use super::{Db, DbError, ids, now_ms};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
+pub struct User {
+    pub id: String,
+    /// Lower-cased on the way in, so uniqueness and lookups ignore case.
+    pub email: String,
+    #[serde(skip)]
+    pub password_hash: Option<String>,
+    pub name: String,
+    #[sqlx(try_from = "Flag")]
+    pub is_admin: bool,
+    pub created_at: i64,
+}
+
+const COLS: &str = "id, email, password_hash, name, is_admin, created_at";
+
+impl Db {
+    /// Creates a user. A duplicate email (any case) is [`DbError::AlreadyExists`].
+    pub async fn create_user(
+        &self,
+        email: &str,
+        password_hash: Option<&str>,
+        name: &str,
+        is_admin: bool,
+    ) -> Result<User, DbError> {
+        let user = User {
+            id: ids::prefixed("usr"),
+            email: email.trim().to_lowercase(),
+            password_hash: password_hash.map(str::to_owned),
+            name: name.to_owned(),
+            is_admin,
+            created_at: now_ms(),
+        };
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, name, is_admin, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&user.id)
+        .bind(&user.email)
+        .bind(&user.password_hash)
+        .bind(&user.name)
+        .bind(user.is_admin)
+        .bind(user.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(user)
+    }
+
+    pub async fn user_by_email(&self, email: &str) -> Result<User, DbError> {
+        let sql = format!("SELECT {COLS} FROM users WHERE email = $1");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(email.trim().to_lowercase())
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    pub async fn user_by_id(&self, id: &str) -> Result<User, DbError> {
+        let sql = format!("SELECT {COLS} FROM users WHERE id = $1");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    pub async fn set_user_admin(&self, id: &str, is_admin: bool) -> Result<(), DbError> {
+        let r = sqlx::query("UPDATE users SET is_admin = $2 WHERE id = $1")
+            .bind(id)
+            .bind(is_admin)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(DbError::NotFound);
+        }
+        Ok(())
+    }
+
+    pub async fn count_users(&self) -> Result<i64, DbError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Creates the first user as platform admin, or a normal user when one exists already.
+    /// The check and the insert share one write transaction, so two concurrent first signups
+    /// cannot both become admin.
+    pub async fn create_user_first_is_admin(
+        &self,
+        email: &str,
+        password_hash: Option<&str>,
+        name: &str,
+    ) -> Result<User, DbError> {
+        let mut tx = self.begin_write().await?;
+        if self.backend() == super::Backend::Postgres {
+            // Serialises concurrent first signups; released at commit.
+            sqlx::query("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&mut *tx)
+            .await?;
+        let user = User {
+            id: ids::prefixed("usr"),
+            email: email.trim().to_lowercase(),
+            password_hash: password_hash.map(str::to_owned),
+            name: name.to_owned(),
+            is_admin: count == 0,
+            created_at: now_ms(),
+        };
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, name, is_admin, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&user.id)
+        .bind(&user.email)
+        .bind(&user.password_hash)
+        .bind(&user.name)
+        .bind(user.is_admin)
+        .bind(user.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(user)
+    }
+}
