@@ -76,7 +76,33 @@ pub fn image_root() -> PathBuf {
         .status()
         .expect("run wrenn image build");
     assert!(status.success(), "wrenn image build failed");
+    prune_old_images(&root);
     root
+}
+
+/// Each envd build makes a new root image; drop superseded ones made over an hour ago (no
+/// test VM lives that long) so the shared test root does not grow without bound.
+fn prune_old_images(root: &Path) {
+    let manifest =
+        std::fs::read_to_string(root.join("images/base/manifest.json")).unwrap_or_default();
+    let Ok(dir) = std::fs::read_dir(root.join("images/base")) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("rootfs-") || manifest.contains(&name) {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn rand_tag() -> String {
