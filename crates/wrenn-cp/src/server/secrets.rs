@@ -6,7 +6,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::ids::random_bytes;
@@ -39,9 +39,14 @@ impl std::fmt::Debug for Secrets {
     }
 }
 
-/// Loads the secrets from `data_dir`, creating the dir and any missing secret.
+/// Loads the secrets from `data_dir`, creating the dir (0700: it also holds the SQLite file
+/// with password hashes) and any missing secret.
 pub fn load_or_create(data_dir: &Path) -> Result<Secrets, SecretError> {
-    fs::create_dir_all(data_dir).map_err(io_at(data_dir))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(io_at(data_dir))?;
     Ok(Secrets {
         jwt_secret: load_or_create_one(&data_dir.join(JWT_SECRET_FILE))?,
         envd_key: load_or_create_one(&data_dir.join(ENVD_KEY_FILE))?,
@@ -142,6 +147,8 @@ mod tests {
             let mode = fs::metadata(dir.join(f)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
+        let dir_mode = fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
         // No temp files left behind.
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 2);
         fs::write(dir.join(JWT_SECRET_FILE), "zz").unwrap();
