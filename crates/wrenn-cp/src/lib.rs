@@ -5,7 +5,9 @@
 //! API and talks to host agents only through their authenticated RPC; it never touches a VM,
 //! a network namespace or a disk itself.
 
+pub mod api;
 pub mod auth;
 pub mod db;
 pub mod error;
 pub mod ids;
+pub mod server;

@@ -1,9 +1,10 @@
 //! `wrenn`: the one user-facing binary. Parses the command line and hands each subcommand to
-//! the library that owns it (`image` → wrenn-image, `agent` → wrenn-agent). `server`, `up`
-//! and `bench` join as further variants of [`Command`].
+//! the library that owns it (`image` → wrenn-image, `agent` → wrenn-agent, `server` →
+//! wrenn-cp). `up` and `bench` join as further variants of [`Command`].
 
 mod agent;
 mod image;
+mod server;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,8 @@ enum Command {
     },
     /// Run the host agent: microVM sandboxes on this machine, driven by the control plane.
     Agent(agent::AgentArgs),
+    /// Run the control plane: accounts, teams, API keys and the public API.
+    Server(server::ServerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +48,10 @@ fn main() -> anyhow::Result<()> {
         Command::Agent(args) => {
             init_tracing("info");
             agent::run(args)
+        }
+        Command::Server(args) => {
+            init_tracing("info");
+            server::run(args)
         }
     }
 }

@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::FromRow;
 
 use super::page::{self, Keyed, Page, PageRequest};
-use super::{Db, DbError, ids, now_ms};
+use super::{Db, DbError, now_ms};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
 pub struct ApiKey {
@@ -40,7 +40,7 @@ const COLS: &str = "id, team_id, created_by, name, prefix, created_at, last_used
 impl Db {
     pub async fn create_api_key(&self, new: NewApiKey<'_>) -> Result<ApiKey, DbError> {
         let key = ApiKey {
-            id: ids::prefixed("key"),
+            id: crate::ids::ApiKeyId::generate().into_string(),
             team_id: new.team_id.to_owned(),
             created_by: new.created_by.map(str::to_owned),
             name: new.name.to_owned(),
@@ -70,6 +70,18 @@ impl Db {
         let sql = format!("SELECT {COLS} FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL");
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(key_hash)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// An active key of this team; another team's, revoked or unknown is [`DbError::NotFound`].
+    pub async fn api_key_by_id(&self, team_id: &str, id: &str) -> Result<ApiKey, DbError> {
+        let sql = format!(
+            "SELECT {COLS} FROM api_keys WHERE id = $1 AND team_id = $2 AND revoked_at IS NULL"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(team_id)
             .fetch_one(&self.pool)
             .await?)
     }

@@ -3,7 +3,7 @@ use sqlx::FromRow;
 
 use super::page::{self, Keyed, Page, PageRequest};
 use super::row::JsonText;
-use super::{Db, DbError, ids, now_ms};
+use super::{Db, DbError, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -78,7 +78,7 @@ const COLS: &str =
 impl Db {
     pub async fn append_audit(&self, new: NewAuditEntry<'_>) -> Result<AuditEntry, DbError> {
         let e = AuditEntry {
-            id: ids::prefixed("log"),
+            id: crate::ids::AuditLogId::generate().into_string(),
             team_id: new.team_id.map(str::to_owned),
             actor_type: new.actor_type,
             actor_id: new.actor_id.map(str::to_owned),

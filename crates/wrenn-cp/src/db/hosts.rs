@@ -3,7 +3,7 @@ use sqlx::FromRow;
 
 use super::error::TokenRejection;
 use super::row::JsonText;
-use super::{Db, DbError, ids, now_ms};
+use super::{Db, DbError, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -101,7 +101,7 @@ const REFRESH_COLS: &str = "id, host_id, created_at, expires_at, revoked_at";
 impl Db {
     pub async fn create_host(&self, new: NewHost<'_>) -> Result<Host, DbError> {
         let host = Host {
-            id: ids::prefixed("host"),
+            id: crate::ids::HostId::generate().into_string(),
             team_id: new.team_id.map(str::to_owned),
             name: new.name.to_owned(),
             address: new.address.to_owned(),
@@ -180,7 +180,7 @@ impl Db {
         new: NewRegistrationToken<'_>,
     ) -> Result<RegistrationToken, DbError> {
         let tok = RegistrationToken {
-            id: ids::prefixed("htok"),
+            id: crate::ids::TokenId::generate().into_string(),
             team_id: new.team_id.map(str::to_owned),
             host_id: new.host_id.map(str::to_owned),
             created_by: new.created_by.map(str::to_owned),
@@ -244,7 +244,7 @@ impl Db {
         expires_at: i64,
     ) -> Result<RefreshToken, DbError> {
         let tok = RefreshToken {
-            id: ids::prefixed("hrt"),
+            id: crate::ids::TokenId::generate().into_string(),
             host_id: host_id.to_owned(),
             created_at: now_ms(),
             expires_at,
@@ -295,7 +295,7 @@ impl Db {
             ));
         };
         let tok = RefreshToken {
-            id: ids::prefixed("hrt"),
+            id: crate::ids::TokenId::generate().into_string(),
             host_id,
             created_at: now,
             expires_at: new_expires_at,

@@ -1,8 +1,8 @@
 //! Random identifiers.
 //!
 //! Sandbox IDs are 20 characters of `[a-z0-9]` (DESIGN §10: valid DNS labels for the proxy's
-//! `<port>-<id>.<domain>` routing; ~103 bits). Other rows get a type prefix plus the same 20
-//! characters (`usr-…`, `team-…`), so an ID says what it names in logs.
+//! `<port>-<id>.<domain>` routing; ~103 bits). Other rows use the typed IDs of
+//! [`crate::ids`] (`usr-<uuidv7 hex>` ...), so the database and the API share one format.
 
 use super::crypto::fill_random;
 
@@ -36,10 +36,6 @@ pub fn is_sandbox_id(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
 }
 
-pub fn prefixed(prefix: &str) -> String {
-    format!("{prefix}-{}", random_base36(SANDBOX_ID_LEN))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,7 +49,5 @@ mod tests {
         assert_ne!(sandbox_id(), sandbox_id());
         assert!(!is_sandbox_id("ABCDEFGHIJ0123456789"));
         assert!(!is_sandbox_id("abc"));
-        let u = prefixed("usr");
-        assert!(u.starts_with("usr-") && u.len() == 24);
     }
 }

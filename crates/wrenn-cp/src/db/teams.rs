@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 
 use super::row::Flag;
-use super::{Db, DbError, ids, now_ms};
+use super::{Db, DbError, now_ms};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
 pub struct Team {
@@ -50,6 +50,7 @@ impl TryFrom<String> for Role {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
 pub struct Membership {
     #[sqlx(flatten)]
+    #[serde(flatten)]
     pub team: Team,
     #[sqlx(try_from = "String")]
     pub role: Role,
@@ -97,7 +98,7 @@ impl Db {
         owner: Option<&str>,
     ) -> Result<Team, DbError> {
         let team = Team {
-            id: ids::prefixed("team"),
+            id: crate::ids::TeamId::generate().into_string(),
             name: name.to_owned(),
             slug: new_slug(),
             is_byoc,

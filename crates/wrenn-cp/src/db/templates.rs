@@ -2,7 +2,7 @@ use serde::Serialize;
 use sqlx::FromRow;
 
 use super::row::{Flag, JsonText};
-use super::{Db, DbError, ids, now_ms};
+use super::{Db, DbError, now_ms};
 
 #[derive(Debug, Clone, PartialEq, Serialize, FromRow)]
 pub struct Template {
@@ -66,7 +66,7 @@ impl Db {
              RETURNING {COLS}"
         );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(ids::prefixed("tpl"))
+            .bind(crate::ids::TemplateId::generate().into_string())
             .bind(team_id)
             .bind(&spec.name)
             .bind(&spec.default_user)

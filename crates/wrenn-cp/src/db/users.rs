@@ -1,8 +1,9 @@
 use serde::Serialize;
 use sqlx::FromRow;
 
+use super::page::{self, Keyed, Page, PageRequest};
 use super::row::Flag;
-use super::{Db, DbError, ids, now_ms};
+use super::{Db, DbError, now_ms};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
 pub struct User {
@@ -17,6 +18,12 @@ pub struct User {
     pub created_at: i64,
 }
 
+impl Keyed for User {
+    fn key(&self) -> (i64, &str) {
+        (self.created_at, &self.id)
+    }
+}
+
 const COLS: &str = "id, email, password_hash, name, is_admin, created_at";
 
 impl Db {
@@ -29,7 +36,7 @@ impl Db {
         is_admin: bool,
     ) -> Result<User, DbError> {
         let user = User {
-            id: ids::prefixed("usr"),
+            id: crate::ids::UserId::generate().into_string(),
             email: email.trim().to_lowercase(),
             password_hash: password_hash.map(str::to_owned),
             name: name.to_owned(),
@@ -79,6 +86,25 @@ impl Db {
         Ok(())
     }
 
+    /// All users, newest first (platform admin).
+    pub async fn list_users(&self, req: &PageRequest) -> Result<Page<User>, DbError> {
+        let (cursor_sql, after) = match &req.after {
+            Some((at, id)) => (
+                "WHERE (created_at, id) < ($2, $3)",
+                Some((*at, id.as_str())),
+            ),
+            None => ("", None),
+        };
+        let sql = format!(
+            "SELECT {COLS} FROM users {cursor_sql} ORDER BY created_at DESC, id DESC LIMIT $1"
+        );
+        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(req.fetch_limit());
+        if let Some((at, id)) = after {
+            q = q.bind(at).bind(id);
+        }
+        Ok(page::finish(q.fetch_all(&self.pool).await?, req))
+    }
+
     pub async fn count_users(&self) -> Result<i64, DbError> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
             .fetch_one(&self.pool)
@@ -105,7 +131,7 @@ impl Db {
             .fetch_one(&mut *tx)
             .await?;
         let user = User {
-            id: ids::prefixed("usr"),
+            id: crate::ids::UserId::generate().into_string(),
             email: email.trim().to_lowercase(),
             password_hash: password_hash.map(str::to_owned),
             name: name.to_owned(),

@@ -1,0 +1,29 @@
+//! Platform-admin routes. [`require_admin`] re-reads `is_admin` from the database: the JWT
+//! claim only drives the UI and may be stale (or forged with a leaked secret's help).
+
+use super::{PageQuery, State, db_err};
+use crate::auth::extract::UserAuth;
+use crate::db::{Page, User};
+use crate::error::{ApiError, ApiJson, ApiQuery};
+use crate::server::AppState;
+
+pub async fn require_admin(st: &AppState, user_id: &str) -> Result<(), ApiError> {
+    match st.db.user_by_id(user_id).await {
+        Ok(u) if u.is_admin => Ok(()),
+        Ok(_) => Err(ApiError::forbidden("admin access required")),
+        Err(crate::db::DbError::NotFound) => {
+            Err(ApiError::unauthorized("account no longer exists"))
+        }
+        Err(e) => Err(db_err(e)),
+    }
+}
+
+pub async fn list_users(
+    st: State,
+    UserAuth(c): UserAuth,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<ApiJson<Page<User>>, ApiError> {
+    require_admin(&st, &c.sub).await?;
+    let req = q.request()?;
+    Ok(ApiJson(st.db.list_users(&req).await.map_err(db_err)?))
+}

@@ -1,0 +1,201 @@
+//! Signup, login, switch-team and `/v1/me`.
+
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::{State, db_err, db_err_for, validate};
+use crate::auth::extract::UserAuth;
+use crate::auth::jwt::{self, UserIdentity};
+use crate::auth::password;
+use crate::db::{DbError, Membership, Role, Team, User};
+use crate::error::{ApiError, ApiJson, ErrorCode};
+use crate::ids::{TeamId, UserId};
+use crate::server::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignupRequest {
+    email: String,
+    password: String,
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    email: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchTeamRequest {
+    team_id: TeamId,
+}
+
+#[derive(Serialize)]
+pub struct AuthResponse {
+    token: String,
+    /// Unix seconds.
+    expires_at: u64,
+    user: User,
+    team: Team,
+    role: Role,
+}
+
+pub(crate) fn jwt_role(r: Role) -> jwt::Role {
+    match r {
+        Role::Owner => jwt::Role::Owner,
+        Role::Admin => jwt::Role::Admin,
+        Role::Member => jwt::Role::Member,
+    }
+}
+
+/// A fresh user token for `user` acting in `team` with `role`.
+fn issue(st: &AppState, user: User, team: Team, role: Role) -> Result<AuthResponse, ApiError> {
+    let who = UserIdentity {
+        user_id: UserId::parse(&user.id).map_err(ApiError::internal)?,
+        team_id: TeamId::parse(&team.id).map_err(ApiError::internal)?,
+        role: jwt_role(role),
+        email: user.email.clone(),
+        name: user.name.clone(),
+        is_admin: user.is_admin,
+    };
+    let signed = st.jwt.issue_user(&who).map_err(ApiError::internal)?;
+    Ok(AuthResponse {
+        token: signed.token,
+        expires_at: signed.expires_at,
+        user,
+        team,
+        role,
+    })
+}
+
+/// Creates the account and its personal team; the first account becomes platform admin.
+pub async fn signup(
+    st: State,
+    ApiJson(req): ApiJson<SignupRequest>,
+) -> Result<(StatusCode, ApiJson<AuthResponse>), ApiError> {
+    let email = validate::email(&req.email)?;
+    let name = validate::name("name", &req.name)?;
+    password::validate_new_password(&req.password)?;
+    let hash = password::hash_password_async(req.password)
+        .await
+        .map_err(ApiError::internal)?;
+    let user = match st
+        .db
+        .create_user_first_is_admin(&email, Some(&hash), &name)
+        .await
+    {
+        Err(DbError::AlreadyExists(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::EmailTaken,
+                "an account with this email exists",
+            ));
+        }
+        r => r.map_err(db_err)?,
+    };
+    // Team names are capped at 100 characters like every name.
+    let team_name: String = format!("{name}'s team")
+        .chars()
+        .take(validate::MAX_NAME_CHARS)
+        .collect();
+    let team = st
+        .db
+        .create_team(&team_name, false, Some(&user.id))
+        .await
+        .map_err(db_err)?;
+    tracing::info!(user_id = %user.id, is_admin = user.is_admin, "signup");
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(issue(&st, user, team, Role::Owner)?),
+    ))
+}
+
+/// Unknown email and wrong password get the same 401 after the same work.
+pub async fn login(
+    st: State,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<ApiJson<AuthResponse>, ApiError> {
+    // A malformed email cannot match a row; it still goes through the dummy verify.
+    let user = match validate::email(&req.email) {
+        Ok(email) => match st.db.user_by_email(&email).await {
+            Ok(u) => Some(u),
+            Err(DbError::NotFound) => None,
+            Err(e) => return Err(db_err(e)),
+        },
+        Err(_) => None,
+    };
+    let stored = user.as_ref().and_then(|u| u.password_hash.clone());
+    // An over-long password is refused inside verify_or_dummy without being hashed.
+    let ok = password::verify_or_dummy_async(req.password, stored).await;
+    let user = match user {
+        Some(u) if ok => u,
+        _ => return Err(ApiError::unauthorized("invalid email or password")),
+    };
+    // The oldest membership is the default team.
+    let Some(m) = st
+        .db
+        .teams_for_user(&user.id)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .next()
+    else {
+        return Err(ApiError::forbidden("account belongs to no team"));
+    };
+    Ok(ApiJson(issue(&st, user, m.team, m.role)?))
+}
+
+/// A new token for another team of the caller; not a member is 404 (no existence leak).
+pub async fn switch_team(
+    st: State,
+    UserAuth(claims): UserAuth,
+    ApiJson(req): ApiJson<SwitchTeamRequest>,
+) -> Result<ApiJson<AuthResponse>, ApiError> {
+    let role = st
+        .db
+        .role_of(req.team_id.as_str(), &claims.sub)
+        .await
+        .map_err(db_err_for("team"))?;
+    let team = st
+        .db
+        .team_by_id(req.team_id.as_str())
+        .await
+        .map_err(db_err_for("team"))?;
+    // Claims can be up to 6 h old: name and is_admin come from the row.
+    let user = st
+        .db
+        .user_by_id(&claims.sub)
+        .await
+        .map_err(|_| ApiError::unauthorized("account no longer exists"))?;
+    Ok(ApiJson(issue(&st, user, team, role)?))
+}
+
+#[derive(Serialize)]
+pub struct MeResponse {
+    user: User,
+    team_id: String,
+    role: Role,
+    teams: Vec<Membership>,
+}
+
+pub async fn me(st: State, UserAuth(claims): UserAuth) -> Result<ApiJson<MeResponse>, ApiError> {
+    let user = st
+        .db
+        .user_by_id(&claims.sub)
+        .await
+        .map_err(|_| ApiError::unauthorized("account no longer exists"))?;
+    let teams = st.db.teams_for_user(&user.id).await.map_err(db_err)?;
+    let role = teams
+        .iter()
+        .find(|m| m.team.id == claims.team_id)
+        .map(|m| m.role)
+        .ok_or_else(|| ApiError::unauthorized("no longer a member of the token's team"))?;
+    Ok(ApiJson(MeResponse {
+        user,
+        team_id: claims.team_id,
+        role,
+        teams,
+    }))
+}

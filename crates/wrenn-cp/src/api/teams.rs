@@ -1,0 +1,182 @@
+//! Teams and member management. Roles are read from the database on every call (the JWT's
+//! role claim may be hours old). A team the caller does not belong to is a 404; a member
+//! who may not manage it gets 403.
+
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::{State, db_err, db_err_for, validate};
+use crate::auth::extract::UserAuth;
+use crate::db::{DbError, Member, Membership, Role};
+use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::ids::{TeamId, UserId};
+use crate::server::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTeam {
+    name: String,
+}
+
+/// Roles that can be granted through the API: ownership is not transferable here.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantableRole {
+    Admin,
+    Member,
+}
+
+impl From<GrantableRole> for Role {
+    fn from(r: GrantableRole) -> Role {
+        match r {
+            GrantableRole::Admin => Role::Admin,
+            GrantableRole::Member => Role::Member,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    email: String,
+    role: Option<GrantableRole>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRole {
+    role: GrantableRole,
+}
+
+#[derive(Serialize)]
+pub struct Teams {
+    teams: Vec<Membership>,
+}
+
+#[derive(Serialize)]
+pub struct Members {
+    members: Vec<Member>,
+}
+
+pub async fn list(st: State, UserAuth(c): UserAuth) -> Result<ApiJson<Teams>, ApiError> {
+    let teams = st.db.teams_for_user(&c.sub).await.map_err(db_err)?;
+    Ok(ApiJson(Teams { teams }))
+}
+
+pub async fn create(
+    st: State,
+    UserAuth(c): UserAuth,
+    ApiJson(req): ApiJson<CreateTeam>,
+) -> Result<(StatusCode, ApiJson<Membership>), ApiError> {
+    let name = validate::name("name", &req.name)?;
+    let team = st
+        .db
+        .create_team(&name, false, Some(&c.sub))
+        .await
+        .map_err(db_err)?;
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(Membership {
+            team,
+            role: Role::Owner,
+        }),
+    ))
+}
+
+/// The caller's role in `team`; not a member is 404.
+async fn caller_role(st: &AppState, team: &TeamId, user_id: &str) -> Result<Role, ApiError> {
+    st.db
+        .role_of(team.as_str(), user_id)
+        .await
+        .map_err(db_err_for("team"))
+}
+
+async fn require_manager(st: &AppState, team: &TeamId, user_id: &str) -> Result<(), ApiError> {
+    if caller_role(st, team, user_id).await? >= Role::Admin {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("team owner or admin required"))
+    }
+}
+
+pub async fn list_members(
+    st: State,
+    UserAuth(c): UserAuth,
+    ApiPath(team): ApiPath<TeamId>,
+) -> Result<ApiJson<Members>, ApiError> {
+    caller_role(&st, &team, &c.sub).await?;
+    let members = st.db.list_members(team.as_str()).await.map_err(db_err)?;
+    Ok(ApiJson(Members { members }))
+}
+
+pub async fn add_member(
+    st: State,
+    UserAuth(c): UserAuth,
+    ApiPath(team): ApiPath<TeamId>,
+    ApiJson(req): ApiJson<AddMember>,
+) -> Result<(StatusCode, ApiJson<Member>), ApiError> {
+    let email = validate::email(&req.email)?;
+    let role: Role = req.role.unwrap_or(GrantableRole::Member).into();
+    require_manager(&st, &team, &c.sub).await?;
+    let user = st
+        .db
+        .user_by_email(&email)
+        .await
+        .map_err(db_err_for("user"))?;
+    match st.db.add_member(team.as_str(), &user.id, role).await {
+        Err(DbError::AlreadyExists(_)) => {
+            return Err(ApiError::conflict("already a member of this team"));
+        }
+        r => r.map_err(db_err)?,
+    }
+    let member = st
+        .db
+        .list_members(team.as_str())
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .find(|m| m.user_id == user.id)
+        .ok_or_else(|| ApiError::internal("member vanished after insert"))?;
+    Ok((StatusCode::CREATED, ApiJson(member)))
+}
+
+/// The target's current role; not a member of this team is 404.
+async fn target_role(st: &AppState, team: &TeamId, user: &UserId) -> Result<Role, ApiError> {
+    st.db
+        .role_of(team.as_str(), user.as_str())
+        .await
+        .map_err(db_err_for("member"))
+}
+
+pub async fn change_role(
+    st: State,
+    UserAuth(c): UserAuth,
+    ApiPath((team, user)): ApiPath<(TeamId, UserId)>,
+    ApiJson(req): ApiJson<ChangeRole>,
+) -> Result<StatusCode, ApiError> {
+    require_manager(&st, &team, &c.sub).await?;
+    if target_role(&st, &team, &user).await? == Role::Owner {
+        return Err(ApiError::forbidden("the owner's role cannot be changed"));
+    }
+    st.db
+        .change_role(team.as_str(), user.as_str(), req.role.into())
+        .await
+        .map_err(db_err_for("member"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn remove_member(
+    st: State,
+    UserAuth(c): UserAuth,
+    ApiPath((team, user)): ApiPath<(TeamId, UserId)>,
+) -> Result<StatusCode, ApiError> {
+    require_manager(&st, &team, &c.sub).await?;
+    if target_role(&st, &team, &user).await? == Role::Owner {
+        return Err(ApiError::forbidden("the owner cannot be removed"));
+    }
+    st.db
+        .remove_member(team.as_str(), user.as_str())
+        .await
+        .map_err(db_err_for("member"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
