@@ -124,7 +124,13 @@ stop_test_postgres() {
     [[ -n ${WRENN_PG_DIR:-} && -d $WRENN_PG_DIR ]] || return 0
     local run=()
     [[ $(id -u) -eq 0 ]] && run=(runuser -u postgres --)
-    "${run[@]}" "$WRENN_PG_BIN/pg_ctl" -D "$WRENN_PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+    local bin=${WRENN_PG_BIN:-$(pg_bindir)}
+    if ! "${run[@]}" "$bin/pg_ctl" -D "$WRENN_PG_DIR/data" -m immediate -w stop >/dev/null 2>&1; then
+        # Never leave a server running: end the postmaster we started by its pid file.
+        local pid
+        pid=$(head -n1 "$WRENN_PG_DIR/data/postmaster.pid" 2>/dev/null || true)
+        [[ $pid =~ ^[0-9]+$ ]] && kill -KILL "$pid" 2>/dev/null || true
+    fi
     rm -rf "$WRENN_PG_DIR"
     unset WRENN_PG_DIR WRENN_TEST_PG_URL
 }
