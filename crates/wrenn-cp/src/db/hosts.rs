@@ -151,6 +151,42 @@ impl Db {
         Ok(q.fetch_all(&self.pool).await?)
     }
 
+    /// Every host, platform and team-owned, oldest first (platform-admin view).
+    pub async fn list_all_hosts(&self) -> Result<Vec<Host>, DbError> {
+        let sql = format!("SELECT {HOST_COLS} FROM hosts ORDER BY created_at, id");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Completes a registration: a `pending` host becomes `online` with the agent's address,
+    /// specs and (if given) name. A host that is not pending (or gone) is [`DbError::NotFound`],
+    /// so a registration never overwrites a live host.
+    pub async fn complete_host_registration(
+        &self,
+        id: &str,
+        address: &str,
+        specs: &serde_json::Value,
+        name: Option<&str>,
+    ) -> Result<Host, DbError> {
+        let sql = format!(
+            "UPDATE hosts SET status = $2, address = $3, specs = $4, \
+             name = COALESCE($5, name), last_heartbeat_at = $6 \
+             WHERE id = $1 AND status = $7 RETURNING {HOST_COLS}"
+        );
+        let h: Option<Host> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(HostStatus::Online.as_str())
+            .bind(address)
+            .bind(specs.to_string())
+            .bind(name)
+            .bind(now_ms())
+            .bind(HostStatus::Pending.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        h.ok_or(DbError::NotFound)
+    }
+
     /// Records a heartbeat or registration: status, address and the time seen.
     pub async fn set_host_status(
         &self,
