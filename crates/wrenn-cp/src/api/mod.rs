@@ -6,6 +6,7 @@ mod admin;
 mod api_keys;
 mod auth;
 mod health;
+mod hosts;
 mod teams;
 pub mod validate;
 
@@ -47,6 +48,12 @@ pub fn router() -> Router<Arc<AppState>> {
             get(api_keys::get).delete(api_keys::revoke),
         )
         .route("/v1/admin/users", get(admin::list_users))
+        .route("/v1/hosts", get(hosts::list))
+        .route("/v1/hosts/registration-tokens", post(hosts::create_token))
+        .route("/v1/hosts/register", post(hosts::register))
+        .route("/v1/hosts/auth/refresh", post(hosts::refresh))
+        .route("/v1/hosts/{id}", get(hosts::get))
+        .route("/v1/hosts/{id}/heartbeat", post(hosts::heartbeat))
         .fallback(not_found_fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

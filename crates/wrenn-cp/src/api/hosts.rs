@@ -1,0 +1,373 @@
+//! Host registration and the host's own routes (DESIGN §7, spec §2.6, §6.1).
+//!
+//! Flow: an operator creates a one-time registration token (1 h), which also creates the host
+//! row in `pending`; the agent presents the token once at `/v1/hosts/register` and gets a host
+//! JWT (7 days) and a refresh token (60 days, rotated on every refresh). Platform hosts
+//! (`team_id` null) are created by platform admins only; a team's own host by the team's
+//! owners/admins. `teams.is_byoc` is not required yet because no route can set it; once one
+//! can, team-owned tokens should require it (spec §2.6).
+//!
+//! Registration secrets are refused with 401 whatever the reason (unknown, used, expired,
+//! malformed) so a caller learns nothing about which tokens exist.
+
+use std::net::SocketAddr;
+
+use axum::http::{StatusCode, Uri};
+use serde::{Deserialize, Serialize};
+
+use super::admin::require_admin;
+use super::{State, db_err, db_err_for, validate};
+use crate::auth::extract::{HostAuth, TeamAuth, UserAuth};
+use crate::auth::token;
+use crate::db::{DbError, Host, NewHost, NewRegistrationToken, now_ms};
+use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::ids::HostId;
+use crate::server::AppState;
+
+pub const DEFAULT_HOST_NAME: &str = "host";
+/// Longest accepted agent address.
+pub const MAX_ADDRESS_LEN: usize = 256;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    name: Option<String>,
+    /// A platform host (no team): platform admins only.
+    #[serde(default)]
+    platform: bool,
+}
+
+#[derive(Serialize)]
+pub struct CreatedToken {
+    host: Host,
+    /// Shown once.
+    registration_token: String,
+    /// Unix milliseconds.
+    expires_at: i64,
+}
+
+/// Creates the pending host row and its one-time registration token.
+pub async fn create_token(
+    st: State,
+    UserAuth(c): UserAuth,
+    ApiJson(req): ApiJson<CreateToken>,
+) -> Result<(StatusCode, ApiJson<CreatedToken>), ApiError> {
+    let name = match &req.name {
+        Some(n) => validate::name("name", n)?,
+        None => DEFAULT_HOST_NAME.to_owned(),
+    };
+    let team_id = if req.platform {
+        require_admin(&st, &c.sub).await?;
+        None
+    } else {
+        // The role claim may be stale: re-read it.
+        let role = st.db.role_of(&c.team_id, &c.sub).await.map_err(db_err)?;
+        if role < crate::db::Role::Admin && !is_admin(&st, &c.sub).await? {
+            return Err(ApiError::forbidden("team owner or admin required"));
+        }
+        Some(c.team_id.as_str())
+    };
+    let generated = token::generate_registration_token().map_err(ApiError::internal)?;
+    let ttl = i64::try_from(generated.ttl.as_millis()).map_err(ApiError::internal)?;
+    let expires_at = now_ms() + ttl;
+    // Two writes, not one transaction: a failure between them leaves a pending host without a
+    // token, which is harmless (it can never come online) and visible in the host list.
+    let host = st
+        .db
+        .create_host(NewHost {
+            team_id,
+            name: &name,
+            address: "",
+            specs: serde_json::json!({}),
+            created_by: Some(&c.sub),
+        })
+        .await
+        .map_err(db_err)?;
+    st.db
+        .create_registration_token(NewRegistrationToken {
+            token_hash: &generated.hash,
+            team_id,
+            host_id: Some(&host.id),
+            created_by: Some(&c.sub),
+            expires_at,
+        })
+        .await
+        .map_err(db_err)?;
+    tracing::info!(host_id = %host.id, team_id = ?team_id, "host registration token created");
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(CreatedToken {
+            host,
+            registration_token: generated.plaintext,
+            expires_at,
+        }),
+    ))
+}
+
+async fn is_admin(st: &AppState, user_id: &str) -> Result<bool, ApiError> {
+    match require_admin(st, user_id).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.status() == StatusCode::FORBIDDEN => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Hardware the agent reports; every field optional, nothing else accepted.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Specs {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disk_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arch: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    token: String,
+    name: Option<String>,
+    /// The agent's RPC endpoint: `ip:port` or an `http(s)://host:port` URL.
+    address: String,
+    specs: Option<Specs>,
+}
+
+#[derive(Serialize)]
+pub struct HostCredentials {
+    host: Host,
+    host_jwt: String,
+    /// Unix seconds.
+    host_jwt_expires_at: u64,
+    /// Shown once; rotated by `/v1/hosts/auth/refresh`.
+    refresh_token: String,
+    /// Unix milliseconds.
+    refresh_token_expires_at: i64,
+}
+
+fn address(v: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::invalid_request("address must be ip:port or an http(s)://host:port URL");
+    let v = v.trim();
+    if v.is_empty() || v.len() > MAX_ADDRESS_LEN {
+        return Err(bad());
+    }
+    if v.parse::<SocketAddr>().is_ok() {
+        return Ok(v.to_owned());
+    }
+    let uri: Uri = v.parse().map_err(|_| bad())?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let host_ok = uri.host().is_some_and(|h| !h.is_empty());
+    if scheme_ok && host_ok && uri.query().is_none() {
+        Ok(v.to_owned())
+    } else {
+        Err(bad())
+    }
+}
+
+fn token_refused() -> ApiError {
+    ApiError::unauthorized("invalid, expired or already used token")
+}
+
+fn token_err(e: DbError) -> ApiError {
+    match e {
+        DbError::TokenRejected(why) => {
+            tracing::info!(reason = ?why, "host token refused");
+            token_refused()
+        }
+        e => db_err(e),
+    }
+}
+
+/// The response: a new host JWT plus the refresh token the caller already stored.
+fn credentials(
+    st: &AppState,
+    host: Host,
+    refresh: token::OpaqueToken,
+    refresh_expires_at: i64,
+) -> Result<HostCredentials, ApiError> {
+    let id = HostId::parse(&host.id).map_err(ApiError::internal)?;
+    let jwt = st.jwt.issue_host(&id)?;
+    Ok(HostCredentials {
+        host,
+        host_jwt: jwt.token,
+        host_jwt_expires_at: jwt.expires_at,
+        refresh_token: refresh.plaintext,
+        refresh_token_expires_at: refresh_expires_at,
+    })
+}
+
+fn refresh_expiry(t: &token::OpaqueToken) -> Result<i64, ApiError> {
+    Ok(now_ms() + i64::try_from(t.ttl.as_millis()).map_err(ApiError::internal)?)
+}
+
+/// The agent's first call: consumes the token exactly once and brings the host online.
+/// Validation comes first, so a malformed body never burns a token.
+pub async fn register(
+    st: State,
+    ApiJson(req): ApiJson<Register>,
+) -> Result<(StatusCode, ApiJson<HostCredentials>), ApiError> {
+    let address = address(&req.address)?;
+    let name = req
+        .name
+        .as_deref()
+        .map(|n| validate::name("name", n))
+        .transpose()?;
+    if let Some(a) = req.specs.as_ref().and_then(|s| s.arch.as_deref()) {
+        validate::name("specs.arch", a)?;
+    }
+    let specs = serde_json::to_value(req.specs.unwrap_or(Specs {
+        cpu_count: None,
+        memory_bytes: None,
+        disk_bytes: None,
+        arch: None,
+    }))
+    .map_err(ApiError::internal)?;
+    let hash = token::hash_presented(&req.token).ok_or_else(token_refused)?;
+    let used = st
+        .db
+        .consume_registration_token(&hash)
+        .await
+        .map_err(token_err)?;
+    // Tokens of this API always name their host; one without is not ours to complete.
+    let host_id = used.host_id.ok_or_else(token_refused)?;
+    let host = st
+        .db
+        .complete_host_registration(&host_id, &address, &specs, name.as_deref())
+        .await
+        .map_err(|e| match e {
+            // The host was deleted (or already registered) since the token was made.
+            DbError::NotFound => token_refused(),
+            e => db_err(e),
+        })?;
+    let refresh = token::generate_refresh_token().map_err(ApiError::internal)?;
+    let refresh_expires_at = refresh_expiry(&refresh)?;
+    st.db
+        .issue_refresh_token(&host.id, &refresh.hash, refresh_expires_at)
+        .await
+        .map_err(db_err)?;
+    tracing::info!(host_id = %host.id, address = %host.address, "host registered");
+    let creds = credentials(&st, host, refresh, refresh_expires_at)?;
+    Ok((StatusCode::CREATED, ApiJson(creds)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refresh {
+    host_id: HostId,
+    refresh_token: String,
+}
+
+/// Rotation: the presented refresh token is revoked and a new one issued in one transaction.
+pub async fn refresh(
+    st: State,
+    ApiJson(req): ApiJson<Refresh>,
+) -> Result<ApiJson<HostCredentials>, ApiError> {
+    let hash = token::hash_presented(&req.refresh_token).ok_or_else(token_refused)?;
+    let current = st.db.valid_refresh_token(&hash).await.map_err(token_err)?;
+    // A token presented for another host is refused without being rotated.
+    if current.host_id != req.host_id.as_str() {
+        return Err(token_refused());
+    }
+    let host = st
+        .db
+        .host_by_id(&current.host_id)
+        .await
+        .map_err(|e| match e {
+            DbError::NotFound => token_refused(),
+            e => db_err(e),
+        })?;
+    let new = token::generate_refresh_token().map_err(ApiError::internal)?;
+    let expires_at = refresh_expiry(&new)?;
+    let rotated = st
+        .db
+        .rotate_refresh_token(&hash, &new.hash, expires_at)
+        .await
+        .map_err(token_err)?;
+    if rotated.host_id != host.id {
+        return Err(ApiError::internal(
+            "refresh token rotated onto another host",
+        ));
+    }
+    Ok(ApiJson(credentials(&st, host, new, expires_at)?))
+}
+
+/// The caller's team's hosts; a platform admin (user token) sees every host.
+pub async fn list(st: State, auth: TeamAuth) -> Result<ApiJson<Vec<Host>>, ApiError> {
+    let hosts = if sees_all(&st, &auth).await? {
+        st.db.list_all_hosts().await
+    } else {
+        st.db.list_hosts(Some(auth.team_id())).await
+    }
+    .map_err(db_err)?;
+    Ok(ApiJson(hosts))
+}
+
+/// Another team's host is a 404, the same answer as a host that does not exist.
+pub async fn get(
+    st: State,
+    auth: TeamAuth,
+    ApiPath(id): ApiPath<HostId>,
+) -> Result<ApiJson<Host>, ApiError> {
+    let host = st
+        .db
+        .host_by_id(id.as_str())
+        .await
+        .map_err(db_err_for("host"))?;
+    if host.team_id.as_deref() != Some(auth.team_id()) && !sees_all(&st, &auth).await? {
+        return Err(ApiError::not_found("host"));
+    }
+    Ok(ApiJson(host))
+}
+
+/// Platform admins act through their user token; API keys are always team-scoped.
+async fn sees_all(st: &AppState, auth: &TeamAuth) -> Result<bool, ApiError> {
+    match auth {
+        TeamAuth::User(c) => is_admin(st, &c.sub).await,
+        TeamAuth::ApiKey(_) => Ok(false),
+    }
+}
+
+/// The agent's liveness signal: marks the host online and records the time.
+pub async fn heartbeat(
+    st: State,
+    h: HostAuth,
+    ApiPath(id): ApiPath<HostId>,
+) -> Result<StatusCode, ApiError> {
+    h.require_host(id.as_str())?;
+    st.db
+        .set_host_status(id.as_str(), crate::db::HostStatus::Online, None)
+        .await
+        .map_err(db_err_for("host"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::address;
+
+    #[test]
+    fn addresses() {
+        for ok in [
+            "127.0.0.1:50051",
+            "[::1]:50051",
+            "http://10.0.0.2:50051",
+            "https://agent.example:443",
+        ] {
+            assert_eq!(address(ok).unwrap(), ok);
+        }
+        for bad in [
+            "",
+            "agent",
+            "ftp://x:1",
+            "http://",
+            "10.0.0.1",
+            "http://a:1/?q=1",
+        ] {
+            assert!(address(bad).is_err(), "{bad:?}");
+        }
+        assert!(address(&"1".repeat(300)).is_err());
+    }
+}

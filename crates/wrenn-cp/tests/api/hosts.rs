@@ -1,0 +1,267 @@
+use axum::http::{Method, StatusCode};
+use serde_json::{Value, json};
+use wrenn_cp::auth::sha256_hex;
+use wrenn_cp::db::{NewRegistrationToken, now_ms};
+use wrenn_cp::db_test;
+
+use super::{App, code, token};
+
+const UNKNOWN_TOKEN: &str = "00000000000000000000000000000000000000000000000000000000000000aa";
+
+impl App {
+    /// Row counts of the host tables.
+    async fn host_counts(&self) -> Vec<i64> {
+        let mut out = Vec::new();
+        for t in ["hosts", "host_registration_tokens", "host_refresh_tokens"] {
+            let n: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {t}")))
+                    .fetch_one(self.db.pool())
+                    .await
+                    .unwrap();
+            out.push(n);
+        }
+        out
+    }
+
+    /// Creates a registration token with `user`; returns the response.
+    async fn reg_token(&self, user: &str, body: Value) -> Value {
+        let (s, v) = self
+            .post("/v1/hosts/registration-tokens", Some(user), body)
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v
+    }
+
+    async fn register(&self, reg_token: &str) -> (StatusCode, Value) {
+        self.post(
+            "/v1/hosts/register",
+            None,
+            json!({
+                "token": reg_token,
+                "name": "rack-1",
+                "address": "127.0.0.1:50051",
+                "specs": {"cpu_count": 2, "memory_bytes": 4_294_967_296_u64, "arch": "x86_64"},
+            }),
+        )
+        .await
+    }
+
+    async fn heartbeat(&self, host_id: &str, auth: &str) -> (StatusCode, Value) {
+        self.send(
+            Method::POST,
+            &format!("/v1/hosts/{host_id}/heartbeat"),
+            Some(auth),
+            None,
+        )
+        .await
+    }
+}
+
+fn s(v: &Value, k: &str) -> String {
+    v[k].as_str()
+        .unwrap_or_else(|| panic!("{k} in {v}"))
+        .to_owned()
+}
+
+db_test! {
+    async fn host_register_heartbeat_refresh(db) {
+        let app = App::new(db.clone());
+        let a = app.signup("ada@example.com", "Ada").await;
+        let ta = token(&a);
+        let created = app.reg_token(&ta, json!({"name": "first"})).await;
+        let reg = s(&created, "registration_token");
+        assert_eq!(reg.len(), 64);
+        let host_id = s(&created["host"], "id");
+        assert_eq!(created["host"]["status"], "pending");
+        assert_eq!(created["host"]["team_id"], a["team"]["id"]);
+
+        let (st, r) = app.register(&reg).await;
+        assert_eq!(st, StatusCode::CREATED, "{r}");
+        assert_eq!(r["host"]["id"], host_id.as_str());
+        assert_eq!(r["host"]["status"], "online");
+        assert_eq!(r["host"]["name"], "rack-1");
+        assert_eq!(r["host"]["address"], "127.0.0.1:50051");
+        assert_eq!(r["host"]["specs"]["cpu_count"], 2);
+        let jwt = s(&r, "host_jwt");
+        let refresh1 = s(&r, "refresh_token");
+
+        // Heartbeat with the host JWT.
+        let (st, v) = app.heartbeat(&host_id, &jwt).await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+        let h = db.host_by_id(&host_id).await.unwrap();
+        assert!(h.last_heartbeat_at.is_some());
+
+        // The token is one-time.
+        let before = app.host_counts().await;
+        let (st, v) = app.register(&reg).await;
+        assert_eq!((st, code(&v)), (StatusCode::UNAUTHORIZED, "unauthorized"), "{v}");
+        let (st, _) = app.register(UNKNOWN_TOKEN).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        let (st, _) = app.register("not-hex").await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        assert_eq!(app.host_counts().await, before);
+
+        // Refresh rotation: the old refresh token stops working.
+        let body = |t: &str| json!({"host_id": host_id, "refresh_token": t});
+        let (st, r2) = app.post("/v1/hosts/auth/refresh", None, body(&refresh1)).await;
+        assert_eq!(st, StatusCode::OK, "{r2}");
+        let refresh2 = s(&r2, "refresh_token");
+        assert_ne!(refresh1, refresh2);
+        let (st, _) = app.heartbeat(&host_id, &s(&r2, "host_jwt")).await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+        let (st, v) = app.post("/v1/hosts/auth/refresh", None, body(&refresh1)).await;
+        assert_eq!((st, code(&v)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+        // Presented for another host: refused and not rotated.
+        let other = app.reg_token(&ta, json!({})).await;
+        let other_id = s(&other["host"], "id");
+        let (st, _) = app
+            .post("/v1/hosts/auth/refresh", None, json!({"host_id": other_id, "refresh_token": refresh2}))
+            .await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        let (st, _) = app.post("/v1/hosts/auth/refresh", None, body(&refresh2)).await;
+        assert_eq!(st, StatusCode::OK);
+
+        // Another host's path: 403.
+        let (st, v) = app.heartbeat(&other_id, &jwt).await;
+        assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "forbidden"));
+
+        // Token kinds do not cross.
+        let (st, _) = app.heartbeat(&host_id, &ta).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "user JWT on a host route");
+        for path in ["/v1/me", "/v1/hosts", "/v1/api-keys"] {
+            let (st, _) = app.get(path, Some(&jwt)).await;
+            assert_eq!(st, StatusCode::UNAUTHORIZED, "host JWT on {path}");
+        }
+        let (st, _) = app.post("/v1/hosts/registration-tokens", Some(&jwt), json!({})).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+    }
+}
+
+db_test! {
+    async fn host_expired_registration_token(db) {
+        let app = App::new(db.clone());
+        let a = app.signup("ada@example.com", "Ada").await;
+        let created = app.reg_token(&token(&a), json!({})).await;
+        let host_id = s(&created["host"], "id");
+        let plaintext = "ab".repeat(32);
+        db.create_registration_token(NewRegistrationToken {
+            token_hash: &sha256_hex(&plaintext),
+            team_id: None,
+            host_id: Some(&host_id),
+            created_by: None,
+            expires_at: now_ms() - 1000,
+        })
+        .await
+        .unwrap();
+        let before = app.host_counts().await;
+        let (st, v) = app.register(&plaintext).await;
+        assert_eq!((st, code(&v)), (StatusCode::UNAUTHORIZED, "unauthorized"), "{v}");
+        assert_eq!(app.host_counts().await, before);
+        assert_eq!(db.host_by_id(&host_id).await.unwrap().status.as_str(), "pending");
+    }
+}
+
+db_test! {
+    async fn host_token_permissions_and_visibility(db) {
+        let app = App::new(db.clone());
+        let a = app.signup("ada@example.com", "Ada").await; // platform admin, owns team A
+        let b = app.signup("bob@example.com", "Bob").await; // owns team B
+        let c = app.signup("cy@example.com", "Cy").await;
+        let (ta, tb) = (token(&a), token(&b));
+        let team_a = s(&a["team"], "id");
+
+        // Cy, a member of team A, may not create a token for it.
+        let (st, v) = app
+            .post(&format!("/v1/teams/{team_a}/members"), Some(&ta), json!({"email": "cy@example.com"}))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        let (st, sw) = app.post("/v1/auth/switch-team", Some(&token(&c)), json!({"team_id": team_a})).await;
+        assert_eq!(st, StatusCode::OK, "{sw}");
+        let tc = token(&sw);
+        let before = app.host_counts().await;
+        let (st, v) = app.post("/v1/hosts/registration-tokens", Some(&tc), json!({})).await;
+        assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "forbidden"), "{v}");
+        // Only a platform admin makes platform tokens.
+        let (st, _) = app.post("/v1/hosts/registration-tokens", Some(&tb), json!({"platform": true})).await;
+        assert_eq!(st, StatusCode::FORBIDDEN);
+        assert_eq!(app.host_counts().await, before);
+
+        let platform = app.reg_token(&ta, json!({"platform": true, "name": "p1"})).await;
+        assert!(platform["host"]["team_id"].is_null());
+        let ha = app.reg_token(&ta, json!({"name": "a1"})).await;
+        let ha_id = s(&ha["host"], "id");
+        let hb = app.reg_token(&tb, json!({"name": "b1"})).await;
+        let hb_id = s(&hb["host"], "id");
+        let (st, _) = app.register(&s(&hb, "registration_token")).await;
+        assert_eq!(st, StatusCode::CREATED);
+
+        // Team B sees its host only; A's is a 404, by user token and by API key.
+        let (_, kb) = app.key(&tb).await;
+        for cred in [&tb, &kb] {
+            let (st, list) = app.get("/v1/hosts", Some(cred)).await;
+            assert_eq!(st, StatusCode::OK, "{list}");
+            let ids: Vec<&str> = list.as_array().unwrap().iter().map(|h| h["id"].as_str().unwrap()).collect();
+            assert_eq!(ids, [hb_id.as_str()]);
+            let (st, v) = app.get(&format!("/v1/hosts/{ha_id}"), Some(cred)).await;
+            assert_eq!((st, code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+            let (st, v) = app.get(&format!("/v1/hosts/{hb_id}"), Some(cred)).await;
+            assert_eq!((st, v["id"].as_str()), (StatusCode::OK, Some(hb_id.as_str())));
+        }
+        // The platform admin sees every host.
+        let (_, all) = app.get("/v1/hosts", Some(&ta)).await;
+        assert_eq!(all.as_array().unwrap().len(), 3, "{all}");
+        assert_eq!(app.get(&format!("/v1/hosts/{hb_id}"), Some(&ta)).await.0, StatusCode::OK);
+        // A member sees the team's hosts.
+        let (_, list) = app.get("/v1/hosts", Some(&tc)).await;
+        assert_eq!(list.as_array().unwrap().len(), 1);
+        let (st, v) = app.get("/v1/hosts/not-a-host-id", Some(&tb)).await;
+        assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"));
+    }
+}
+
+db_test! {
+    async fn host_malformed_bodies(db) {
+        let app = App::new(db.clone());
+        let a = app.signup("ada@example.com", "Ada").await;
+        let ta = token(&a);
+        let created = app.reg_token(&ta, json!({})).await;
+        let reg = s(&created, "registration_token");
+        let host_id = s(&created["host"], "id");
+        let before = app.host_counts().await;
+        let bad_tokens: Vec<Value> = vec![
+            json!({"name": ""}),
+            json!({"name": 5}),
+            json!({"platform": "yes"}),
+            json!({"team": "x"}),
+            json!([]),
+        ];
+        for b in bad_tokens {
+            let (st, v) = app.post("/v1/hosts/registration-tokens", Some(&ta), b.clone()).await;
+            assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{b}: {v}");
+        }
+        let bad_registers: Vec<Value> = vec![
+            json!({}),
+            json!({"token": reg}),
+            json!({"token": reg, "address": ""}),
+            json!({"token": reg, "address": "nowhere"}),
+            json!({"token": reg, "address": "ftp://x:1"}),
+            json!({"token": reg, "address": "127.0.0.1:1", "specs": {"cpu_count": -1}}),
+            json!({"token": reg, "address": "127.0.0.1:1", "specs": {"gpus": 1}}),
+            json!({"token": reg, "address": "127.0.0.1:1", "name": ""}),
+            json!({"token": reg, "address": "127.0.0.1:1", "extra": true}),
+            json!({"token": 1, "address": "127.0.0.1:1"}),
+        ];
+        for b in bad_registers {
+            let (st, v) = app.post("/v1/hosts/register", None, b.clone()).await;
+            assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{b}: {v}");
+        }
+        for b in [json!({}), json!({"host_id": "nope", "refresh_token": UNKNOWN_TOKEN}), json!({"host_id": host_id})] {
+            let (st, v) = app.post("/v1/hosts/auth/refresh", None, b.clone()).await;
+            assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{b}: {v}");
+        }
+        assert_eq!(app.host_counts().await, before);
+        // None of that burnt the token.
+        let (st, v) = app.register(&reg).await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+    }
+}
