@@ -265,3 +265,23 @@ db_test! {
         assert_eq!(st, StatusCode::CREATED, "{v}");
     }
 }
+
+db_test! {
+    async fn host_concurrent_registration_one_wins(db) {
+        let app = App::new(db.clone());
+        let a = app.signup("ada@example.com", "Ada").await;
+        let created = app.reg_token(&token(&a), json!({})).await;
+        let reg = s(&created, "registration_token");
+        let (r1, r2, r3, r4) = tokio::join!(
+            app.register(&reg),
+            app.register(&reg),
+            app.register(&reg),
+            app.register(&reg)
+        );
+        let results = [r1, r2, r3, r4];
+        let wins = results.iter().filter(|(st, _)| *st == StatusCode::CREATED).count();
+        assert_eq!(wins, 1, "{results:?}");
+        assert!(results.iter().all(|(st, _)| matches!(*st, StatusCode::CREATED | StatusCode::UNAUTHORIZED)));
+        assert_eq!(app.host_counts().await[2], 1, "one refresh token issued");
+    }
+}
