@@ -3,7 +3,11 @@
 use std::path::PathBuf;
 
 fn main() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time, not with env!(): a build script binary may be reused from a clone at
+    // another path that shares the target dir.
+    let manifest_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let root = PathBuf::from(manifest_dir).join("../../proto");
     // Honour a PROTOC that is already set (e.g. Debian's protoc); otherwise use the vendored one.
     if std::env::var_os("PROTOC").is_none() {
         let protoc = protoc_bin_vendored::protoc_bin_path().expect("vendored protoc");

@@ -170,7 +170,7 @@ fn four_sandboxes_are_isolated() {
             assert_ne!(code, 0, "file leaked into {id}");
         }
         let probe = |ip: &str, port: u16| {
-            format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{ip}/{port}' && echo open || echo closed")
+            format!("timeout -s KILL 5 bash -c 'exec 3<>/dev/tcp/{ip}/{port}' && echo open || echo closed")
         };
         // No sandbox reaches another one, nor the outside without egress.
         for (i, id) in ids.iter().enumerate().take(3) {

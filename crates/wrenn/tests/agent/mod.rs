@@ -450,7 +450,8 @@ pub async fn sh(
             sandbox_id: id.into(),
             cmd: "/bin/bash".into(),
             args: vec!["-c".into(), script.into()],
-            timeout_sec: 60,
+            // Generous: four TCG guests on two cores can be slow to schedule.
+            timeout_sec: 180,
             ..Default::default()
         })
         .await
