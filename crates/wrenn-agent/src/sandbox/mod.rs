@@ -81,14 +81,16 @@ fn valid_sandbox_id(id: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-fn random_token() -> String {
+/// A fresh envd access token from the OS CSPRNG; an error rather than a weak token.
+fn random_token() -> Result<String, getrandom::Error> {
     let mut b = [0u8; 24];
-    // getrandom through the std hash seed is not a CSPRNG; read the kernel's.
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut b);
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    getrandom::fill(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Where the host reaches a sandbox's envd.
+fn envd_url(net: &SandboxNet) -> String {
+    format!("http://{}:{ENVD_PORT}", net.host_ip)
 }
 
 fn host_memory_mb() -> u64 {
@@ -287,7 +289,7 @@ impl Manager {
             } else {
                 req.default_user.clone()
             },
-            envd_token: random_token(),
+            envd_token: random_token().map_err(|e| internal("envd token", &e))?,
             envd_version: template.envd_version.clone(),
             error: None,
         };
@@ -384,8 +386,8 @@ impl Manager {
         self.failpoint("boot")?;
 
         // 5. envd health.
-        let envd = EnvdClient::new(&format!("http://{}:{ENVD_PORT}", net.host_ip), None)
-            .map_err(|e| internal("envd client", &e))?;
+        let envd =
+            EnvdClient::new(&envd_url(&net), None).map_err(|e| internal("envd client", &e))?;
         let waited = envd
             .wait_healthy(std::time::Instant::now() + self.cfg.envd_health_timeout())
             .instrument(info_span!("envd_health", sandbox_id = %req.sandbox_id))
@@ -596,11 +598,7 @@ impl Manager {
         }
         self.slots.reserve(slot);
         let net = self.net.describe(slot);
-        let envd = EnvdClient::new(
-            &format!("http://{}:{ENVD_PORT}", net.host_ip),
-            Some(&rec.envd_token),
-        )
-        .ok()?;
+        let envd = EnvdClient::new(&envd_url(&net), Some(&rec.envd_token)).ok()?;
         Some(Arc::new(Live {
             dir: dir.to_path_buf(),
             destroying: Default::default(),
