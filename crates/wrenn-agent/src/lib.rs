@@ -55,7 +55,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(accelerator = %accel, %reason, "accelerator chosen");
     let vmm: Arc<dyn vmm::Vmm> = Arc::new(QemuVmm::new());
     let manager = sandbox::Manager::start(cfg.clone(), vmm, accel).await?;
-    let app = rpc::router(manager.clone(), verifier);
+    let app = rpc::router(manager.clone(), verifier, None);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("bind {}", cfg.listen))?;

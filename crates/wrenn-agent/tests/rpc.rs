@@ -833,6 +833,7 @@ async fn calls_without_a_valid_token_are_unauthenticated() {
         sub: SUBJECT.into(),
         iat: now() - 600,
         exp: now() - 300,
+        generation: None,
     });
     let cases = [
         ("no token", None),

@@ -40,8 +40,13 @@ pub trait SandboxBackend: Send + Sync + 'static {
 }
 
 /// The agent's HTTP application: the Connect service behind the control-plane token check.
-/// The audience tokens must carry is the backend's host ID.
-pub fn router(backend: Arc<dyn SandboxBackend>, verifier: CpVerifier) -> axum::Router {
+/// The audience tokens must carry is the backend's host ID; `generation` is the host's
+/// credential generation once it registered (see [`AuthState`]).
+pub fn router(
+    backend: Arc<dyn SandboxBackend>,
+    verifier: CpVerifier,
+    generation: Option<u64>,
+) -> axum::Router {
     let host_id: Arc<str> = backend.host_facts().host_id.into();
     let connect = connectrpc::Router::new().add_service(Arc::new(AgentService::new(backend)));
     // No response compression: file and process output is often incompressible, and gzip
@@ -53,7 +58,11 @@ pub fn router(backend: Arc<dyn SandboxBackend>, verifier: CpVerifier) -> axum::R
     axum::Router::new()
         .fallback_service(connect)
         .layer(axum::middleware::from_fn_with_state(
-            AuthState { verifier, host_id },
+            AuthState {
+                verifier,
+                host_id,
+                generation,
+            },
             require_cp_token,
         ))
 }

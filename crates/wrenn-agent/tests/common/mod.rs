@@ -239,7 +239,7 @@ impl Agent {
         let signer = CpSigner::generate().unwrap();
         let verifier = CpVerifier::from_public_pem(signer.public_key_pem()).unwrap();
         let backend = Arc::new(TestBackend::default());
-        let app = wrenn_agent::rpc::router(backend.clone(), verifier);
+        let app = wrenn_agent::rpc::router(backend.clone(), verifier, None);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = tokio::spawn(async move {
