@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
+use wrenn_rpcauth::CpSigner;
 
 use crate::auth::api_key::{ApiKeyCache, KeyPrincipal, new_key_cache};
 use crate::auth::extract::{AuthBackend, HostStore, KeyStore, UserStore};
@@ -40,6 +41,8 @@ pub enum ServerError {
     Db(#[from] DbError),
     #[error("JWT keys: {0}")]
     Jwt(#[from] JwtKeyError),
+    #[error("agent signing key: {0}")]
+    AgentKey(#[from] wrenn_rpcauth::AuthError),
     #[error("listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -54,14 +57,21 @@ pub struct AppState {
     pub db: Db,
     pub jwt: JwtKeys,
     pub key_cache: ApiKeyCache,
+    /// Signs control-plane → agent tokens; agents trust its public key.
+    pub agent_signer: Arc<CpSigner>,
 }
 
 impl AppState {
-    pub fn new(db: Db, jwt_secret: &[u8]) -> Result<Arc<Self>, JwtKeyError> {
+    pub fn new(
+        db: Db,
+        jwt_secret: &[u8],
+        agent_signer: CpSigner,
+    ) -> Result<Arc<Self>, JwtKeyError> {
         Ok(Arc::new(AppState {
             db,
             jwt: JwtKeys::from_secret(jwt_secret)?,
             key_cache: new_key_cache(),
+            agent_signer: Arc::new(agent_signer),
         }))
     }
 }
@@ -120,6 +130,10 @@ impl KeyStore for AppState {
 impl HostStore for AppState {
     async fn check_host(&self, host_id: &HostId) -> Result<(), ApiError> {
         match self.db.host_by_id(host_id.as_str()).await {
+            // Revoked credentials put the host back to pending until it registers again.
+            Ok(h) if h.status == crate::db::HostStatus::Pending => {
+                Err(ApiError::unauthorized("host credentials revoked"))
+            }
             Ok(_) => Ok(()),
             Err(DbError::NotFound) => Err(ApiError::unauthorized("host no longer exists")),
             Err(e) => Err(lookup_err(e)),
@@ -141,7 +155,8 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         &secrets.envd_key,
     ))
     .await?;
-    let state = AppState::new(db.clone(), &secrets.jwt_secret)?;
+    let signer = CpSigner::from_seed(&secrets.agent_signing_seed)?;
+    let state = AppState::new(db.clone(), &secrets.jwt_secret, signer)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {

@@ -91,6 +91,11 @@ impl CpSigner {
         Self::from_signing_key(&SigningKey::from_bytes(&seed))
     }
 
+    /// The key whose 32-byte secret seed is `seed` (how the control plane persists it).
+    pub fn from_seed(seed: &[u8; 32]) -> Result<Self, AuthError> {
+        Self::from_signing_key(&SigningKey::from_bytes(seed))
+    }
+
     /// Loads a PKCS#8 PEM Ed25519 private key (`-----BEGIN PRIVATE KEY-----`).
     pub fn from_pem(pem: &str) -> Result<Self, AuthError> {
         let key = SigningKey::from_pkcs8_pem(pem)

@@ -146,6 +146,11 @@ pub struct HostCredentials {
     refresh_token: String,
     /// Unix milliseconds.
     refresh_token_expires_at: i64,
+    /// The control plane's Ed25519 public key (SPKI PEM): the agent accepts only tokens it
+    /// verifies.
+    cp_public_key: String,
+    /// The host's credential generation; the agent refuses tokens of any other.
+    credential_gen: i64,
 }
 
 fn address(v: &str) -> Result<String, ApiError> {
@@ -191,6 +196,8 @@ fn credentials(
     let id = HostId::parse(&host.id).map_err(ApiError::internal)?;
     let jwt = st.jwt.issue_host(&id)?;
     Ok(HostCredentials {
+        cp_public_key: st.agent_signer.public_key_pem().to_owned(),
+        credential_gen: host.credential_gen,
         host,
         host_jwt: jwt.token,
         host_jwt_expires_at: jwt.expires_at,
@@ -328,6 +335,39 @@ async fn sees_all(st: &AppState, auth: &TeamAuth) -> Result<bool, ApiError> {
         TeamAuth::User(c) => is_admin(st, &c.sub).await,
         TeamAuth::ApiKey(_) => Ok(false),
     }
+}
+
+/// Withdraws a host's credentials (a leaked or retired machine): its refresh tokens are
+/// revoked, its host JWT stops working, and its credential generation moves on, so the agent
+/// refuses every control-plane call from now on until it registers again. Team owners/admins
+/// for their team's hosts; platform admins for any.
+pub async fn revoke(
+    st: State,
+    UserAuth(c): UserAuth,
+    ApiPath(id): ApiPath<HostId>,
+) -> Result<ApiJson<Host>, ApiError> {
+    let host = st
+        .db
+        .host_by_id(id.as_str())
+        .await
+        .map_err(db_err_for("host"))?;
+    let platform_admin = is_admin(&st, &c.sub).await?;
+    if !platform_admin {
+        if host.team_id.as_deref() != Some(c.team_id.as_str()) {
+            return Err(ApiError::not_found("host"));
+        }
+        let role = st.db.role_of(&c.team_id, &c.sub).await.map_err(db_err)?;
+        if role < crate::db::Role::Admin {
+            return Err(ApiError::forbidden("team owner or admin required"));
+        }
+    }
+    let host = st
+        .db
+        .revoke_host_credentials(id.as_str())
+        .await
+        .map_err(db_err_for("host"))?;
+    tracing::info!(host_id = %host.id, credential_gen = host.credential_gen, "host credentials revoked");
+    Ok(ApiJson(host))
 }
 
 /// The agent's liveness signal: marks the host online and records the time.

@@ -54,6 +54,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/v1/hosts/auth/refresh", post(hosts::refresh))
         .route("/v1/hosts/{id}", get(hosts::get))
         .route("/v1/hosts/{id}/heartbeat", post(hosts::heartbeat))
+        .route("/v1/hosts/{id}/revoke", post(hosts::revoke))
         .fallback(not_found_fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

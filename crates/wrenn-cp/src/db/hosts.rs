@@ -53,6 +53,8 @@ pub struct Host {
     pub specs: serde_json::Value,
     pub created_by: Option<String>,
     pub created_at: i64,
+    /// Bumped when the host's credentials are revoked; control-plane → agent tokens carry it.
+    pub credential_gen: i64,
 }
 
 pub struct NewHost<'a> {
@@ -93,8 +95,8 @@ pub struct RefreshToken {
     pub revoked_at: Option<i64>,
 }
 
-const HOST_COLS: &str =
-    "id, team_id, name, address, status, last_heartbeat_at, specs, created_by, created_at";
+const HOST_COLS: &str = "id, team_id, name, address, status, last_heartbeat_at, specs, created_by, created_at, \
+     credential_gen";
 const REG_COLS: &str = "id, team_id, host_id, created_by, created_at, expires_at, used_at";
 const REFRESH_COLS: &str = "id, host_id, created_at, expires_at, revoked_at";
 
@@ -110,6 +112,7 @@ impl Db {
             specs: new.specs,
             created_by: new.created_by.map(str::to_owned),
             created_at: now_ms(),
+            credential_gen: 1,
         };
         sqlx::query(
             "INSERT INTO hosts (id, team_id, name, address, status, specs, created_by, created_at) \
@@ -369,6 +372,34 @@ impl Db {
             return Err(DbError::NotFound);
         }
         Ok(())
+    }
+
+    /// Withdraws a host's credentials in one transaction: its credential generation moves on
+    /// (so the agent refuses tokens the control plane signs from now on), every refresh token
+    /// is revoked, and the host goes back to `pending` (its host JWT stops working and it
+    /// takes no new sandboxes) until it registers again.
+    pub async fn revoke_host_credentials(&self, host_id: &str) -> Result<Host, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "UPDATE hosts SET credential_gen = credential_gen + 1, status = $2 \
+             WHERE id = $1 RETURNING {HOST_COLS}"
+        );
+        let h: Option<Host> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(host_id)
+            .bind(HostStatus::Pending.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let h = h.ok_or(DbError::NotFound)?;
+        sqlx::query(
+            "UPDATE host_refresh_tokens SET revoked_at = $2 \
+             WHERE host_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(host_id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(h)
     }
 
     /// Revokes every refresh token of a host (host deleted or credential withdrawn); returns

@@ -15,6 +15,8 @@ use crate::ids::random_bytes;
 pub const JWT_SECRET_FILE: &str = "jwt.secret";
 /// AES-256 key for envd tokens at rest.
 pub const ENVD_KEY_FILE: &str = "envd.key";
+/// Seed of the Ed25519 key that signs control-plane → agent tokens.
+pub const AGENT_SIGNING_KEY_FILE: &str = "agent-signing.key";
 const SECRET_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,7 @@ pub enum SecretError {
 pub struct Secrets {
     pub jwt_secret: Vec<u8>,
     pub envd_key: Vec<u8>,
+    pub agent_signing_seed: [u8; SECRET_LEN],
 }
 
 impl std::fmt::Debug for Secrets {
@@ -50,6 +53,12 @@ pub fn load_or_create(data_dir: &Path) -> Result<Secrets, SecretError> {
     Ok(Secrets {
         jwt_secret: load_or_create_one(&data_dir.join(JWT_SECRET_FILE))?,
         envd_key: load_or_create_one(&data_dir.join(ENVD_KEY_FILE))?,
+        agent_signing_seed: {
+            let path = data_dir.join(AGENT_SIGNING_KEY_FILE);
+            load_or_create_one(&path)?
+                .try_into()
+                .map_err(|_| SecretError::Malformed { path })?
+        },
     })
 }
 
@@ -143,14 +152,15 @@ mod tests {
         assert_eq!(a.jwt_secret, b.jwt_secret);
         assert_eq!(a.envd_key, b.envd_key);
         assert_ne!(a.jwt_secret, a.envd_key);
-        for f in [JWT_SECRET_FILE, ENVD_KEY_FILE] {
+        assert_eq!(a.agent_signing_seed, b.agent_signing_seed);
+        for f in [JWT_SECRET_FILE, ENVD_KEY_FILE, AGENT_SIGNING_KEY_FILE] {
             let mode = fs::metadata(dir.join(f)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
         let dir_mode = fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(dir_mode & 0o777, 0o700);
         // No temp files left behind.
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 2);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 3);
         fs::write(dir.join(JWT_SECRET_FILE), "zz").unwrap();
         assert!(matches!(
             load_or_create(&dir),

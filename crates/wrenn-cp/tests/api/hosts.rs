@@ -285,3 +285,50 @@ db_test! {
         assert_eq!(app.host_counts().await[2], 1, "one refresh token issued");
     }
 }
+
+db_test! {
+    async fn host_revoke_withdraws_every_credential(db) {
+        let app = App::new(db.clone());
+        let a = app.signup("ada@example.com", "Ada").await; // platform admin
+        let b = app.signup("bob@example.com", "Bob").await; // owns team B
+        let (ta, tb) = (token(&a), token(&b));
+        let created = app.reg_token(&tb, json!({"name": "byoc"})).await;
+        let host_id = s(&created["host"], "id");
+        let (st, r) = app.register(&s(&created, "registration_token")).await;
+        assert_eq!(st, StatusCode::CREATED, "{r}");
+        // The agent learns whom to trust and its generation at registration.
+        assert!(s(&r, "cp_public_key").starts_with("-----BEGIN PUBLIC KEY-----"));
+        assert_eq!(r["credential_gen"], 1);
+        let jwt = s(&r, "host_jwt");
+        let refresh = s(&r, "refresh_token");
+        assert_eq!(app.heartbeat(&host_id, &jwt).await.0, StatusCode::NO_CONTENT);
+
+        let revoke = format!("/v1/hosts/{host_id}/revoke");
+        // Bad ID → 400; a user of another team → 404 (platform admin aside); no token → 401.
+        let before = app.host_counts().await;
+        let (st, v) = app.post("/v1/hosts/NOT-AN-ID/revoke", Some(&tb), json!({})).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        let c = app.signup("cy@example.com", "Cy").await;
+        let (st, _) = app.post(&revoke, Some(&token(&c)), json!({})).await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+        assert_eq!(app.post(&revoke, None, json!({})).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(app.host_counts().await, before);
+        assert_eq!(app.heartbeat(&host_id, &jwt).await.0, StatusCode::NO_CONTENT);
+
+        let (st, h) = app.post(&revoke, Some(&tb), json!({})).await;
+        assert_eq!(st, StatusCode::OK, "{h}");
+        assert_eq!(h["credential_gen"], 2);
+        assert_eq!(h["status"], "pending");
+        // The host JWT and the refresh token are dead.
+        let (st, v) = app.heartbeat(&host_id, &jwt).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
+        let (st, v) = app
+            .post("/v1/hosts/auth/refresh", None, json!({"host_id": host_id, "refresh_token": refresh}))
+            .await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
+        // A platform admin may revoke any host.
+        let (st, h) = app.post(&revoke, Some(&ta), json!({})).await;
+        assert_eq!(st, StatusCode::OK, "{h}");
+        assert_eq!(h["credential_gen"], 3);
+    }
+}

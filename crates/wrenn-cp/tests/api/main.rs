@@ -29,7 +29,12 @@ pub struct App {
 
 impl App {
     pub fn new(db: Db) -> Self {
-        let state = AppState::new(db.clone(), SECRET).unwrap();
+        let state = AppState::new(
+            db.clone(),
+            SECRET,
+            wrenn_rpcauth::CpSigner::generate().unwrap(),
+        )
+        .unwrap();
         App {
             db,
             router: router(state.clone()),
