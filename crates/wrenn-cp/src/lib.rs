@@ -5,6 +5,7 @@
 //! API and talks to host agents only through their authenticated RPC; it never touches a VM,
 //! a network namespace or a disk itself.
 
+pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod db;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use axum::Router;
 use wrenn_rpcauth::CpSigner;
 
+use crate::agents::AgentPool;
 use crate::auth::api_key::{ApiKeyCache, KeyPrincipal, new_key_cache};
 use crate::auth::extract::{AuthBackend, HostStore, KeyStore, UserStore};
 use crate::auth::jwt::{JwtKeyError, JwtKeys, UserClaims};
@@ -57,8 +58,8 @@ pub struct AppState {
     pub db: Db,
     pub jwt: JwtKeys,
     pub key_cache: ApiKeyCache,
-    /// Signs control-plane → agent tokens; agents trust its public key.
-    pub agent_signer: Arc<CpSigner>,
+    /// Clients of the host agents; signs every call with the key agents trust.
+    pub agents: AgentPool,
 }
 
 impl AppState {
@@ -71,7 +72,7 @@ impl AppState {
             db,
             jwt: JwtKeys::from_secret(jwt_secret)?,
             key_cache: new_key_cache(),
-            agent_signer: Arc::new(agent_signer),
+            agents: AgentPool::new(Arc::new(agent_signer)),
         }))
     }
 }

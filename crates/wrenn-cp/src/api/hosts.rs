@@ -196,7 +196,7 @@ fn credentials(
     let id = HostId::parse(&host.id).map_err(ApiError::internal)?;
     let jwt = st.jwt.issue_host(&id)?;
     Ok(HostCredentials {
-        cp_public_key: st.agent_signer.public_key_pem().to_owned(),
+        cp_public_key: st.agents.public_key_pem().to_owned(),
         credential_gen: host.credential_gen,
         host,
         host_jwt: jwt.token,

@@ -1,0 +1,248 @@
+//! The control plane's side of CP → agent RPC: one Connect client per host over a shared
+//! HTTP connection pool, and a fresh short-lived token on every call.
+//!
+//! Tokens are Ed25519 JWTs of [`wrenn_rpcauth`] with the host as audience and the host's
+//! credential generation, so revoking a host's credentials (`hosts.credential_gen` moves on)
+//! makes its agent refuse every call we sign afterwards with 401 `unauthenticated`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use connectrpc::client::{CallOptions, ClientConfig, HttpClient};
+use connectrpc::{ConnectError, ErrorCode as RpcCode};
+use http::Uri;
+use wrenn_proto::hostagent::v1::HostAgentServiceClient;
+use wrenn_rpcauth::CpSigner;
+
+use crate::db::Host;
+use crate::error::{ApiError, ErrorCode};
+
+/// Lifetime of the token of one call; streams (exec, PTY, files) are authenticated when
+/// they open, so a short life does not cut them off.
+pub const TOKEN_TTL: Duration = Duration::from_secs(120);
+/// Deadline of a unary call unless the caller gives its own.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The generated Connect client of `hostagent.v1.HostAgentService`.
+pub type RpcClient = HostAgentServiceClient<HttpClient>;
+
+/// A failed call to an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("host {host_id} has no usable agent address {address:?}")]
+    BadAddress { host_id: String, address: String },
+    #[error("host {host_id}: {error}")]
+    Rpc {
+        host_id: String,
+        #[source]
+        error: ConnectError,
+    },
+}
+
+impl AgentError {
+    /// Wraps a Connect error of a call to `host_id`.
+    pub fn rpc(host_id: &str, error: ConnectError) -> Self {
+        AgentError::Rpc {
+            host_id: host_id.to_owned(),
+            error,
+        }
+    }
+
+    /// The Connect code, when the agent (or the transport) gave one.
+    pub fn code(&self) -> Option<RpcCode> {
+        match self {
+            AgentError::Rpc { error, .. } => Some(error.code),
+            AgentError::BadAddress { .. } => None,
+        }
+    }
+
+    /// The agent's message (without our prefix).
+    pub fn message(&self) -> String {
+        match self {
+            AgentError::Rpc { error, .. } => error.message.clone().unwrap_or_default(),
+            e => e.to_string(),
+        }
+    }
+}
+
+/// How an agent's answer reaches the API caller. Codes that describe the caller's request
+/// (bad argument, missing object, wrong state) keep their meaning; the rest say the host
+/// failed, without leaking host internals beyond the agent's message.
+impl From<AgentError> for ApiError {
+    fn from(e: AgentError) -> Self {
+        tracing::warn!(error = %e, "agent call failed");
+        let msg = e.message();
+        match e.code() {
+            Some(RpcCode::InvalidArgument | RpcCode::OutOfRange) => ApiError::invalid_request(msg),
+            Some(RpcCode::NotFound) => ApiError::new(ErrorCode::NotFound, msg),
+            Some(RpcCode::FailedPrecondition) => ApiError::invalid_state(msg),
+            Some(RpcCode::AlreadyExists) => ApiError::conflict(msg),
+            Some(RpcCode::PermissionDenied) => ApiError::forbidden(msg),
+            Some(RpcCode::Unavailable) | None => {
+                ApiError::unavailable(format!("host unreachable: {msg}"))
+            }
+            Some(RpcCode::Unauthenticated) => ApiError::new(
+                ErrorCode::AgentError,
+                "the host refused the control plane's credentials",
+            ),
+            Some(_) => ApiError::new(ErrorCode::AgentError, format!("host agent: {msg}")),
+        }
+    }
+}
+
+/// Clients of every host this control plane talks to.
+pub struct AgentPool {
+    signer: Arc<CpSigner>,
+    http: HttpClient,
+    clients: Mutex<HashMap<String, (String, RpcClient)>>,
+}
+
+impl std::fmt::Debug for AgentPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentPool").finish_non_exhaustive()
+    }
+}
+
+impl AgentPool {
+    pub fn new(signer: Arc<CpSigner>) -> Self {
+        AgentPool {
+            signer,
+            http: HttpClient::plaintext(),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The public half of the signing key (handed to agents at registration).
+    pub fn public_key_pem(&self) -> &str {
+        self.signer.public_key_pem()
+    }
+
+    /// The agent of `host`. Cheap: the client is cached per host (and rebuilt when the
+    /// host's address changed); connections are pooled.
+    pub fn agent(&self, host: &Host) -> Result<Agent, AgentError> {
+        let client = {
+            let mut clients = self
+                .clients
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match clients.get(&host.id) {
+                Some((addr, c)) if *addr == host.address => c.clone(),
+                _ => {
+                    let uri = base_uri(&host.address).ok_or_else(|| AgentError::BadAddress {
+                        host_id: host.id.clone(),
+                        address: host.address.clone(),
+                    })?;
+                    // Binary protobuf: the agent relays file chunks and process output.
+                    let cfg = ClientConfig::new(uri).proto();
+                    let c = RpcClient::new(self.http.clone(), cfg);
+                    clients.insert(host.id.clone(), (host.address.clone(), c.clone()));
+                    c
+                }
+            }
+        };
+        Ok(Agent {
+            host_id: host.id.clone(),
+            generation: u64::try_from(host.credential_gen).unwrap_or(0),
+            client,
+            signer: self.signer.clone(),
+        })
+    }
+}
+
+/// `ip:port` → `http://ip:port`; an `http(s)://` URL as given.
+pub fn base_uri(address: &str) -> Option<Uri> {
+    let a = address.trim();
+    if a.is_empty() {
+        return None;
+    }
+    let url = if a.contains("://") {
+        a.to_owned()
+    } else {
+        format!("http://{a}")
+    };
+    let uri: Uri = url.parse().ok()?;
+    uri.host()?;
+    Some(uri)
+}
+
+/// One host's agent, ready to call.
+#[derive(Clone)]
+pub struct Agent {
+    host_id: String,
+    generation: u64,
+    client: RpcClient,
+    signer: Arc<CpSigner>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("host_id", &self.host_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    pub fn host_id(&self) -> &str {
+        &self.host_id
+    }
+
+    /// The generated client; pass [`Agent::opts`] (or [`Agent::opts_timeout`]) to every call.
+    pub fn rpc(&self) -> &RpcClient {
+        &self.client
+    }
+
+    /// Call options with a fresh token and the default deadline.
+    pub fn opts(&self) -> CallOptions {
+        self.opts_timeout(DEFAULT_CALL_TIMEOUT)
+    }
+
+    /// Call options with a fresh token and the given deadline.
+    pub fn opts_timeout(&self, timeout: Duration) -> CallOptions {
+        self.opts_stream().with_timeout(timeout)
+    }
+
+    /// Call options with a fresh token and no deadline (long-lived streams: PTY, attach).
+    pub fn opts_stream(&self) -> CallOptions {
+        let token = self
+            .signer
+            .sign_generation(&self.host_id, TOKEN_TTL, Some(self.generation));
+        CallOptions::default().with_header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+    }
+
+    /// Maps a Connect error of this agent.
+    pub fn err(&self, error: ConnectError) -> AgentError {
+        AgentError::rpc(&self.host_id, error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_uris() {
+        assert_eq!(
+            base_uri("127.0.0.1:50051").unwrap().to_string(),
+            "http://127.0.0.1:50051/"
+        );
+        assert_eq!(
+            base_uri("http://10.0.0.2:1").unwrap().to_string(),
+            "http://10.0.0.2:1/"
+        );
+        assert!(base_uri("").is_none());
+        assert!(base_uri("http://").is_none());
+    }
+
+    #[test]
+    fn agent_codes_map_to_api_errors() {
+        let e = |code| ApiError::from(AgentError::rpc("host-x", ConnectError::new(code, "m")));
+        assert_eq!(e(RpcCode::InvalidArgument).status(), 400);
+        assert_eq!(e(RpcCode::NotFound).status(), 404);
+        assert_eq!(e(RpcCode::FailedPrecondition).status(), 409);
+        assert_eq!(e(RpcCode::Unavailable).status(), 503);
+        assert_eq!(e(RpcCode::Unauthenticated).code(), ErrorCode::AgentError);
+        assert_eq!(e(RpcCode::Internal).status(), 502);
+    }
+}
