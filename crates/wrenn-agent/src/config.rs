@@ -20,12 +20,25 @@ pub struct AgentConfig {
     /// Address the RPC service listens on.
     #[arg(long, env = "AGENT_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// This host's ID (the audience of control-plane tokens).
+    /// The control plane's URL (registration, heartbeats, token refresh).
+    #[arg(long, env = "AGENT_CP_URL")]
+    pub cp_url: Option<String>,
+    /// A one-time registration token: register with the control plane at `--cp-url` and
+    /// keep the credentials in `host-credentials.json` under the root.
+    #[arg(long, env = "AGENT_REGISTER_TOKEN")]
+    pub register: Option<String>,
+    /// The address the control plane reaches this agent at (default: the listen address).
+    #[arg(long, env = "AGENT_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<SocketAddr>,
+    /// Seconds between heartbeats of a registered host.
+    #[arg(long, env = "AGENT_HEARTBEAT_SECS", default_value_t = 30)]
+    pub heartbeat_secs: u64,
+    /// This host's ID, for a host that does not register (with `--cp-public-key`).
     #[arg(long, env = "AGENT_HOST_ID")]
-    pub host_id: String,
-    /// The control plane's Ed25519 public key (PEM file) that signs RPC tokens.
+    pub host_id: Option<String>,
+    /// The control plane's Ed25519 public key (PEM file), for a host that does not register.
     #[arg(long, env = "AGENT_CP_PUBLIC_KEY")]
-    pub cp_public_key: PathBuf,
+    pub cp_public_key: Option<PathBuf>,
     /// Force the accelerator instead of probing (`kvm` or `tcg`).
     #[arg(long, env = "AGENT_ACCEL", value_parser = parse_accel)]
     pub accel: Option<Accel>,

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod envd_client;
 pub mod network;
+pub mod registration;
 pub mod rpc;
 pub mod sandbox;
 pub mod storage;
@@ -24,16 +25,17 @@ use anyhow::Context;
 use crate::config::AgentConfig;
 use crate::vmm::{QemuVmm, probe};
 
-/// Runs the agent until SIGTERM/SIGINT: probes the accelerator, re-adopts surviving VMs,
-/// and serves the control plane's RPCs.
-pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
-    let pem = std::fs::read_to_string(&cfg.cp_public_key).with_context(|| {
-        format!(
-            "read control-plane public key {}",
-            cfg.cp_public_key.display()
-        )
-    })?;
-    let verifier = auth::CpVerifier::from_public_pem(&pem).context("control-plane public key")?;
+/// Runs the agent until SIGTERM/SIGINT: resolves its identity (registering when asked),
+/// probes the accelerator, re-adopts surviving VMs, serves the control plane's RPCs and,
+/// when registered, keeps the host online with heartbeats.
+pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.root).with_context(|| format!("create {}", cfg.root.display()))?;
+    let identity = registration::resolve(&cfg)
+        .await
+        .context("agent identity")?;
+    let host_id = identity.host_id.clone();
+    cfg.host_id = Some(host_id.clone());
+    let verifier = identity.verifier.clone();
     std::fs::create_dir_all(cfg.cache_dir())?;
     let (accel, reason) = match cfg.accel {
         Some(a) => (a, format!("{a} forced by --accel")),
@@ -55,11 +57,19 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(accelerator = %accel, %reason, "accelerator chosen");
     let vmm: Arc<dyn vmm::Vmm> = Arc::new(QemuVmm::new());
     let manager = sandbox::Manager::start(cfg.clone(), vmm, accel).await?;
-    let app = rpc::router(manager.clone(), verifier, None);
+    let app = rpc::router(manager.clone(), verifier, identity.generation);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("bind {}", cfg.listen))?;
-    tracing::info!(addr = %cfg.listen, host_id = %cfg.host_id, "agent listening");
+    tracing::info!(addr = %cfg.listen, %host_id, "agent listening");
+    if let Some(creds) = identity.credentials {
+        let path = registration::credentials_path(&cfg.root);
+        let every = Duration::from_secs(cfg.heartbeat_secs.max(1));
+        tokio::spawn(async move {
+            let why = registration::heartbeat::run(creds, path, every).await;
+            tracing::error!(reason = ?why, "heartbeats stopped");
+        });
+    }
     rpc::serve(listener, app, shutdown_signal()).await?;
     Ok(())
 }

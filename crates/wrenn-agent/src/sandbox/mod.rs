@@ -709,7 +709,7 @@ impl SandboxBackend for Manager {
             .map(|m| m.len() as u32)
             .unwrap_or_default();
         pb::PingResponse {
-            host_id: self.cfg.host_id.clone(),
+            host_id: self.cfg.host_id.clone().unwrap_or_default(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             accelerator: match self.accel {
                 Accel::Kvm => "kvm".into(),

@@ -1,0 +1,115 @@
+//! The heartbeat loop of a registered host (spec §6.2): a beat right away, then every
+//! interval. A refused host JWT (401/403) or one close to expiry is rotated through the
+//! refresh token and the new credentials are saved before use; a refused refresh means the
+//! host's credentials were revoked, so the loop stops (the operator must register the host
+//! again). A 404 means the host was deleted. Network errors are retried on the next beat.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{CP_CALL_TIMEOUT, Credentials, RegistrationError, refresh, save};
+
+/// Rotate the host JWT when it has less than this left.
+const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
+/// Why the loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The refresh token was refused: credentials revoked.
+    Revoked,
+    /// The control plane no longer knows this host.
+    HostDeleted,
+}
+
+enum Beat {
+    Ok,
+    Unauthorized,
+    Gone,
+    Failed(String),
+}
+
+/// Beats until the host is revoked or deleted; runs for the agent's lifetime otherwise.
+pub async fn run(mut creds: Credentials, path: PathBuf, interval: Duration) -> Stopped {
+    let client = match reqwest::Client::builder().timeout(CP_CALL_TIMEOUT).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "heartbeat HTTP client");
+            return Stopped::Revoked;
+        }
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if expires_soon(&creds) {
+            match rotate(&creds, &path).await {
+                Ok(c) => creds = c,
+                Err(stop) => return stop,
+            }
+        }
+        match beat(&client, &creds).await {
+            Beat::Ok => {}
+            Beat::Unauthorized => match rotate(&creds, &path).await {
+                Ok(c) => {
+                    creds = c;
+                    if let Beat::Failed(e) = beat(&client, &creds).await {
+                        tracing::warn!(error = %e, "heartbeat after refresh failed");
+                    }
+                }
+                Err(stop) => return stop,
+            },
+            Beat::Gone => {
+                tracing::error!(host_id = %creds.host_id, "the control plane no longer knows this host; heartbeats stop");
+                return Stopped::HostDeleted;
+            }
+            Beat::Failed(e) => {
+                tracing::warn!(host_id = %creds.host_id, error = %e, "heartbeat failed; retrying next beat");
+            }
+        }
+    }
+}
+
+fn expires_soon(c: &Credentials) -> bool {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    c.host_jwt_expires_at < now + REFRESH_BEFORE_EXPIRY.as_secs()
+}
+
+async fn beat(client: &reqwest::Client, c: &Credentials) -> Beat {
+    let url = format!("{}/v1/hosts/{}/heartbeat", c.cp_url, c.host_id);
+    match client.post(&url).bearer_auth(&c.host_jwt).send().await {
+        Ok(r) if r.status().is_success() => Beat::Ok,
+        Ok(r) if matches!(r.status().as_u16(), 401 | 403) => Beat::Unauthorized,
+        Ok(r) if r.status().as_u16() == 404 => Beat::Gone,
+        Ok(r) => Beat::Failed(format!("HTTP {}", r.status())),
+        Err(e) => Beat::Failed(e.to_string()),
+    }
+}
+
+async fn rotate(c: &Credentials, path: &std::path::Path) -> Result<Credentials, Stopped> {
+    match refresh(c).await {
+        Ok(new) => {
+            if let Err(e) = save(path, &new) {
+                // Keep going with the new tokens in memory; the old refresh token in the file
+                // is revoked now, so a restart would need a new registration.
+                tracing::error!(error = %e, "could not save refreshed credentials");
+            }
+            tracing::info!(host_id = %new.host_id, "host credentials refreshed");
+            Ok(new)
+        }
+        Err(RegistrationError::Refused {
+            status: 401 | 403 | 404,
+            message,
+            ..
+        }) => {
+            tracing::error!(host_id = %c.host_id, %message, "refresh refused: this host's credentials were revoked; register it again with --register");
+            Err(Stopped::Revoked)
+        }
+        Err(e) => {
+            // Transient: keep the current credentials and try again next beat.
+            tracing::warn!(error = %e, "credential refresh failed");
+            Ok(c.clone())
+        }
+    }
+}

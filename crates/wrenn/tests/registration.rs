@@ -1,0 +1,264 @@
+//! The agent's registration path against the real control plane, both real processes:
+//! `wrenn agent --register <token>` → credentials file (0600) → host online via heartbeats →
+//! control-plane tokens of the host's generation accepted, others refused → revoking the
+//! host's credentials makes every call the control plane signs afterwards fail with 401 →
+//! heartbeats stop. No VMs are created, so no sandbox network is touched.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use connectrpc::client::{CallOptions, ClientConfig, HttpClient};
+use serde_json::{Value, json};
+use wrenn_proto::hostagent::v1::{HostAgentServiceClient, PingRequest};
+use wrenn_rpcauth::CpSigner;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn spawn(args: &[&str]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wrenn"));
+    cmd.args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null());
+    // SAFETY: prctl only: the child stops when the test dies.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+            Ok(())
+        });
+    }
+    Proc(cmd.spawn().expect("spawn wrenn"))
+}
+
+fn wait_port(port: u16, p: &mut Proc) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(st)) = p.0.try_wait() {
+            panic!("process exited early: {st}");
+        }
+        assert!(Instant::now() < deadline, "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    bearer: Option<&str>,
+    body: Value,
+) -> (u16, Value) {
+    let mut req = http.request(method, url).json(&body);
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    let v = r.json().await.unwrap_or(Value::Null);
+    (status, v)
+}
+
+fn signer(data_dir: &Path) -> CpSigner {
+    let hex = std::fs::read_to_string(data_dir.join("agent-signing.key")).expect("signing key");
+    let bytes: Vec<u8> = (0..hex.trim().len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).expect("hex"))
+        .collect();
+    CpSigner::from_seed(&bytes.try_into().expect("32 bytes")).expect("key")
+}
+
+async fn ping(port: u16, token: &str) -> Result<(), connectrpc::ConnectError> {
+    let cfg = ClientConfig::new(format!("http://127.0.0.1:{port}").parse().expect("uri"));
+    let c = HostAgentServiceClient::new(HttpClient::plaintext(), cfg);
+    c.ping_with_options(
+        PingRequest::default(),
+        CallOptions::default().with_header("authorization", format!("Bearer {token}")),
+    )
+    .await
+    .map(|_| ())
+}
+
+#[test]
+fn agent_registers_heartbeats_and_is_cut_off_by_revocation() {
+    let data = tempfile::tempdir().expect("data dir");
+    let root = tempfile::tempdir_in("/var/tmp").expect("agent root");
+    let (cp_port, agent_port) = (free_port(), free_port());
+    let cp_url = format!("http://127.0.0.1:{cp_port}");
+    let data_dir = data.path().to_str().expect("utf-8");
+    let mut cp = spawn(&[
+        "server",
+        "--listen",
+        &format!("127.0.0.1:{cp_port}"),
+        "--data-dir",
+        data_dir,
+    ]);
+    wait_port(cp_port, &mut cp);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let http = reqwest::Client::new();
+    let (s, admin) = rt.block_on(call(
+        &http,
+        reqwest::Method::POST,
+        format!("{cp_url}/v1/auth/signup"),
+        None,
+        json!({"email": "ops@example.com", "password": "correct horse battery", "name": "Ops"}),
+    ));
+    assert_eq!(s, 201, "{admin}");
+    let jwt = admin["token"].as_str().expect("token").to_owned();
+    let (s, created) = rt.block_on(call(
+        &http,
+        reqwest::Method::POST,
+        format!("{cp_url}/v1/hosts/registration-tokens"),
+        Some(&jwt),
+        json!({"platform": true, "name": "local"}),
+    ));
+    assert_eq!(s, 201, "{created}");
+    let token = created["registration_token"].as_str().expect("token");
+    let host_id = created["host"]["id"].as_str().expect("id").to_owned();
+
+    let agent_args = |register: Option<&str>| {
+        let mut a = vec![
+            "agent".to_string(),
+            "--root".into(),
+            root.path().display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{agent_port}"),
+            "--cp-url".into(),
+            cp_url.clone(),
+            "--accel".into(),
+            "tcg".into(),
+            "--net-prefix".into(),
+            format!("rg{}", agent_port % 1000),
+            "--heartbeat-secs".into(),
+            "1".into(),
+        ];
+        if let Some(t) = register {
+            a.extend(["--register".into(), t.to_owned()]);
+        }
+        a
+    };
+    let args = agent_args(Some(token));
+    let mut agent = spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_port(agent_port, &mut agent);
+
+    // Credentials kept, 0600, naming the host the token was for.
+    let creds_path = root.path().join("host-credentials.json");
+    let creds: Value =
+        serde_json::from_slice(&std::fs::read(&creds_path).expect("credentials")).expect("json");
+    assert_eq!(creds["host_id"], host_id.as_str());
+    assert_eq!(creds["credential_gen"], 1);
+    let mode = std::fs::metadata(&creds_path)
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Heartbeats move last_heartbeat_at.
+    let host_url = format!("{cp_url}/v1/hosts/{host_id}");
+    let (_, h1) = rt.block_on(call(
+        &http,
+        reqwest::Method::GET,
+        host_url.clone(),
+        Some(&jwt),
+        Value::Null,
+    ));
+    assert_eq!(h1["status"], "online", "{h1}");
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, h2) = rt.block_on(call(
+        &http,
+        reqwest::Method::GET,
+        host_url.clone(),
+        Some(&jwt),
+        Value::Null,
+    ));
+    assert!(
+        h2["last_heartbeat_at"].as_i64() > h1["last_heartbeat_at"].as_i64(),
+        "{h1} {h2}"
+    );
+
+    // Tokens of the control plane's key and the host's generation pass; others do not.
+    let cp_key = signer(data.path());
+    let ttl = Duration::from_secs(60);
+    rt.block_on(ping(
+        agent_port,
+        &cp_key.sign_generation(&host_id, ttl, Some(1)),
+    ))
+    .expect("current generation accepted");
+    for (what, tok) in [
+        ("no generation", cp_key.sign(&host_id, ttl)),
+        (
+            "other generation",
+            cp_key.sign_generation(&host_id, ttl, Some(2)),
+        ),
+        (
+            "other key",
+            CpSigner::generate()
+                .expect("key")
+                .sign_generation(&host_id, ttl, Some(1)),
+        ),
+    ] {
+        let e = rt.block_on(ping(agent_port, &tok)).expect_err(what);
+        assert_eq!(e.code, connectrpc::ErrorCode::Unauthenticated, "{what}");
+    }
+
+    // A restarted agent comes back as the same host from its credentials file.
+    drop(agent);
+    let args = agent_args(None);
+    let mut agent = spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_port(agent_port, &mut agent);
+    rt.block_on(ping(
+        agent_port,
+        &cp_key.sign_generation(&host_id, ttl, Some(1)),
+    ))
+    .expect("same identity after restart");
+
+    // Revocation: the generation moves on, so everything the control plane signs for this
+    // host from now on is refused with 401, and the agent's own credentials die too.
+    let (s, revoked) = rt.block_on(call(
+        &http,
+        reqwest::Method::POST,
+        format!("{host_url}/revoke"),
+        Some(&jwt),
+        json!({}),
+    ));
+    assert_eq!(s, 200, "{revoked}");
+    let gen_now = revoked["credential_gen"].as_u64().expect("gen");
+    assert_eq!(gen_now, 2);
+    let e = rt
+        .block_on(ping(
+            agent_port,
+            &cp_key.sign_generation(&host_id, ttl, Some(gen_now)),
+        ))
+        .expect_err("revoked");
+    assert_eq!(e.code, connectrpc::ErrorCode::Unauthenticated);
+    // Heartbeats (and the refresh they fall back on) are refused: the host stays pending.
+    std::thread::sleep(Duration::from_millis(3000));
+    let (_, h3) = rt.block_on(call(
+        &http,
+        reqwest::Method::GET,
+        host_url,
+        Some(&jwt),
+        Value::Null,
+    ));
+    assert_eq!(h3["status"], "pending", "{h3}");
+    drop(agent);
+    drop(cp);
+}
