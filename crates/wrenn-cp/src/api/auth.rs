@@ -82,9 +82,14 @@ pub async fn signup(
     let hash = password::hash_password_async(req.password)
         .await
         .map_err(ApiError::internal)?;
-    let user = match st
+    // Team names are capped at 100 characters like every name.
+    let team_name: String = format!("{name}'s team")
+        .chars()
+        .take(validate::MAX_NAME_CHARS)
+        .collect();
+    let (user, team) = match st
         .db
-        .create_user_first_is_admin(&email, Some(&hash), &name)
+        .create_account(&email, Some(&hash), &name, &team_name)
         .await
     {
         Err(DbError::AlreadyExists(_)) => {
@@ -95,16 +100,6 @@ pub async fn signup(
         }
         r => r.map_err(db_err)?,
     };
-    // Team names are capped at 100 characters like every name.
-    let team_name: String = format!("{name}'s team")
-        .chars()
-        .take(validate::MAX_NAME_CHARS)
-        .collect();
-    let team = st
-        .db
-        .create_team(&team_name, false, Some(&user.id))
-        .await
-        .map_err(db_err)?;
     tracing::info!(user_id = %user.id, is_admin = user.is_admin, "signup");
     Ok((
         StatusCode::CREATED,

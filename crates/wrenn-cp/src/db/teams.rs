@@ -97,36 +97,11 @@ impl Db {
         is_byoc: bool,
         owner: Option<&str>,
     ) -> Result<Team, DbError> {
-        let team = Team {
-            id: crate::ids::TeamId::generate().into_string(),
-            name: name.to_owned(),
-            slug: new_slug(),
-            is_byoc,
-            created_at: now_ms(),
-        };
         let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO teams (id, name, slug, is_byoc, created_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&team.id)
-        .bind(&team.name)
-        .bind(&team.slug)
-        .bind(team.is_byoc)
-        .bind(team.created_at)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(owner) = owner {
-            sqlx::query(
-                "INSERT INTO memberships (team_id, user_id, role, created_at) \
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(&team.id)
-            .bind(owner)
-            .bind(Role::Owner.as_str())
-            .bind(team.created_at)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let team = match owner {
+            Some(o) => insert_team_owned_by(&mut tx, name, is_byoc, o, now_ms()).await?,
+            None => insert_team(&mut tx, name, is_byoc, now_ms()).await?,
+        };
         tx.commit().await?;
         Ok(team)
     }
@@ -246,4 +221,51 @@ async fn ensure_owner_left(tx: &mut super::pool::WriteTx, team_id: &str) -> Resu
         return Err(DbError::LastOwner);
     }
     Ok(())
+}
+
+async fn insert_team(
+    conn: &mut sqlx::AnyConnection,
+    name: &str,
+    is_byoc: bool,
+    now: i64,
+) -> Result<Team, DbError> {
+    let team = Team {
+        id: crate::ids::TeamId::generate().into_string(),
+        name: name.to_owned(),
+        slug: new_slug(),
+        is_byoc,
+        created_at: now,
+    };
+    sqlx::query(
+        "INSERT INTO teams (id, name, slug, is_byoc, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&team.id)
+    .bind(&team.name)
+    .bind(&team.slug)
+    .bind(team.is_byoc)
+    .bind(team.created_at)
+    .execute(conn)
+    .await?;
+    Ok(team)
+}
+
+/// Inserts a team and its owner's membership on `conn` (inside the caller's transaction).
+pub(super) async fn insert_team_owned_by(
+    conn: &mut sqlx::AnyConnection,
+    name: &str,
+    is_byoc: bool,
+    owner: &str,
+    now: i64,
+) -> Result<Team, DbError> {
+    let team = insert_team(&mut *conn, name, is_byoc, now).await?;
+    sqlx::query(
+        "INSERT INTO memberships (team_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&team.id)
+    .bind(owner)
+    .bind(Role::Owner.as_str())
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(team)
 }

@@ -153,4 +153,49 @@ impl Db {
         tx.commit().await?;
         Ok(user)
     }
+
+    /// Signup in one transaction: the user (the first one becomes platform admin), their
+    /// personal team and the owner membership. A failure leaves none of the three.
+    pub async fn create_account(
+        &self,
+        email: &str,
+        password_hash: Option<&str>,
+        name: &str,
+        team_name: &str,
+    ) -> Result<(User, super::Team), DbError> {
+        let mut tx = self.begin_write().await?;
+        if self.backend() == super::Backend::Postgres {
+            sqlx::query("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&mut *tx)
+            .await?;
+        let now = now_ms();
+        let user = User {
+            id: crate::ids::UserId::generate().into_string(),
+            email: email.trim().to_lowercase(),
+            password_hash: password_hash.map(str::to_owned),
+            name: name.to_owned(),
+            is_admin: count == 0,
+            created_at: now,
+        };
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, name, is_admin, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&user.id)
+        .bind(&user.email)
+        .bind(&user.password_hash)
+        .bind(&user.name)
+        .bind(user.is_admin)
+        .bind(user.created_at)
+        .execute(&mut *tx)
+        .await?;
+        let team =
+            super::teams::insert_team_owned_by(&mut tx, team_name, false, &user.id, now).await?;
+        tx.commit().await?;
+        Ok((user, team))
+    }
 }

@@ -179,3 +179,30 @@ db_test! {
         assert!(all.items.iter().all(|x| x.id != k.id));
     }
 }
+
+db_test! {
+    async fn signup_is_one_transaction(db) {
+        let counts = |db: wrenn_cp::db::Db| async move {
+            let mut out = Vec::new();
+            for t in ["users", "teams", "memberships"] {
+                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {t}")))
+                    .fetch_one(db.pool()).await.unwrap();
+                out.push(n);
+            }
+            out
+        };
+        let (u, t) = db.create_account("a@example.com", Some("h"), "Ada", "Ada's team").await.unwrap();
+        assert!(u.is_admin);
+        assert_eq!(db.role_of(&t.id, &u.id).await.unwrap(), Role::Owner);
+        assert_eq!(counts(db.clone()).await, vec![1, 1, 1]);
+        // A refused signup (email taken) leaves no team or membership behind.
+        assert!(matches!(
+            db.create_account("A@example.com", Some("h"), "Dup", "Dup's team").await,
+            Err(DbError::AlreadyExists(_))
+        ));
+        assert_eq!(counts(db.clone()).await, vec![1, 1, 1]);
+        let (b, _) = db.create_account("b@example.com", None, "Bob", "Bob's team").await.unwrap();
+        assert!(!b.is_admin);
+        assert_eq!(counts(db).await, vec![2, 2, 2]);
+    }
+}
