@@ -22,7 +22,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// Stable, machine-readable error codes. The string forms are part of the public API: add
 /// new codes, never rename one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// 400: malformed JSON, a bad ID, a field out of range.
@@ -123,6 +123,21 @@ impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// The error envelope as documented in the OpenAPI document (`ErrorBody`); responses are built
+/// by [`ApiError::body`], which may add route-specific members beside `code` and `message`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// The `error` object of [`ErrorBody`].
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    /// Human-readable; never contains server internals.
+    pub message: String,
 }
 
 /// Message sent for every `internal_error`, whatever the cause.

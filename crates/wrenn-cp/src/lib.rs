@@ -12,3 +12,4 @@ pub mod db;
 pub mod error;
 pub mod ids;
 pub mod server;
+pub mod telemetry;

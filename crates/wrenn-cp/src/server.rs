@@ -142,7 +142,7 @@ impl HostStore for AppState {
     }
 }
 
-/// The whole HTTP API.
+/// The whole HTTP surface (API, `/openapi.json`, `/docs`, `/metrics`).
 pub fn router(state: Arc<AppState>) -> Router {
     crate::api::router().with_state(state)
 }
@@ -166,10 +166,12 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         })?;
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
     tracing::info!(url = %format!("http://{addr}"), data_dir = %config.data_dir.display(), backend = ?db.backend(), "control plane listening");
+    let upkeep = crate::telemetry::spawn_upkeep();
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(ServerError::Serve)?;
+    upkeep.abort();
     db.close().await;
     Ok(())
 }

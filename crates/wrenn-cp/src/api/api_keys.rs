@@ -2,25 +2,37 @@
 //! database keeps its SHA-256. Revoking drops the key from this process's cache at once;
 //! other processes stop accepting it when their cache entry expires (5 s).
 
+use std::sync::Arc;
+
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{PageQuery, State, db_err, db_err_for, validate};
 use crate::auth::api_key;
 use crate::auth::extract::{TeamAuth, UserAuth};
 use crate::db::{ApiKey, NewApiKey, Page};
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::ids::ApiKeyId;
+use crate::server::AppState;
 
 pub const DEFAULT_KEY_NAME: &str = "Unnamed API Key";
 
-#[derive(Deserialize)]
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get, revoke))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
+    /// Default "Unnamed API Key".
     name: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CreatedKey {
     #[serde(flatten)]
     key: ApiKey,
@@ -30,6 +42,19 @@ pub struct CreatedKey {
 }
 
 /// Keys are managed with a user token: a leaked key cannot mint more keys.
+#[utoipa::path(
+    post,
+    path = "/v1/api-keys",
+    tag = "api-keys",
+    operation_id = "create_api_key",
+    request_body = CreateKey,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The key, with its plaintext `key` (shown once)", body = CreatedKey),
+        (status = 400, description = "Malformed body or invalid name", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+    )
+)]
 pub async fn create(
     st: State,
     UserAuth(c): UserAuth,
@@ -61,6 +86,19 @@ pub async fn create(
 }
 
 /// The team's active keys (user token or API key).
+#[utoipa::path(
+    get,
+    path = "/v1/api-keys",
+    tag = "api-keys",
+    operation_id = "list_api_keys",
+    params(PageQuery),
+    security(("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of keys (never their plaintext)", body = Page<ApiKey>),
+        (status = 400, description = "Bad `limit` or `cursor`", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key or user token", body = ErrorBody),
+    )
+)]
 pub async fn list(
     st: State,
     auth: TeamAuth,
@@ -75,6 +113,21 @@ pub async fn list(
     Ok(ApiJson(page))
 }
 
+/// One active key of the caller's team.
+#[utoipa::path(
+    get,
+    path = "/v1/api-keys/{id}",
+    tag = "api-keys",
+    operation_id = "get_api_key",
+    params(("id" = String, Path, description = "API key ID")),
+    security(("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The key (never its plaintext)", body = ApiKey),
+        (status = 400, description = "Malformed key ID", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key or user token", body = ErrorBody),
+        (status = 404, description = "No such key in the caller's team", body = ErrorBody),
+    )
+)]
 pub async fn get(
     st: State,
     auth: TeamAuth,
@@ -88,6 +141,21 @@ pub async fn get(
     Ok(ApiJson(key))
 }
 
+/// Revokes a key of the caller's team (user token only).
+#[utoipa::path(
+    delete,
+    path = "/v1/api-keys/{id}",
+    tag = "api-keys",
+    operation_id = "revoke_api_key",
+    params(("id" = String, Path, description = "API key ID")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 400, description = "Malformed key ID", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+        (status = 404, description = "No such active key in the caller's team", body = ErrorBody),
+    )
+)]
 pub async fn revoke(
     st: State,
     UserAuth(c): UserAuth,

@@ -1,18 +1,30 @@
 //! Signup, login, switch-team and `/v1/me`.
 
+use std::sync::Arc;
+
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{State, db_err, db_err_for, validate};
 use crate::auth::extract::UserAuth;
 use crate::auth::jwt::{self, UserIdentity};
 use crate::auth::password;
 use crate::db::{DbError, Membership, Role, Team, User};
-use crate::error::{ApiError, ApiJson, ErrorCode};
+use crate::error::{ApiError, ApiJson, ErrorBody, ErrorCode};
 use crate::ids::{TeamId, UserId};
 use crate::server::AppState;
 
-#[derive(Deserialize)]
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(signup))
+        .routes(routes!(login))
+        .routes(routes!(switch_team))
+        .routes(routes!(me))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignupRequest {
     email: String,
@@ -20,21 +32,23 @@ pub struct SignupRequest {
     name: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     email: String,
     password: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchTeamRequest {
+    #[schema(value_type = String)]
     team_id: TeamId,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AuthResponse {
+    /// User JWT: send as `Authorization: Bearer <token>`.
     token: String,
     /// Unix seconds.
     expires_at: u64,
@@ -72,6 +86,19 @@ fn issue(st: &AppState, user: User, team: Team, role: Role) -> Result<AuthRespon
 }
 
 /// Creates the account and its personal team; the first account becomes platform admin.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/signup",
+    tag = "auth",
+    request_body = SignupRequest,
+    responses(
+        (status = 201, description = "Account and personal team created; a user token for it", body = AuthResponse),
+        (status = 400, description = "Malformed body, invalid email, name or password", body = ErrorBody),
+        (status = 409, description = "`email_taken`", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+    )
+)]
 pub async fn signup(
     st: State,
     ApiJson(req): ApiJson<SignupRequest>,
@@ -108,6 +135,19 @@ pub async fn signup(
 }
 
 /// Unknown email and wrong password get the same 401 after the same work.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/login",
+    tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "A user token for the oldest team of the account", body = AuthResponse),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 401, description = "Invalid email or password", body = ErrorBody),
+        (status = 403, description = "The account belongs to no team", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+    )
+)]
 pub async fn login(
     st: State,
     ApiJson(req): ApiJson<LoginRequest>,
@@ -143,6 +183,19 @@ pub async fn login(
 }
 
 /// A new token for another team of the caller; not a member is 404 (no existence leak).
+#[utoipa::path(
+    post,
+    path = "/v1/auth/switch-team",
+    tag = "auth",
+    request_body = SwitchTeamRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A user token for the other team", body = AuthResponse),
+        (status = 400, description = "Malformed body or team ID", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+        (status = 404, description = "No such team, or not a member", body = ErrorBody),
+    )
+)]
 pub async fn switch_team(
     st: State,
     UserAuth(claims): UserAuth,
@@ -167,7 +220,7 @@ pub async fn switch_team(
     Ok(ApiJson(issue(&st, user, team, role)?))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct MeResponse {
     user: User,
     team_id: String,
@@ -175,6 +228,17 @@ pub struct MeResponse {
     teams: Vec<Membership>,
 }
 
+/// The caller's account, the token's team and role, and every team of the account.
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller", body = MeResponse),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+    )
+)]
 pub async fn me(st: State, UserAuth(claims): UserAuth) -> Result<ApiJson<MeResponse>, ApiError> {
     let user = st
         .db

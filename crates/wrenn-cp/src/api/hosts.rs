@@ -11,16 +11,19 @@
 //! malformed) so a caller learns nothing about which tokens exist.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::http::{StatusCode, Uri};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::admin::require_admin;
 use super::{State, db_err, db_err_for, validate};
 use crate::auth::extract::{HostAuth, TeamAuth, UserAuth};
 use crate::auth::token;
 use crate::db::{DbError, Host, NewHost, NewRegistrationToken, now_ms};
-use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::error::{ApiError, ApiJson, ApiPath, ErrorBody};
 use crate::ids::HostId;
 use crate::server::AppState;
 
@@ -28,16 +31,28 @@ pub const DEFAULT_HOST_NAME: &str = "host";
 /// Longest accepted agent address.
 pub const MAX_ADDRESS_LEN: usize = 256;
 
-#[derive(Deserialize)]
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(create_token))
+        .routes(routes!(register))
+        .routes(routes!(refresh))
+        .routes(routes!(get))
+        .routes(routes!(heartbeat))
+        .routes(routes!(revoke))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
+    /// Default "host".
     name: Option<String>,
     /// A platform host (no team): platform admins only.
     #[serde(default)]
     platform: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CreatedToken {
     host: Host,
     /// Shown once.
@@ -46,7 +61,22 @@ pub struct CreatedToken {
     expires_at: i64,
 }
 
-/// Creates the pending host row and its one-time registration token.
+/// Creates the pending host row and its one-time registration token (1 h). A team host needs
+/// a team owner or admin; a platform host (`platform: true`) a platform admin.
+#[utoipa::path(
+    post,
+    path = "/v1/hosts/registration-tokens",
+    tag = "hosts",
+    operation_id = "create_host_registration_token",
+    request_body = CreateToken,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The pending host and its registration token (shown once)", body = CreatedToken),
+        (status = 400, description = "Malformed body or invalid name", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+        (status = 403, description = "Not allowed to add hosts here", body = ErrorBody),
+    )
+)]
 pub async fn create_token(
     st: State,
     UserAuth(c): UserAuth,
@@ -113,7 +143,7 @@ async fn is_admin(st: &AppState, user_id: &str) -> Result<bool, ApiError> {
 }
 
 /// Hardware the agent reports; every field optional, nothing else accepted.
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Specs {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,9 +156,10 @@ pub struct Specs {
     arch: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Register {
+    /// The one-time registration token.
     token: String,
     name: Option<String>,
     /// The agent's RPC endpoint: `ip:port` or an `http(s)://host:port` URL.
@@ -136,7 +167,7 @@ pub struct Register {
     specs: Option<Specs>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct HostCredentials {
     host: Host,
     host_jwt: String,
@@ -212,6 +243,18 @@ fn refresh_expiry(t: &token::OpaqueToken) -> Result<i64, ApiError> {
 
 /// The agent's first call: consumes the token exactly once and brings the host online.
 /// Validation comes first, so a malformed body never burns a token.
+#[utoipa::path(
+    post,
+    path = "/v1/hosts/register",
+    tag = "hosts",
+    operation_id = "register_host",
+    request_body = Register,
+    responses(
+        (status = 201, description = "The host is online; its credentials", body = HostCredentials),
+        (status = 400, description = "Malformed body, address or name", body = ErrorBody),
+        (status = 401, description = "Invalid, expired or already used token", body = ErrorBody),
+    )
+)]
 pub async fn register(
     st: State,
     ApiJson(req): ApiJson<Register>,
@@ -260,14 +303,27 @@ pub async fn register(
     Ok((StatusCode::CREATED, ApiJson(creds)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Refresh {
+    #[schema(value_type = String)]
     host_id: HostId,
     refresh_token: String,
 }
 
 /// Rotation: the presented refresh token is revoked and a new one issued in one transaction.
+#[utoipa::path(
+    post,
+    path = "/v1/hosts/auth/refresh",
+    tag = "hosts",
+    operation_id = "refresh_host_credentials",
+    request_body = Refresh,
+    responses(
+        (status = 200, description = "A new host JWT and a new refresh token (the old one is revoked)", body = HostCredentials),
+        (status = 400, description = "Malformed body or host ID", body = ErrorBody),
+        (status = 401, description = "Invalid, expired or revoked refresh token", body = ErrorBody),
+    )
+)]
 pub async fn refresh(
     st: State,
     ApiJson(req): ApiJson<Refresh>,
@@ -302,6 +358,17 @@ pub async fn refresh(
 }
 
 /// The caller's team's hosts; a platform admin (user token) sees every host.
+#[utoipa::path(
+    get,
+    path = "/v1/hosts",
+    tag = "hosts",
+    operation_id = "list_hosts",
+    security(("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The hosts", body = Vec<Host>),
+        (status = 401, description = "Missing or invalid API key or user token", body = ErrorBody),
+    )
+)]
 pub async fn list(st: State, auth: TeamAuth) -> Result<ApiJson<Vec<Host>>, ApiError> {
     let hosts = if sees_all(&st, &auth).await? {
         st.db.list_all_hosts().await
@@ -313,6 +380,20 @@ pub async fn list(st: State, auth: TeamAuth) -> Result<ApiJson<Vec<Host>>, ApiEr
 }
 
 /// Another team's host is a 404, the same answer as a host that does not exist.
+#[utoipa::path(
+    get,
+    path = "/v1/hosts/{id}",
+    tag = "hosts",
+    operation_id = "get_host",
+    params(("id" = String, Path, description = "Host ID")),
+    security(("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The host", body = Host),
+        (status = 400, description = "Malformed host ID", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key or user token", body = ErrorBody),
+        (status = 404, description = "No such host visible to the caller", body = ErrorBody),
+    )
+)]
 pub async fn get(
     st: State,
     auth: TeamAuth,
@@ -341,6 +422,21 @@ async fn sees_all(st: &AppState, auth: &TeamAuth) -> Result<bool, ApiError> {
 /// revoked, its host JWT stops working, and its credential generation moves on, so the agent
 /// refuses every control-plane call from now on until it registers again. Team owners/admins
 /// for their team's hosts; platform admins for any.
+#[utoipa::path(
+    post,
+    path = "/v1/hosts/{id}/revoke",
+    tag = "hosts",
+    operation_id = "revoke_host_credentials",
+    params(("id" = String, Path, description = "Host ID")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Credentials withdrawn; the host is pending until it registers again", body = Host),
+        (status = 400, description = "Malformed host ID", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user JWT", body = ErrorBody),
+        (status = 403, description = "Not an owner/admin of the host's team", body = ErrorBody),
+        (status = 404, description = "No such host (or another team's)", body = ErrorBody),
+    )
+)]
 pub async fn revoke(
     st: State,
     UserAuth(c): UserAuth,
@@ -371,6 +467,21 @@ pub async fn revoke(
 }
 
 /// The agent's liveness signal: marks the host online and records the time.
+#[utoipa::path(
+    post,
+    path = "/v1/hosts/{id}/heartbeat",
+    tag = "hosts",
+    operation_id = "host_heartbeat",
+    params(("id" = String, Path, description = "Host ID (must be the host JWT's own)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Recorded"),
+        (status = 400, description = "Malformed host ID", body = ErrorBody),
+        (status = 401, description = "Missing or invalid host JWT", body = ErrorBody),
+        (status = 403, description = "The JWT is another host's", body = ErrorBody),
+        (status = 404, description = "No such host", body = ErrorBody),
+    )
+)]
 pub async fn heartbeat(
     st: State,
     h: HostAuth,

@@ -14,50 +14,114 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use serde::Deserialize;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::db::{DbError, PageRequest};
-use crate::error::{ApiError, not_found_fallback};
+use crate::error::{ApiError, ErrorBody, not_found_fallback};
 use crate::server::AppState;
+use crate::telemetry;
 
 /// Largest JSON body the account routes accept (they carry a few short strings).
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// Where the OpenAPI document and the Swagger UI are served.
+pub const OPENAPI_PATH: &str = "/openapi.json";
+pub const DOCS_PATH: &str = "/docs";
+
 pub(crate) type State = axum::extract::State<Arc<AppState>>;
 
+/// Names of the security schemes that `#[utoipa::path(security(...))]` refers to.
+pub const SECURITY_API_KEY: &str = "api_key";
+pub const SECURITY_BEARER: &str = "bearer";
+
+#[derive(OpenApi)]
+#[openapi(
+    modifiers(&SecurityAddon),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "health", description = "Liveness"),
+        (name = "auth", description = "Accounts and user tokens"),
+        (name = "teams", description = "Teams and their members"),
+        (name = "api-keys", description = "API keys of the caller's team"),
+        (name = "admin", description = "Platform administration"),
+        (name = "hosts", description = "Host agents: registration, credentials, heartbeats"),
+    )
+)]
+struct ApiDoc;
+
+struct SecurityAddon;
+
+impl Modify for SecurityAddon {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        doc.info.title = "Wrenn API".to_owned();
+        doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+        doc.info.description = Some(
+            "Errors are `{\"error\":{\"code\",\"message\"}}` (schema `ErrorBody`); \
+             timestamps are Unix milliseconds unless a field says otherwise."
+                .to_owned(),
+        );
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            SECURITY_API_KEY,
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "A team's API key, `wrn_` + 32 hex (also accepted as `Authorization: Bearer`)",
+            ))),
+        );
+        components.add_security_scheme(
+            SECURITY_BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A user JWT (signup/login) or, on the host routes, a host JWT",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every documented route: the router and the OpenAPI document come from these same
+/// registrations, so neither can list a route the other lacks.
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(health::routes())
+        .merge(auth::routes())
+        .merge(teams::routes())
+        .merge(api_keys::routes())
+        .merge(admin::routes())
+        .merge(hosts::routes())
+    // .merge(sandboxes::routes()) // lead: add when api/sandboxes/ lands
+}
+
+/// The OpenAPI document served at [`OPENAPI_PATH`].
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+/// The whole HTTP surface: the documented API, `/openapi.json`, the Swagger UI at `/docs`
+/// (bundled in the binary, no network needed) and `/metrics`; every request is counted.
 pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/health", get(health::health))
-        .route("/v1/auth/signup", post(auth::signup))
-        .route("/v1/auth/login", post(auth::login))
-        .route("/v1/auth/switch-team", post(auth::switch_team))
-        .route("/v1/me", get(auth::me))
-        .route("/v1/teams", get(teams::list).post(teams::create))
-        .route(
-            "/v1/teams/{id}/members",
-            get(teams::list_members).post(teams::add_member),
-        )
-        .route(
-            "/v1/teams/{id}/members/{user_id}",
-            delete(teams::remove_member).patch(teams::change_role),
-        )
-        .route("/v1/api-keys", get(api_keys::list).post(api_keys::create))
-        .route(
-            "/v1/api-keys/{id}",
-            get(api_keys::get).delete(api_keys::revoke),
-        )
-        .route("/v1/admin/users", get(admin::list_users))
-        .route("/v1/hosts", get(hosts::list))
-        .route("/v1/hosts/registration-tokens", post(hosts::create_token))
-        .route("/v1/hosts/register", post(hosts::register))
-        .route("/v1/hosts/auth/refresh", post(hosts::refresh))
-        .route("/v1/hosts/{id}", get(hosts::get))
-        .route("/v1/hosts/{id}/heartbeat", post(hosts::heartbeat))
-        .route("/v1/hosts/{id}/revoke", post(hosts::revoke))
+    let (api, doc) = routes().split_for_parts();
+    // Validator "none": the default sends the document to validator.swagger.io.
+    let docs = SwaggerUi::new(DOCS_PATH)
+        .url(OPENAPI_PATH, doc)
+        .config(Config::new([OPENAPI_PATH]).validator_url("none"));
+    // Install the recorder before any request can be counted.
+    telemetry::handle();
+    api.merge(docs)
+        .route("/metrics", get(telemetry::metrics_handler))
         .fallback(not_found_fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(telemetry::track))
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -68,10 +132,13 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// `?limit=&cursor=` of list routes.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
+    /// Page size: default 100, at most 1000.
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 

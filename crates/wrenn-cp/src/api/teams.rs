@@ -2,24 +2,35 @@
 //! role claim may be hours old). A team the caller does not belong to is a 404; a member
 //! who may not manage it gets 403.
 
+use std::sync::Arc;
+
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{State, db_err, db_err_for, validate};
 use crate::auth::extract::UserAuth;
 use crate::db::{DbError, Member, Membership, Role};
-use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::error::{ApiError, ApiJson, ApiPath, ErrorBody};
 use crate::ids::{TeamId, UserId};
 use crate::server::AppState;
 
-#[derive(Deserialize)]
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(list_members, add_member))
+        .routes(routes!(remove_member, change_role))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTeam {
     name: String,
 }
 
 /// Roles that can be granted through the API: ownership is not transferable here.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GrantableRole {
     Admin,
@@ -35,34 +46,62 @@ impl From<GrantableRole> for Role {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
+    /// An existing account's email.
     email: String,
+    /// Default `member`.
     role: Option<GrantableRole>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeRole {
     role: GrantableRole,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Teams {
     teams: Vec<Membership>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Members {
     members: Vec<Member>,
 }
 
+/// The caller's teams with the caller's role in each.
+#[utoipa::path(
+    get,
+    path = "/v1/teams",
+    tag = "teams",
+    operation_id = "list_teams",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's teams", body = Teams),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+    )
+)]
 pub async fn list(st: State, UserAuth(c): UserAuth) -> Result<ApiJson<Teams>, ApiError> {
     let teams = st.db.teams_for_user(&c.sub).await.map_err(db_err)?;
     Ok(ApiJson(Teams { teams }))
 }
 
+/// Creates a team owned by the caller.
+#[utoipa::path(
+    post,
+    path = "/v1/teams",
+    tag = "teams",
+    operation_id = "create_team",
+    request_body = CreateTeam,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The new team; the caller is its owner", body = Membership),
+        (status = 400, description = "Malformed body or invalid name", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+    )
+)]
 pub async fn create(
     st: State,
     UserAuth(c): UserAuth,
@@ -99,6 +138,21 @@ async fn require_manager(st: &AppState, team: &TeamId, user_id: &str) -> Result<
     }
 }
 
+/// The team's members; any member may list them.
+#[utoipa::path(
+    get,
+    path = "/v1/teams/{id}/members",
+    tag = "teams",
+    operation_id = "list_team_members",
+    params(("id" = String, Path, description = "Team ID")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The team's members", body = Members),
+        (status = 400, description = "Malformed team ID", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+        (status = 404, description = "No such team, or not a member", body = ErrorBody),
+    )
+)]
 pub async fn list_members(
     st: State,
     UserAuth(c): UserAuth,
@@ -109,6 +163,24 @@ pub async fn list_members(
     Ok(ApiJson(Members { members }))
 }
 
+/// Adds an existing account to the team (owners and admins only).
+#[utoipa::path(
+    post,
+    path = "/v1/teams/{id}/members",
+    tag = "teams",
+    operation_id = "add_team_member",
+    params(("id" = String, Path, description = "Team ID")),
+    request_body = AddMember,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The new member", body = Member),
+        (status = 400, description = "Malformed body, email or team ID", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+        (status = 403, description = "Not an owner or admin of the team", body = ErrorBody),
+        (status = 404, description = "No such team (or not a member), or no account with this email", body = ErrorBody),
+        (status = 409, description = "Already a member", body = ErrorBody),
+    )
+)]
 pub async fn add_member(
     st: State,
     UserAuth(c): UserAuth,
@@ -148,6 +220,26 @@ async fn target_role(st: &AppState, team: &TeamId, user: &UserId) -> Result<Role
         .map_err(db_err_for("member"))
 }
 
+/// Changes a member's role (owners and admins only; the owner's role is fixed).
+#[utoipa::path(
+    patch,
+    path = "/v1/teams/{id}/members/{user_id}",
+    tag = "teams",
+    operation_id = "change_member_role",
+    params(
+        ("id" = String, Path, description = "Team ID"),
+        ("user_id" = String, Path, description = "The member's user ID"),
+    ),
+    request_body = ChangeRole,
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Role changed"),
+        (status = 400, description = "Malformed body or ID", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+        (status = 403, description = "Not an owner or admin, or the target is the owner", body = ErrorBody),
+        (status = 404, description = "No such team or member", body = ErrorBody),
+    )
+)]
 pub async fn change_role(
     st: State,
     UserAuth(c): UserAuth,
@@ -165,6 +257,25 @@ pub async fn change_role(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Removes a member (owners and admins only; the owner cannot be removed).
+#[utoipa::path(
+    delete,
+    path = "/v1/teams/{id}/members/{user_id}",
+    tag = "teams",
+    operation_id = "remove_team_member",
+    params(
+        ("id" = String, Path, description = "Team ID"),
+        ("user_id" = String, Path, description = "The member's user ID"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Member removed"),
+        (status = 400, description = "Malformed ID", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+        (status = 403, description = "Not an owner or admin, or the target is the owner", body = ErrorBody),
+        (status = 404, description = "No such team or member", body = ErrorBody),
+    )
+)]
 pub async fn remove_member(
     st: State,
     UserAuth(c): UserAuth,

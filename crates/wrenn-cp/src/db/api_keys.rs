@@ -6,7 +6,7 @@ use sqlx::FromRow;
 use super::page::{self, Keyed, Page, PageRequest};
 use super::{Db, DbError, now_ms};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow, utoipa::ToSchema)]
 pub struct ApiKey {
     pub id: String,
     pub team_id: String,

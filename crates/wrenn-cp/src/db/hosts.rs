@@ -5,7 +5,7 @@ use super::error::TokenRejection;
 use super::row::JsonText;
 use super::{Db, DbError, now_ms};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HostStatus {
     Pending,
@@ -37,7 +37,7 @@ impl TryFrom<String> for HostStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, FromRow, utoipa::ToSchema)]
 pub struct Host {
     pub id: String,
     /// `None`: a platform host; `Some`: a BYOC team's own host.
@@ -50,6 +50,7 @@ pub struct Host {
     pub last_heartbeat_at: Option<i64>,
     /// Free-form JSON (cores, memory, disk, arch ...) reported at registration.
     #[sqlx(try_from = "JsonText")]
+    #[schema(value_type = Object)]
     pub specs: serde_json::Value,
     pub created_by: Option<String>,
     pub created_at: i64,

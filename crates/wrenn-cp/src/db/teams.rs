@@ -4,7 +4,7 @@ use sqlx::FromRow;
 use super::row::Flag;
 use super::{Db, DbError, now_ms};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow, utoipa::ToSchema)]
 pub struct Team {
     pub id: String,
     pub name: String,
@@ -14,7 +14,19 @@ pub struct Team {
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     // Ordered by power, so `role >= Role::Admin` reads naturally.
@@ -47,7 +59,7 @@ impl TryFrom<String> for Role {
 }
 
 /// A team as seen by one of its members.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow, utoipa::ToSchema)]
 pub struct Membership {
     #[sqlx(flatten)]
     #[serde(flatten)]
@@ -57,7 +69,7 @@ pub struct Membership {
 }
 
 /// A member as seen from the team.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow, utoipa::ToSchema)]
 pub struct Member {
     pub user_id: String,
     pub email: String,

@@ -5,7 +5,7 @@ use super::page::{self, Keyed, Page, PageRequest};
 use super::row::Flag;
 use super::{Db, DbError, now_ms};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow, utoipa::ToSchema)]
 pub struct User {
     pub id: String,
     /// Lower-cased on the way in, so uniqueness and lookups ignore case.

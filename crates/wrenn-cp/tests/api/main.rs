@@ -3,6 +3,7 @@
 
 mod access;
 mod accounts;
+mod docs;
 mod hosts;
 mod input;
 mod keys;
