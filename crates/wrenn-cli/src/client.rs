@@ -16,6 +16,10 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use crate::Global;
 use crate::config::{self, Config};
 
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+const HINT: &str = "hint: is `wrenn server` running there? Pass --url, set WRENN_URL, or run `wrenn login --url URL`";
+
 /// An error the API answered with: `{"error":{"code","message"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ApiError {
@@ -160,7 +164,7 @@ impl Client {
     pub fn with_auth(url: &str, auth: Auth) -> anyhow::Result<Client> {
         let base = parse_base(url)?;
         let http = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(10))
+            .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("wrenn-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("HTTP client")?;
@@ -283,7 +287,15 @@ impl Client {
                 );
             }
         }
-        match tokio_tungstenite::connect_async(req).await {
+        let connect = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(req));
+        let Ok(result) = connect.await else {
+            return Err(anyhow!(
+                "cannot reach the control plane at {} (no answer within {}s)\n{HINT}",
+                self.base_str(),
+                CONNECT_TIMEOUT.as_secs()
+            ));
+        };
+        match result {
             Ok((ws, _)) => Ok(ws),
             Err(tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();
@@ -291,7 +303,7 @@ impl Client {
                 Err(ApiError::from_body(status, &body).into())
             }
             Err(tungstenite::Error::Io(e)) => Err(unreachable_hint(&self.base_str(), &e)),
-            Err(e) => Err(anyhow::Error::new(e).context(format!("WebSocket {path}"))),
+            Err(e) => Err(anyhow!("WebSocket {path}: {e}")),
         }
     }
 }
@@ -306,15 +318,12 @@ fn check_expiry(exp: Option<u64>) -> anyhow::Result<()> {
 }
 
 fn unreachable_hint(url: &str, e: &dyn std::error::Error) -> anyhow::Error {
-    let mut cause = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        cause = format!("{cause}: {s}");
-        src = s.source();
+    // The innermost cause ("Connection refused (os error 111)") is the useful part.
+    let mut cause = e;
+    while let Some(s) = cause.source() {
+        cause = s;
     }
-    anyhow!(
-        "cannot reach the control plane at {url} ({cause})\nhint: is `wrenn server` running there? Pass --url, set WRENN_URL, or run `wrenn login --url URL`"
-    )
+    anyhow!("cannot reach the control plane at {url} ({cause})\n{HINT}")
 }
 
 #[cfg(test)]

@@ -59,10 +59,11 @@ pub fn start_frame(a: &ExecArgs) -> Value {
 
 pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
     let client = Client::new(&args.global, Need::Team)?;
-    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut ws = client
         .websocket(&format!("v1/sandboxes/{}/exec/stream", seg(&args.id)))
         .await?;
+    // From here on Ctrl-C means "stop the command" rather than "kill this process".
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     ws.send(Message::text(start_frame(&args).to_string()))
         .await
         .context("send start")?;
@@ -75,7 +76,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
                     None | Some(Ok(Message::Close(_))) => {
                         bail!("the connection closed before the command exited")
                     }
-                    Some(Err(e)) => return Err(e).context("exec stream"),
+                    Some(Err(e)) => bail!("exec stream: {e}"),
                     Some(Ok(Message::Text(t))) => t,
                     // Pings are answered by tungstenite; nothing else is part of the protocol.
                     Some(Ok(_)) => continue,

@@ -110,13 +110,14 @@ pub async fn run(args: ShellArgs) -> anyhow::Result<i32> {
     let client = Client::new(&args.global, Need::Team)?;
     let tty = term::stdin_is_tty();
     let size = term::window_size().unwrap_or(DEFAULT_SIZE);
+    let mut ws = client
+        .websocket(&format!("v1/sandboxes/{}/pty", seg(&args.id)))
+        .await?;
+    // Installed once connected, so Ctrl-C still aborts a hanging connect.
     let mut winch = signal(SignalKind::window_change()).context("SIGWINCH handler")?;
     let mut term_sig = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut ws = client
-        .websocket(&format!("v1/sandboxes/{}/pty", seg(&args.id)))
-        .await?;
     ws.send(Message::text(first_frame(&args, size).to_string()))
         .await
         .context("send start")?;
@@ -139,7 +140,7 @@ pub async fn run(args: ShellArgs) -> anyhow::Result<i32> {
                     None | Some(Ok(Message::Close(_))) => {
                         bail!("the connection closed before the terminal exited")
                     }
-                    Some(Err(e)) => return Err(e).context("pty stream"),
+                    Some(Err(e)) => bail!("pty stream: {e}"),
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(_)) => continue,
                 };
