@@ -149,6 +149,42 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Opens the database, loads (or creates) the secrets, and serves until Ctrl-C / SIGTERM.
 pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
+    let server = start(config).await?;
+    shutdown_signal().await;
+    server.stop().await
+}
+
+/// A control plane serving in this process (`wrenn server`, `wrenn up`, tests).
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Graceful stop: in-flight requests finish, then the database closes.
+    pub async fn stop(self) -> Result<(), ServerError> {
+        let _ = self.stop.send(());
+        let served = self
+            .task
+            .await
+            .map_err(|e| ServerError::Serve(std::io::Error::other(e)))?;
+        for t in self.background {
+            t.abort();
+        }
+        self.state.db.close().await;
+        served.map_err(ServerError::Serve)
+    }
+}
+
+/// Opens the database, loads (or creates) the secrets, binds and serves in the background.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let secrets = secrets::load_or_create(&config.data_dir)?;
     let db = Db::connect(DbConfig::new(
         &config.data_dir,
@@ -166,14 +202,23 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         })?;
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
     tracing::info!(url = %format!("http://{addr}"), data_dir = %config.data_dir.display(), backend = ?db.backend(), "control plane listening");
-    let upkeep = crate::telemetry::spawn_upkeep();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(ServerError::Serve)?;
-    upkeep.abort();
-    db.close().await;
-    Ok(())
+    let background = vec![crate::telemetry::spawn_upkeep()];
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = router(state.clone());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Ok(RunningServer {
+        addr,
+        state,
+        stop,
+        task,
+        background,
+    })
 }
 
 async fn shutdown_signal() {

@@ -1,6 +1,7 @@
 //! `wrenn`: the one user-facing binary. Parses the command line and hands each subcommand to
 //! the library that owns it (`image` → wrenn-image, `agent` → wrenn-agent, `server` →
-//! wrenn-cp). `up` and `bench` join as further variants of [`Command`].
+//! wrenn-cp, the client commands `login`, `sandbox`, `exec`, ... → wrenn-cli). `up` and
+//! `bench` join as further variants of [`Command`].
 
 mod agent;
 mod image;
@@ -30,6 +31,9 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Run the control plane: accounts, teams, API keys and the public API.
     Server(server::ServerArgs),
+    /// Client commands against a control plane (login, keys, sandbox, exec, shell, cp, ...).
+    #[command(flatten)]
+    Client(wrenn_cli::Command),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +57,8 @@ fn main() -> anyhow::Result<()> {
             init_tracing("info");
             server::run(args)
         }
+        // The exit code is the remote command's for `exec` and `shell`.
+        Command::Client(command) => std::process::exit(wrenn_cli::run(command)),
     }
 }
 
