@@ -8,6 +8,7 @@
 pub mod agents;
 pub mod api;
 pub mod auth;
+pub mod bootstrap;
 pub mod db;
 pub mod error;
 pub mod ids;

@@ -104,7 +104,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
 
 /// `envd` beside the running `wrenn`: both are built into the same target directory and
 /// installed side by side.
-fn sibling_envd() -> anyhow::Result<PathBuf> {
+pub(crate) fn sibling_envd() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locate the wrenn executable")?;
     let envd = exe.with_file_name("envd");
     anyhow::ensure!(

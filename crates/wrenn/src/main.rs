@@ -6,6 +6,7 @@
 mod agent;
 mod image;
 mod server;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,8 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Run the control plane: accounts, teams, API keys and the public API.
     Server(server::ServerArgs),
+    /// Everything on this machine: image, control plane, agent, admin account and API key.
+    Up(up::UpArgs),
     /// Client commands against a control plane (login, keys, sandbox, exec, shell, cp, ...).
     #[command(flatten)]
     Client(wrenn_cli::Command),
@@ -56,6 +59,10 @@ fn main() -> anyhow::Result<()> {
         Command::Server(args) => {
             init_tracing("info");
             server::run(args)
+        }
+        Command::Up(args) => {
+            init_tracing("warn");
+            up::run(args)
         }
         // The exit code is the remote command's for `exec` and `shell`.
         Command::Client(command) => std::process::exit(wrenn_cli::run(command)),
