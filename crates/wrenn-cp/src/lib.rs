@@ -12,5 +12,6 @@ pub mod bootstrap;
 pub mod db;
 pub mod error;
 pub mod ids;
+pub mod scheduler;
 pub mod server;
 pub mod telemetry;

@@ -7,6 +7,7 @@ mod api_keys;
 mod auth;
 mod health;
 mod hosts;
+pub mod sandboxes;
 mod teams;
 pub mod validate;
 
@@ -50,6 +51,7 @@ pub const SECURITY_BEARER: &str = "bearer";
         (name = "api-keys", description = "API keys of the caller's team"),
         (name = "admin", description = "Platform administration"),
         (name = "hosts", description = "Host agents: registration, credentials, heartbeats"),
+        (name = "sandboxes", description = "Sandboxes (microVMs) and templates"),
     )
 )]
 struct ApiDoc;
@@ -98,7 +100,7 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .merge(api_keys::routes())
         .merge(admin::routes())
         .merge(hosts::routes())
-    // .merge(sandboxes::routes()) // lead: add when api/sandboxes/ lands
+        .merge(sandboxes::routes())
 }
 
 /// The OpenAPI document served at [`OPENAPI_PATH`].

@@ -7,6 +7,7 @@ mod docs;
 mod hosts;
 mod input;
 mod keys;
+mod sandboxes;
 
 use std::sync::Arc;
 

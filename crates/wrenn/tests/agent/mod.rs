@@ -126,6 +126,13 @@ pub struct AgentEnv {
     pub root: tempfile::TempDir,
     pub signer: CpSigner,
     pub port: u16,
+    /// What the agent is started with: its host ID and the control plane's public key.
+    pub host_id: String,
+    pub cp_public_key: PathBuf,
+    /// A control plane to register with (`--cp-url`), and the one-time token the next start
+    /// presents (`--register`); with a URL, the agent's identity comes from registration.
+    pub cp_url: Option<String>,
+    pub register_token: Option<String>,
     agent: Option<Child>,
     outside_listener: Option<Child>,
     pub extra_env: Vec<(String, String)>,
@@ -139,6 +146,14 @@ impl AgentEnv {
     }
 
     pub fn with_env(env: &[(&str, &str)]) -> AgentEnv {
+        let mut e = Self::without_agent(env);
+        e.start_agent();
+        e
+    }
+
+    /// Namespaces, files root and the test's own signing key, but no agent yet: the caller
+    /// may change `host_id` / `cp_public_key` first, then [`AgentEnv::start_agent`].
+    pub fn without_agent(env: &[(&str, &str)]) -> AgentEnv {
         let images = image_root();
         let tag = rand_tag();
         let host_ns = format!("wt{tag}h");
@@ -152,6 +167,10 @@ impl AgentEnv {
             root,
             signer,
             port: 50051,
+            host_id: HOST_ID.to_string(),
+            cp_public_key: PathBuf::new(),
+            cp_url: None,
+            register_token: None,
             agent: None,
             outside_listener: None,
             extra_env: env
@@ -229,8 +248,8 @@ impl AgentEnv {
         }
         let pem = env_.root.path().join("cp.pub.pem");
         std::fs::write(&pem, env_.signer.public_key_pem()).expect("write pem");
+        env_.cp_public_key = pem;
         enter_netns(&host_ns);
-        env_.start_agent();
         env_
     }
 
@@ -243,24 +262,34 @@ impl AgentEnv {
         cmd.arg("agent")
             .arg("--root")
             .arg(self.root.path())
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(["--host-id", HOST_ID])
-            .arg("--cp-public-key")
-            .arg(self.root.path().join("cp.pub.pem"))
-            .args([
-                "--net-prefix",
-                &self.prefix(),
-                "--accel",
-                "tcg",
-                "--max-sandboxes",
-                "64",
-            ])
-            .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null());
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)]);
+        match &self.cp_url {
+            Some(url) => {
+                cmd.args(["--cp-url", url]);
+                if let Some(t) = self.register_token.take() {
+                    cmd.env("AGENT_REGISTER_TOKEN", t);
+                }
+            }
+            None => {
+                cmd.args(["--host-id", &self.host_id])
+                    .arg("--cp-public-key")
+                    .arg(&self.cp_public_key);
+            }
+        }
+        cmd.args([
+            "--net-prefix",
+            &self.prefix(),
+            "--accel",
+            "tcg",
+            "--max-sandboxes",
+            "64",
+        ])
+        .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null());
         // SAFETY: prctl only; the agent is told to stop when the test process dies.
         unsafe {
             cmd.pre_exec(|| {
@@ -282,6 +311,10 @@ impl AgentEnv {
             assert!(Instant::now() < deadline, "agent did not start listening");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
     }
 
     /// SIGKILLs the agent (its VMs keep running).
