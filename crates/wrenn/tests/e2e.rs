@@ -206,3 +206,30 @@ e2e_test! {
         });
     }
 }
+
+e2e_test! {
+    /// The agent destroys a sandbox at its deadline on its own; the control plane learns it
+    /// when the sandbox is read (or listed), without anyone deleting it through the API.
+    fn sandboxes_reaped_by_the_agent_are_reconciled_on_read(sys) {
+        sys.block_on(async {
+            let key = sys.api_key().to_owned();
+            let sb = sys.create_sandbox(json!({"memory_mb": 256, "timeout_sec": 2})).await;
+            let id = id_of(&sb);
+            assert_eq!(sb["status"], "running", "{sb}");
+            let deadline = Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let (s, v) = sys.call(Method::GET, &format!("/v1/sandboxes/{id}"), Some(&key), None).await;
+                assert_eq!(s, StatusCode::OK, "{v}");
+                if v["status"] == "stopped" {
+                    break;
+                }
+                assert_eq!(v["status"], "running", "{v}");
+                assert!(Instant::now() < deadline, "never reconciled: {v}");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            // The default list no longer shows it.
+            let (_, list) = sys.call(Method::GET, "/v1/sandboxes", Some(&key), None).await;
+            assert!(!ids(&list).contains(&id), "{list}");
+        });
+    }
+}
