@@ -55,11 +55,13 @@ pub enum ErrorCode {
     NoHostsAvailable,
     /// 503: a dependency (database, host) is unreachable for now; retrying may help.
     Unavailable,
+    /// 504: the work did not finish in its time limit (e.g. a command's `timeout_sec`).
+    Timeout,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -75,6 +77,7 @@ impl ErrorCode {
         ErrorCode::AgentError,
         ErrorCode::NoHostsAvailable,
         ErrorCode::Unavailable,
+        ErrorCode::Timeout,
     ];
 
     /// The wire form (`"not_found"` ...).
@@ -95,6 +98,7 @@ impl ErrorCode {
             ErrorCode::AgentError => "agent_error",
             ErrorCode::NoHostsAvailable => "no_hosts_available",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
         }
     }
 
@@ -115,6 +119,7 @@ impl ErrorCode {
             ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::AgentError => StatusCode::BAD_GATEWAY,
             ErrorCode::NoHostsAvailable | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 }
