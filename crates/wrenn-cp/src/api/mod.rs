@@ -7,6 +7,7 @@ mod api_keys;
 mod auth;
 mod health;
 mod hosts;
+pub mod sandboxes;
 mod teams;
 pub mod validate;
 
@@ -55,6 +56,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/v1/hosts/{id}", get(hosts::get))
         .route("/v1/hosts/{id}/heartbeat", post(hosts::heartbeat))
         .route("/v1/hosts/{id}/revoke", post(hosts::revoke))
+        .merge(axum::Router::from(sandboxes::routes()))
         .fallback(not_found_fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
