@@ -51,6 +51,8 @@ pub enum ErrorCode {
     InternalError,
     /// 502: a host agent answered with an error.
     AgentError,
+    /// 502: the host chosen for the work did not answer (connection refused, timed out).
+    HostUnavailable,
     /// 503: no online host can take the work.
     NoHostsAvailable,
     /// 503: a dependency (database, host) is unreachable for now; retrying may help.
@@ -61,7 +63,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -75,6 +77,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::InternalError,
         ErrorCode::AgentError,
+        ErrorCode::HostUnavailable,
         ErrorCode::NoHostsAvailable,
         ErrorCode::Unavailable,
         ErrorCode::Timeout,
@@ -96,6 +99,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::InternalError => "internal_error",
             ErrorCode::AgentError => "agent_error",
+            ErrorCode::HostUnavailable => "host_unavailable",
             ErrorCode::NoHostsAvailable => "no_hosts_available",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
@@ -117,7 +121,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::AgentError => StatusCode::BAD_GATEWAY,
+            ErrorCode::AgentError | ErrorCode::HostUnavailable => StatusCode::BAD_GATEWAY,
             ErrorCode::NoHostsAvailable | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }

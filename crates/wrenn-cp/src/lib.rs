@@ -11,4 +11,5 @@ pub mod auth;
 pub mod db;
 pub mod error;
 pub mod ids;
+pub mod scheduler;
 pub mod server;

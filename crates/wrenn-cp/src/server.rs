@@ -20,6 +20,7 @@ use crate::auth::jwt::{JwtKeyError, JwtKeys, UserClaims};
 use crate::db::{Db, DbConfig, DbError};
 use crate::error::ApiError;
 use crate::ids::{ApiKeyId, HostId, TeamId};
+use crate::scheduler::Scheduler;
 
 /// Default listen address (spec: `WRENN_CP_LISTEN_ADDR`, default `:8080`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -60,6 +61,8 @@ pub struct AppState {
     pub key_cache: ApiKeyCache,
     /// Clients of the host agents; signs every call with the key agents trust.
     pub agents: AgentPool,
+    /// Picks the host of each new sandbox.
+    pub scheduler: Scheduler,
 }
 
 impl AppState {
@@ -73,6 +76,7 @@ impl AppState {
             jwt: JwtKeys::from_secret(jwt_secret)?,
             key_cache: new_key_cache(),
             agents: AgentPool::new(Arc::new(agent_signer)),
+            scheduler: Scheduler::new(),
         }))
     }
 }
@@ -156,8 +160,14 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         &secrets.envd_key,
     ))
     .await?;
+    crate::api::sandboxes::ensure_platform_templates(&db).await?;
     let signer = CpSigner::from_seed(&secrets.agent_signing_seed)?;
     let state = AppState::new(db.clone(), &secrets.jwt_secret, signer)?;
+    // Brings rows in line with what the agents did on their own (deadlines, crashes).
+    let reconciler = tokio::spawn(crate::api::sandboxes::run_reconciler(
+        state.clone(),
+        crate::api::sandboxes::RECONCILE_INTERVAL,
+    ));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -170,6 +180,7 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(ServerError::Serve)?;
+    reconciler.abort();
     db.close().await;
     Ok(())
 }

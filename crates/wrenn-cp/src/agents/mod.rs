@@ -79,9 +79,11 @@ impl From<AgentError> for ApiError {
             Some(RpcCode::FailedPrecondition) => ApiError::invalid_state(msg),
             Some(RpcCode::AlreadyExists) => ApiError::conflict(msg),
             Some(RpcCode::PermissionDenied) => ApiError::forbidden(msg),
-            Some(RpcCode::Unavailable) | None => {
-                ApiError::unavailable(format!("host unreachable: {msg}"))
-            }
+            // The contract's 502 `host_unavailable`: the request was fine, the host was not.
+            Some(RpcCode::Unavailable | RpcCode::DeadlineExceeded) | None => ApiError::new(
+                ErrorCode::HostUnavailable,
+                format!("host unreachable: {msg}"),
+            ),
             Some(RpcCode::Unauthenticated) => ApiError::new(
                 ErrorCode::AgentError,
                 "the host refused the control plane's credentials",
@@ -241,7 +243,8 @@ mod tests {
         assert_eq!(e(RpcCode::InvalidArgument).status(), 400);
         assert_eq!(e(RpcCode::NotFound).status(), 404);
         assert_eq!(e(RpcCode::FailedPrecondition).status(), 409);
-        assert_eq!(e(RpcCode::Unavailable).status(), 503);
+        assert_eq!(e(RpcCode::Unavailable).status(), 502);
+        assert_eq!(e(RpcCode::Unavailable).code(), ErrorCode::HostUnavailable);
         assert_eq!(e(RpcCode::Unauthenticated).code(), ErrorCode::AgentError);
         assert_eq!(e(RpcCode::Internal).status(), 502);
     }

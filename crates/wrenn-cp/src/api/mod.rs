@@ -28,6 +28,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub(crate) type State = axum::extract::State<Arc<AppState>>;
 
 pub fn router() -> Router<Arc<AppState>> {
+    // The sandboxes module registers through utoipa-axum; its OpenAPI half is unused here yet.
+    let (sandboxes, _doc) = sandboxes::routes().split_for_parts();
     Router::new()
         .route("/health", get(health::health))
         .route("/v1/auth/signup", post(auth::signup))
@@ -56,7 +58,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/v1/hosts/{id}", get(hosts::get))
         .route("/v1/hosts/{id}/heartbeat", post(hosts::heartbeat))
         .route("/v1/hosts/{id}/revoke", post(hosts::revoke))
-        .merge(axum::Router::from(sandboxes::routes()))
+        .merge(sandboxes)
         .fallback(not_found_fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

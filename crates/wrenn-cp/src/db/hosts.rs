@@ -154,6 +154,43 @@ impl Db {
         Ok(q.fetch_all(&self.pool).await?)
     }
 
+    /// Online hosts of a BYOC team (`Some`) or of the platform (`None`), each with its load:
+    /// the number of its sandboxes that are `pending` or `running`. For the scheduler.
+    pub async fn schedulable_hosts(
+        &self,
+        team_id: Option<&str>,
+    ) -> Result<Vec<(Host, i64)>, DbError> {
+        let hosts: Vec<Host> = self
+            .list_hosts(team_id)
+            .await?
+            .into_iter()
+            .filter(|h| h.status == HostStatus::Online)
+            .collect();
+        if hosts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT host_id, COUNT(*) FROM sandboxes WHERE status IN ('pending', 'running') \
+             AND host_id IN ({}) GROUP BY host_id",
+            super::row::Placeholders::default().list(hosts.len())
+        );
+        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+        for h in &hosts {
+            q = q.bind(h.id.clone());
+        }
+        let loads: Vec<(String, i64)> = q.fetch_all(&self.pool).await?;
+        Ok(hosts
+            .into_iter()
+            .map(|h| {
+                let n = loads
+                    .iter()
+                    .find(|(id, _)| *id == h.id)
+                    .map_or(0, |(_, n)| *n);
+                (h, n)
+            })
+            .collect())
+    }
+
     /// Every host, platform and team-owned, oldest first (platform-admin view).
     pub async fn list_all_hosts(&self) -> Result<Vec<Host>, DbError> {
         let sql = format!("SELECT {HOST_COLS} FROM hosts ORDER BY created_at, id");

@@ -417,6 +417,29 @@ impl Db {
         Ok(())
     }
 
+    /// Sets the timeout and the absolute deadline (`None`: no deadline), which
+    /// [`Db::update_sandbox`] cannot clear.
+    pub async fn set_sandbox_deadline(
+        &self,
+        id: &str,
+        timeout_sec: i64,
+        end_at: Option<i64>,
+    ) -> Result<(), DbError> {
+        let r = sqlx::query(
+            "UPDATE sandboxes SET timeout_sec = $2, end_at = $3, updated_at = $4 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(timeout_sec)
+        .bind(end_at)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(DbError::NotFound);
+        }
+        Ok(())
+    }
+
     /// The sandbox's envd access token, decrypted; `None` when none was set.
     pub async fn sandbox_envd_token(&self, id: &str) -> Result<Option<String>, DbError> {
         let enc: Option<String> =

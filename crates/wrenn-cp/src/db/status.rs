@@ -36,12 +36,17 @@ impl SandboxStatus {
 
     /// The transition table: the states a sandbox may move to `self` from. Every status
     /// change in the control plane is checked against this and nothing else.
+    ///
+    /// `stopped` is the only terminal state: a user may delete a sandbox in any other state
+    /// (a paused one, one in `error` whose VM may still need removing, one whose host is
+    /// `missing`, and a `pending` one whose create is still running: the create then finds
+    /// the row stopped and destroys the VM it made).
     pub fn allowed_from(self) -> &'static [SandboxStatus] {
         match self {
             Pending => &[],
             Running => &[Pending, Paused, Missing],
             Paused => &[Running, Missing],
-            Stopped => &[Running],
+            Stopped => &[Pending, Running, Paused, Error, Missing],
             Error => &[Pending, Running, Paused, Missing],
             Missing => &[Running, Paused],
         }
@@ -86,6 +91,7 @@ mod tests {
         let expected = [
             (Pending, Running),
             (Pending, Error),
+            (Pending, Stopped),
             (Running, Paused),
             (Running, Stopped),
             (Running, Error),
@@ -93,17 +99,23 @@ mod tests {
             (Paused, Running),
             (Paused, Error),
             (Paused, Missing),
+            (Paused, Stopped),
+            (Error, Stopped),
             (Missing, Running),
             (Missing, Paused),
             (Missing, Error),
+            (Missing, Stopped),
         ];
         let mut expected = expected.to_vec();
         let mut got = allowed.clone();
         got.sort_by_key(|(f, t)| (f.as_str(), t.as_str()));
         expected.sort_by_key(|(f, t)| (f.as_str(), t.as_str()));
         assert_eq!(got, expected);
-        assert!(Stopped.is_terminal() && Error.is_terminal());
-        assert!(!Missing.is_terminal() && !Paused.is_terminal());
+        assert!(Stopped.is_terminal());
+        for s in [Pending, Running, Paused, Error, Missing] {
+            assert!(!s.is_terminal(), "{s} can still be deleted");
+            assert!(SandboxStatus::can_transition(s, Stopped), "{s} -> stopped");
+        }
         for s in SandboxStatus::ALL {
             assert_eq!(SandboxStatus::parse(s.as_str()), Some(s));
             assert!(

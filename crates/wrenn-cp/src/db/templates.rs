@@ -81,6 +81,30 @@ impl Db {
             .await?)
     }
 
+    /// Creates the platform template `spec.name` unless it exists (an existing row, possibly
+    /// changed by an operator, is left alone). Run at every server start.
+    pub async fn ensure_platform_template(&self, spec: &TemplateSpec) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO templates (id, team_id, name, default_user, default_env, vcpus, \
+             memory_mb, disk_size_mb, is_snapshot, size_bytes, created_at, updated_at) \
+             VALUES ($1, NULL, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
+             ON CONFLICT (name) WHERE team_id IS NULL DO NOTHING",
+        )
+        .bind(crate::ids::TemplateId::generate().into_string())
+        .bind(&spec.name)
+        .bind(&spec.default_user)
+        .bind(spec.default_env.to_string())
+        .bind(spec.vcpus)
+        .bind(spec.memory_mb)
+        .bind(spec.disk_size_mb)
+        .bind(spec.is_snapshot)
+        .bind(spec.size_bytes)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Platform templates plus the team's own, by name.
     pub async fn templates_visible_to(&self, team_id: &str) -> Result<Vec<Template>, DbError> {
         let sql = format!(

@@ -50,20 +50,27 @@ impl TestDatabase {
                          with `source scripts/lib.sh; start_test_postgres`."
                     )
                 });
-                let name = format!("wt_{}", ids::sandbox_id());
-                let pool = admin_pool(&admin).await;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&pool)
-                    .await
-                    .unwrap_or_else(|e| panic!("CREATE DATABASE {name} on {admin}: {e}"));
-                pool.close().await;
-                let url = with_database(&admin, &name);
-                Self {
-                    config: DbConfig::new(std::env::temp_dir(), Some(url), &key),
-                    sqlite_dir: None,
-                    pg: Some((admin, name)),
-                }
+                Self::create_postgres(&admin).await
             }
+        }
+    }
+
+    /// A fresh PostgreSQL database on the cluster of `admin` (a URL whose database the
+    /// tests may `CREATE DATABASE` from).
+    pub async fn create_postgres(admin: &str) -> Self {
+        let key = EnvdTokenCipher::generate_key();
+        let name = format!("wt_{}", ids::sandbox_id());
+        let pool = admin_pool(admin).await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name} on {admin}: {e}"));
+        pool.close().await;
+        let url = with_database(admin, &name);
+        Self {
+            config: DbConfig::new(std::env::temp_dir(), Some(url), &key),
+            sqlite_dir: None,
+            pg: Some((admin.to_owned(), name)),
         }
     }
 
@@ -95,6 +102,14 @@ impl TestDatabase {
             pool.close().await;
         }
     }
+}
+
+/// `SELECT COUNT(*)` of a table (tests only; `table` is a name the test wrote).
+pub async fn count_rows(db: &Db, table: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+        .fetch_one(db.pool())
+        .await
+        .unwrap_or_else(|e| panic!("count {table}: {e}"))
 }
 
 async fn admin_pool(url: &str) -> sqlx::AnyPool {

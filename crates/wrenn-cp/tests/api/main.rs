@@ -6,6 +6,7 @@ mod accounts;
 mod hosts;
 mod input;
 mod keys;
+mod sandboxes;
 
 use std::sync::Arc;
 

@@ -126,6 +126,9 @@ pub struct AgentEnv {
     pub root: tempfile::TempDir,
     pub signer: CpSigner,
     pub port: u16,
+    /// What the agent is started with: its host ID and the control plane's public key.
+    pub host_id: String,
+    pub cp_public_key: PathBuf,
     agent: Option<Child>,
     outside_listener: Option<Child>,
     pub extra_env: Vec<(String, String)>,
@@ -139,6 +142,14 @@ impl AgentEnv {
     }
 
     pub fn with_env(env: &[(&str, &str)]) -> AgentEnv {
+        let mut e = Self::without_agent(env);
+        e.start_agent();
+        e
+    }
+
+    /// Namespaces, files root and the test's own signing key, but no agent yet: the caller
+    /// may change `host_id` / `cp_public_key` first, then [`AgentEnv::start_agent`].
+    pub fn without_agent(env: &[(&str, &str)]) -> AgentEnv {
         let images = image_root();
         let tag = rand_tag();
         let host_ns = format!("wt{tag}h");
@@ -152,6 +163,8 @@ impl AgentEnv {
             root,
             signer,
             port: 50051,
+            host_id: HOST_ID.to_string(),
+            cp_public_key: PathBuf::new(),
             agent: None,
             outside_listener: None,
             extra_env: env
@@ -229,8 +242,8 @@ impl AgentEnv {
         }
         let pem = env_.root.path().join("cp.pub.pem");
         std::fs::write(&pem, env_.signer.public_key_pem()).expect("write pem");
+        env_.cp_public_key = pem;
         enter_netns(&host_ns);
-        env_.start_agent();
         env_
     }
 
@@ -244,9 +257,9 @@ impl AgentEnv {
             .arg("--root")
             .arg(self.root.path())
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(["--host-id", HOST_ID])
+            .args(["--host-id", &self.host_id])
             .arg("--cp-public-key")
-            .arg(self.root.path().join("cp.pub.pem"))
+            .arg(&self.cp_public_key)
             .args([
                 "--net-prefix",
                 &self.prefix(),
@@ -282,6 +295,10 @@ impl AgentEnv {
             assert!(Instant::now() < deadline, "agent did not start listening");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
     }
 
     /// SIGKILLs the agent (its VMs keep running).

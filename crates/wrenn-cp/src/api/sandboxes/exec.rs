@@ -102,6 +102,7 @@ pub(super) fn span(route: &'static str, sandbox_id: &SandboxId, agent: &Agent) -
     post,
     path = "/v1/sandboxes/{id}/exec",
     tag = "sandboxes",
+    security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Sandbox ID")),
     request_body = ExecBody,
     responses(
@@ -208,6 +209,7 @@ pub fn start_command(frame: ExecStreamStart) -> Result<Command, String> {
     get,
     path = "/v1/sandboxes/{id}/exec/stream",
     tag = "sandboxes",
+    security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Sandbox ID"), ws::WsCredentials),
     responses(
         (status = 101, description = "WebSocket; frames as described"),

@@ -178,6 +178,7 @@ where
     put,
     path = "/v1/sandboxes/{id}/files",
     tag = "sandboxes",
+    security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Sandbox ID"), FileQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
@@ -242,6 +243,7 @@ pub async fn upload(
     get,
     path = "/v1/sandboxes/{id}/files",
     tag = "sandboxes",
+    security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Sandbox ID"), FileQuery),
     responses(
         (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
@@ -302,6 +304,7 @@ pub async fn download(
     delete,
     path = "/v1/sandboxes/{id}/files",
     tag = "sandboxes",
+    security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Sandbox ID"), FileQuery),
     responses(
         (status = 204, description = "Removed"),
@@ -341,6 +344,7 @@ pub async fn remove(
     get,
     path = "/v1/sandboxes/{id}/files/list",
     tag = "sandboxes",
+    security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Sandbox ID"), ListQuery),
     responses(
         (status = 200, body = EntryList),
@@ -393,6 +397,7 @@ pub async fn list(
     post,
     path = "/v1/sandboxes/{id}/files/mkdir",
     tag = "sandboxes",
+    security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Sandbox ID")),
     request_body = MkdirBody,
     responses(

@@ -1,57 +1,971 @@
-//! TEMPORARY (h-io): stands in for the sbx helper's module until `git merge h-sbx`.
+//! The public sandboxes API (`/v1/sandboxes`, `/v1/templates`): team-scoped, API key or user
+//! JWT; another team's sandbox is a 404 like a missing one.
+//!
+//! A create's path: validate every field (400 before anything is read or written) → template
+//! → scheduler picks a host → `pending` row → agent `CreateSandbox` (boots the VM, waits for
+//! envd) → `running` with the host IP and the encrypted envd token → 201. The work after
+//! validation runs in its own task that the handler awaits, so a client that hangs up mid-boot
+//! can neither leave a `pending` row behind nor an orphan VM.
+//!
+//! Sandbox I/O routes (exec, processes, PTY, files) live in sibling modules and reach a
+//! sandbox's agent through [`running`].
 
 pub mod exec;
 pub mod files;
 pub mod guest;
 pub mod process;
 pub mod pty;
+mod reconcile;
 pub mod ws;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
+use wrenn_proto::hostagent::v1 as pb;
 
-use crate::agents::Agent;
-use crate::api::{db_err, db_err_for};
-use crate::db::{Sandbox, SandboxStatus};
-use crate::error::ApiError;
+use super::{State, db_err, db_err_for};
+use crate::agents::{Agent, AgentError};
+use crate::auth::extract::TeamAuth;
+use crate::db::{
+    ActorType, Db, DbError, Host, NewAuditEntry, NewSandbox, OnTimeout, PageRequest, Sandbox,
+    SandboxFilter, SandboxPatch, SandboxStatus, Template, TemplateSpec, now_ms,
+};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::ids::SandboxId;
 use crate::server::AppState;
 
-pub(crate) async fn running(
-    st: &AppState,
-    team_id: &str,
-    id: &SandboxId,
-) -> Result<(Sandbox, Agent), ApiError> {
-    let sbx = st
-        .db
-        .get_sandbox(team_id, id.as_str())
-        .await
-        .map_err(db_err_for("sandbox"))?;
-    if sbx.status != SandboxStatus::Running {
-        return Err(ApiError::invalid_state("sandbox is not running"));
+pub use reconcile::{RECONCILE_INTERVAL, reconcile_host, run_reconciler};
+
+/// The platform template every installation has.
+pub const BASE_TEMPLATE: &str = "base";
+pub const MAX_VCPUS: i64 = 8;
+pub const MIN_MEMORY_MB: i64 = 128;
+pub const MAX_MEMORY_MB: i64 = 16_384;
+pub const MAX_DISK_MB: i64 = 65_536;
+/// One day; 0 means no deadline.
+pub const MAX_TIMEOUT_SEC: i64 = 86_400;
+pub const DEFAULT_TIMEOUT_SEC: i64 = 300;
+pub const MAX_MAP_ENTRIES: usize = 64;
+pub const MAX_ENV_KEY_LEN: usize = 128;
+pub const MAX_ENV_VALUE_LEN: usize = 4096;
+pub const MAX_METADATA_KEY_LEN: usize = 64;
+pub const MAX_METADATA_VALUE_LEN: usize = 512;
+/// A create boots a VM and waits for envd: seconds with KVM, up to a minute under TCG on a
+/// busy host.
+pub const CREATE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The `base` template's row: what `wrenn image build` makes (1 vCPU, 512 MiB, 5 GiB disk).
+pub fn base_template_spec() -> TemplateSpec {
+    TemplateSpec {
+        name: BASE_TEMPLATE.into(),
+        default_user: "user".into(),
+        default_env: serde_json::json!({}),
+        vcpus: 1,
+        memory_mb: 512,
+        disk_size_mb: 5120,
+        is_snapshot: false,
+        size_bytes: 0,
     }
-    let host_id = sbx
-        .host_id
-        .clone()
-        .ok_or_else(|| ApiError::invalid_state("sandbox has no host"))?;
-    let host = st.db.host_by_id(&host_id).await.map_err(db_err)?;
-    let agent = st.agents.agent(&host)?;
-    Ok((sbx, agent))
+}
+
+/// Makes sure the platform templates exist (idempotent; run at server start).
+pub async fn ensure_platform_templates(db: &Db) -> Result<(), DbError> {
+    db.ensure_platform_template(&base_template_spec()).await
 }
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(get, destroy))
+        .routes(routes!(keepalive))
+        .routes(routes!(list_templates))
         .routes(routes!(exec::exec))
         .routes(routes!(exec::exec_stream))
         .routes(routes!(process::start, process::list))
         .routes(routes!(process::signal))
         .routes(routes!(process::attach))
         .routes(routes!(pty::pty))
+        // The one route without a body limit: uploads stream straight to the agent.
         .routes(routes!(files::upload).layer(DefaultBodyLimit::disable()))
         .routes(routes!(files::download, files::remove))
         .routes(routes!(files::list))
         .routes(routes!(files::mkdir))
+}
+
+/// A sandbox as the API shows it (never its envd token).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SandboxView {
+    /// 20 characters of `[a-z0-9]`.
+    pub id: String,
+    /// `pending`, `running`, `paused`, `stopped`, `error` or `missing`.
+    pub status: String,
+    pub template: String,
+    pub vcpus: i64,
+    pub memory_mb: i64,
+    pub disk_size_mb: i64,
+    /// 0: no deadline.
+    pub timeout_sec: i64,
+    /// Absolute deadline, Unix ms; null when none.
+    pub end_at: Option<i64>,
+    /// `kill` or `pause`.
+    pub on_timeout: String,
+    pub host_id: Option<String>,
+    /// Where the host reaches the sandbox's envd.
+    pub host_ip: Option<String>,
+    pub envd_version: Option<String>,
+    /// Why the sandbox is in `error`.
+    pub error: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    /// Unix ms.
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub last_active_at: i64,
+}
+
+impl From<Sandbox> for SandboxView {
+    fn from(s: Sandbox) -> Self {
+        SandboxView {
+            id: s.id,
+            status: s.status.as_str().to_owned(),
+            template: s.template,
+            vcpus: s.vcpus,
+            memory_mb: s.memory_mb,
+            disk_size_mb: s.disk_size_mb,
+            timeout_sec: s.timeout_sec,
+            end_at: s.end_at,
+            on_timeout: s.on_timeout.as_str().to_owned(),
+            host_id: s.host_id,
+            host_ip: s.host_ip,
+            envd_version: s.envd_version,
+            error: s.error,
+            metadata: s.metadata,
+            created_at: s.created_at,
+            started_at: s.started_at,
+            last_active_at: s.last_active_at,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandbox {
+    /// Default `base`.
+    pub template: Option<String>,
+    /// 1–8; default: the template's.
+    pub vcpus: Option<i64>,
+    /// 128–16384; default: the template's.
+    pub memory_mb: Option<i64>,
+    /// The template's disk size up to 65536; default: the template's.
+    pub disk_size_mb: Option<i64>,
+    /// 0–86400; 0 = no deadline. Default 300.
+    pub timeout_sec: Option<i64>,
+    /// `kill` (default) or `pause`.
+    pub on_timeout: Option<String>,
+    /// Environment of every process in the sandbox; keys `[A-Za-z_][A-Za-z0-9_]*`.
+    pub env: Option<BTreeMap<String, String>>,
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Default false: the sandbox reaches nothing outside its host.
+    pub allow_internet: Option<bool>,
+}
+
+/// A create request after validation.
+#[derive(Debug, Clone)]
+struct CreateSpec {
+    team_id: String,
+    template: String,
+    vcpus: i64,
+    memory_mb: i64,
+    disk_size_mb: i64,
+    timeout_sec: i64,
+    on_timeout: OnTimeout,
+    env: BTreeMap<String, String>,
+    metadata: BTreeMap<String, String>,
+    allow_internet: bool,
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::invalid_request(msg.into())
+}
+
+fn in_range(field: &str, v: i64, min: i64, max: i64) -> Result<i64, ApiError> {
+    if (min..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(bad(format!("{field} must be between {min} and {max}")))
+    }
+}
+
+fn is_env_key(k: &str) -> bool {
+    let mut b = k.bytes();
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+fn is_metadata_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= MAX_METADATA_KEY_LEN
+        && k.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'/' | b':'))
+}
+
+fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if env.len() > MAX_MAP_ENTRIES {
+        return Err(bad(format!(
+            "env may have at most {MAX_MAP_ENTRIES} entries"
+        )));
+    }
+    for (k, v) in env {
+        if k.len() > MAX_ENV_KEY_LEN || !is_env_key(k) {
+            return Err(bad(format!(
+                "env keys must match [A-Za-z_][A-Za-z0-9_]* and be at most {MAX_ENV_KEY_LEN} bytes"
+            )));
+        }
+        if v.len() > MAX_ENV_VALUE_LEN || v.contains('\0') {
+            return Err(bad(format!(
+                "env.{k} must be at most {MAX_ENV_VALUE_LEN} bytes without NUL"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_metadata(meta: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if meta.len() > MAX_MAP_ENTRIES {
+        return Err(bad(format!(
+            "metadata may have at most {MAX_MAP_ENTRIES} entries"
+        )));
+    }
+    for (k, v) in meta {
+        if !is_metadata_key(k) {
+            return Err(bad(format!(
+                "metadata keys must be 1 to {MAX_METADATA_KEY_LEN} characters of [A-Za-z0-9_.:/-]"
+            )));
+        }
+        if v.len() > MAX_METADATA_VALUE_LEN || v.chars().any(char::is_control) {
+            return Err(bad(format!(
+                "metadata.{k} must be at most {MAX_METADATA_VALUE_LEN} bytes without control characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_template_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(bad("template must be 1 to 64 characters of [a-z0-9._-]"))
+    }
+}
+
+fn check_timeout(v: i64) -> Result<i64, ApiError> {
+    in_range("timeout_sec", v, 0, MAX_TIMEOUT_SEC)
+}
+
+/// Everything a create needs checked, the template included; reads nothing else.
+async fn validate_create(
+    db: &Db,
+    team_id: &str,
+    req: CreateSandbox,
+) -> Result<CreateSpec, ApiError> {
+    let template = req.template.unwrap_or_else(|| BASE_TEMPLATE.into());
+    check_template_name(&template)?;
+    // Fields that need no template first, so a bad request never costs a query.
+    if let Some(v) = req.vcpus {
+        in_range("vcpus", v, 1, MAX_VCPUS)?;
+    }
+    if let Some(v) = req.memory_mb {
+        in_range("memory_mb", v, MIN_MEMORY_MB, MAX_MEMORY_MB)?;
+    }
+    if let Some(v) = req.disk_size_mb {
+        in_range("disk_size_mb", v, 1, MAX_DISK_MB)?;
+    }
+    let timeout_sec = check_timeout(req.timeout_sec.unwrap_or(DEFAULT_TIMEOUT_SEC))?;
+    let on_timeout = match req.on_timeout.as_deref() {
+        None | Some("kill") => OnTimeout::Kill,
+        Some("pause") => OnTimeout::Pause,
+        Some(_) => return Err(bad("on_timeout must be kill or pause")),
+    };
+    let env = req.env.unwrap_or_default();
+    check_env(&env)?;
+    let metadata = req.metadata.unwrap_or_default();
+    check_metadata(&metadata)?;
+    let tpl: Template = db
+        .template_for_team(team_id, &template)
+        .await
+        .map_err(|e| match e {
+            DbError::NotFound => bad(format!("template {template:?} does not exist")),
+            e => db_err(e),
+        })?;
+    let disk_size_mb = req.disk_size_mb.unwrap_or(tpl.disk_size_mb);
+    if disk_size_mb < tpl.disk_size_mb {
+        return Err(bad(format!(
+            "disk_size_mb must be at least the template's {} MiB",
+            tpl.disk_size_mb
+        )));
+    }
+    Ok(CreateSpec {
+        team_id: team_id.to_owned(),
+        template,
+        vcpus: req.vcpus.unwrap_or(tpl.vcpus),
+        memory_mb: req.memory_mb.unwrap_or(tpl.memory_mb),
+        disk_size_mb,
+        timeout_sec,
+        on_timeout,
+        env,
+        metadata,
+        allow_internet: req.allow_internet.unwrap_or(false),
+    })
+}
+
+/// Who did it, for the audit log.
+#[derive(Debug, Clone)]
+struct Actor {
+    kind: ActorType,
+    id: String,
+}
+
+impl From<&TeamAuth> for Actor {
+    fn from(a: &TeamAuth) -> Self {
+        match a {
+            TeamAuth::User(c) => Actor {
+                kind: ActorType::User,
+                id: c.sub.clone(),
+            },
+            TeamAuth::ApiKey(p) => Actor {
+                kind: ActorType::ApiKey,
+                id: p.key_id.to_string(),
+            },
+        }
+    }
+}
+
+async fn audit(st: &AppState, actor: &Actor, action: &str, sb: &Sandbox) {
+    let entry = NewAuditEntry {
+        team_id: Some(&sb.team_id),
+        actor_type: actor.kind,
+        actor_id: Some(&actor.id),
+        action,
+        target_type: "sandbox",
+        target_id: Some(&sb.id),
+        details: serde_json::json!({
+            "template": sb.template,
+            "host_id": sb.host_id,
+            "status": sb.status.as_str(),
+        }),
+    };
+    // The action already happened; a lost audit row must not turn it into an error.
+    if let Err(e) = st.db.append_audit(entry).await {
+        tracing::error!(error = %e, sandbox = %sb.id, action, "could not write audit entry");
+    }
+}
+
+fn conflict(e: DbError) -> ApiError {
+    match e {
+        DbError::Conflict { current, .. } => {
+            ApiError::invalid_state(format!("sandbox is {current}"))
+        }
+        e => db_err_for("sandbox")(e),
+    }
+}
+
+/// Creates a sandbox and answers once its envd answered.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes",
+    tag = "sandboxes",
+    request_body = CreateSandbox,
+    responses(
+        (status = 201, description = "Running sandbox", body = SandboxView),
+        (status = 400, description = "A field is invalid (named in the message); nothing was created"),
+        (status = 502, description = "The host failed (`agent_error`, `host_unavailable`); the sandbox is in `error`"),
+        (status = 503, description = "`no_hosts_available`"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn create(
+    st: State,
+    auth: TeamAuth,
+    ApiJson(req): ApiJson<CreateSandbox>,
+) -> Result<(StatusCode, ApiJson<SandboxView>), ApiError> {
+    let spec = validate_create(&st.db, auth.team_id(), req).await?;
+    let team = st
+        .db
+        .team_by_id(&spec.team_id)
+        .await
+        .map_err(db_err_for("team"))?;
+    let host = st.scheduler.pick(&st.db, &team).await?;
+    let agent = st.agents.agent(&host).map_err(ApiError::from)?;
+    let state = st.0.clone();
+    let actor = Actor::from(&auth);
+    // Detached from the request: runs to the end (row settled, VM kept or removed) even if
+    // the client disconnects and this handler's future is dropped.
+    let task =
+        tokio::spawn(async move { create_on_host(&state, spec, &host, &agent, &actor).await });
+    match task.await {
+        Ok(r) => r.map(|sb| (StatusCode::CREATED, ApiJson(sb.into()))),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+async fn create_on_host(
+    st: &AppState,
+    spec: CreateSpec,
+    host: &Host,
+    agent: &Agent,
+    actor: &Actor,
+) -> Result<Sandbox, ApiError> {
+    let end_at = (spec.timeout_sec > 0).then(|| now_ms() + spec.timeout_sec * 1000);
+    let sb = st
+        .db
+        .insert_pending_sandbox(NewSandbox {
+            team_id: &spec.team_id,
+            host_id: Some(&host.id),
+            template: &spec.template,
+            vcpus: spec.vcpus,
+            memory_mb: spec.memory_mb,
+            disk_size_mb: spec.disk_size_mb,
+            timeout_sec: spec.timeout_sec,
+            end_at,
+            on_timeout: spec.on_timeout,
+            metadata: spec.metadata.clone(),
+            envd_token: None,
+        })
+        .await
+        .map_err(db_err)?;
+    let req = pb::CreateSandboxRequest {
+        sandbox_id: sb.id.clone(),
+        template: spec.template.clone(),
+        // Validated ranges fit u32.
+        vcpus: u32::try_from(spec.vcpus).unwrap_or(1),
+        memory_mb: u32::try_from(spec.memory_mb).unwrap_or(0),
+        disk_size_mb: u32::try_from(spec.disk_size_mb).unwrap_or(0),
+        end_at_ms: end_at.unwrap_or(0),
+        on_timeout: match spec.on_timeout {
+            OnTimeout::Kill => pb::OnTimeout::ON_TIMEOUT_KILL,
+            OnTimeout::Pause => pb::OnTimeout::ON_TIMEOUT_PAUSE,
+        }
+        .into(),
+        team_id: spec.team_id.clone(),
+        default_env: spec.env.into_iter().collect(),
+        metadata: spec.metadata.into_iter().collect(),
+        allow_internet: spec.allow_internet,
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let created = agent
+        .rpc()
+        .create_sandbox_with_options(req, agent.opts_timeout(CREATE_TIMEOUT))
+        .await
+        .map(|r| r.into_owned());
+    let resp = match created {
+        Ok(r) => r,
+        Err(e) => {
+            let e = agent.err(e);
+            // A timeout or a dropped connection may hide a VM the agent finished anyway.
+            destroy_best_effort(agent, &sb.id).await;
+            return Err(fail(st, &sb, e).await);
+        }
+    };
+    let Some(info) = resp.sandbox.as_option().cloned() else {
+        destroy_best_effort(agent, &sb.id).await;
+        let e = ApiError::new(
+            crate::error::ErrorCode::AgentError,
+            "host agent returned no sandbox",
+        );
+        let _ = st
+            .db
+            .transition_sandbox(
+                &sb.id,
+                SandboxStatus::Error,
+                Some("host agent returned no sandbox"),
+            )
+            .await;
+        return Err(e);
+    };
+    let patch = SandboxPatch {
+        host_ip: Some(&info.host_ip),
+        envd_version: Some(info.envd_version.as_str()).filter(|v| !v.is_empty()),
+        envd_token: Some(&resp.envd_access_token),
+        end_at: (info.end_at_ms > 0).then_some(info.end_at_ms),
+        ..Default::default()
+    };
+    let settled = match st.db.update_sandbox(&sb.id, patch).await {
+        Ok(()) => {
+            st.db
+                .transition_sandbox(&sb.id, SandboxStatus::Running, None)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match settled {
+        Ok(sb) => {
+            tracing::info!(sandbox = %sb.id, host = %host.id, ms = started.elapsed().as_millis() as u64, "sandbox created");
+            audit(st, actor, "sandbox.create", &sb).await;
+            Ok(sb)
+        }
+        Err(DbError::Conflict { current, .. }) => {
+            // Deleted while booting: the delete only flipped the row; the VM is ours to remove.
+            tracing::info!(sandbox = %sb.id, status = %current, "sandbox deleted during create; destroying its VM");
+            destroy_best_effort(agent, &sb.id).await;
+            Err(ApiError::invalid_state(format!(
+                "sandbox was {current} while it was being created"
+            )))
+        }
+        Err(e) => {
+            destroy_best_effort(agent, &sb.id).await;
+            let _ = st
+                .db
+                .transition_sandbox(
+                    &sb.id,
+                    SandboxStatus::Error,
+                    Some("control plane could not record the sandbox"),
+                )
+                .await;
+            Err(db_err(e))
+        }
+    }
+}
+
+/// Records a failed create on the row and returns the caller's error.
+async fn fail(st: &AppState, sb: &Sandbox, e: AgentError) -> ApiError {
+    let msg = e.message();
+    if let Err(db) = st
+        .db
+        .transition_sandbox(&sb.id, SandboxStatus::Error, Some(&msg))
+        .await
+    {
+        tracing::warn!(sandbox = %sb.id, error = %db, "could not mark failed create");
+    }
+    let api = ApiError::from(e);
+    // The agent's own 4xx codes describe our request to it, not the caller's: after our
+    // validation they mean the host could not run it.
+    if api.status().is_client_error() {
+        ApiError::new(
+            crate::error::ErrorCode::AgentError,
+            format!("host agent refused the sandbox: {msg}"),
+        )
+    } else {
+        api
+    }
+}
+
+async fn destroy_best_effort(agent: &Agent, id: &str) {
+    if let Err(e) = destroy_on_agent(agent, id).await {
+        tracing::warn!(sandbox = %id, error = %e, "could not destroy sandbox VM");
+    }
+}
+
+/// `DestroySandbox`; an unknown sandbox is already destroyed.
+async fn destroy_on_agent(agent: &Agent, id: &str) -> Result<(), AgentError> {
+    let r = agent
+        .rpc()
+        .destroy_sandbox_with_options(
+            pb::DestroySandboxRequest {
+                sandbox_id: id.to_owned(),
+                ..Default::default()
+            },
+            agent.opts(),
+        )
+        .await;
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == connectrpc::ErrorCode::NotFound => Ok(()),
+        Err(e) => Err(agent.err(e)),
+    }
+}
+
+/// The agent of a sandbox's host; `None` when the host row is gone.
+async fn host_agent(st: &AppState, host_id: &str) -> Result<Option<Agent>, ApiError> {
+    match st.db.host_by_id(host_id).await {
+        Ok(h) => Ok(Some(st.agents.agent(&h)?)),
+        Err(DbError::NotFound) => Ok(None),
+        Err(e) => Err(db_err(e)),
+    }
+}
+
+/// For the sandbox I/O routes: the team's sandbox if it is `running`, and its host's agent.
+/// 404 for an unknown sandbox or another team's, 409 `invalid_state` in any other status.
+/// Records activity (debounced).
+pub(crate) async fn running(
+    st: &AppState,
+    team_id: &str,
+    id: &SandboxId,
+) -> Result<(Sandbox, Agent), ApiError> {
+    let sb = st
+        .db
+        .get_sandbox(team_id, id.as_str())
+        .await
+        .map_err(db_err_for("sandbox"))?;
+    if sb.status != SandboxStatus::Running {
+        return Err(ApiError::invalid_state(format!(
+            "sandbox is {}, not running",
+            sb.status
+        )));
+    }
+    let agent = match sb.host_id.as_deref() {
+        Some(h) => host_agent(st, h).await?,
+        None => None,
+    }
+    .ok_or_else(|| ApiError::invalid_state("sandbox has no host"))?;
+    if let Err(e) = st.db.touch_sandbox(&sb.id).await {
+        tracing::warn!(sandbox = %sb.id, error = %e, "could not record sandbox activity");
+    }
+    Ok((sb, agent))
+}
+
+/// A sandbox in any status (stopped ones included).
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}",
+    tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox ID")),
+    responses(
+        (status = 200, body = SandboxView),
+        (status = 400, description = "Malformed ID"),
+        (status = 404, description = "No such sandbox in the caller's team"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn get(
+    st: State,
+    auth: TeamAuth,
+    ApiPath(id): ApiPath<SandboxId>,
+) -> Result<ApiJson<SandboxView>, ApiError> {
+    let sb = st
+        .db
+        .get_sandbox(auth.team_id(), id.as_str())
+        .await
+        .map_err(db_err_for("sandbox"))?;
+    let sb = reconcile::expired(&st, sb).await;
+    Ok(ApiJson(sb.into()))
+}
+
+/// Destroys the sandbox's VM and marks it `stopped`. Idempotent: deleting a stopped sandbox
+/// is a 204 too (a retried delete must not fail).
+#[utoipa::path(
+    delete,
+    path = "/v1/sandboxes/{id}",
+    tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox ID")),
+    responses(
+        (status = 204, description = "Stopped (or already was)"),
+        (status = 400, description = "Malformed ID"),
+        (status = 404, description = "No such sandbox in the caller's team"),
+        (status = 502, description = "The host refused or did not answer; nothing changed"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn destroy(
+    st: State,
+    auth: TeamAuth,
+    ApiPath(id): ApiPath<SandboxId>,
+) -> Result<StatusCode, ApiError> {
+    let sb = st
+        .db
+        .get_sandbox(auth.team_id(), id.as_str())
+        .await
+        .map_err(db_err_for("sandbox"))?;
+    if sb.status == SandboxStatus::Stopped {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    // A pending sandbox's create is still running: it sees the row stopped and removes the VM.
+    if sb.status != SandboxStatus::Pending
+        && let Some(host_id) = sb.host_id.as_deref()
+        && let Some(agent) = host_agent(&st, host_id).await?
+        && let Err(e) = destroy_on_agent(&agent, &sb.id).await
+    {
+        match sb.status {
+            // The host is gone or the sandbox broken: the row goes anyway, the reconciler
+            // removes a VM that turns up later.
+            SandboxStatus::Missing | SandboxStatus::Error => {
+                tracing::warn!(sandbox = %sb.id, error = %e, "destroy failed; marking stopped anyway");
+            }
+            _ => return Err(e.into()),
+        }
+    }
+    match st
+        .db
+        .transition_sandbox(&sb.id, SandboxStatus::Stopped, None)
+        .await
+    {
+        Ok(stopped) => audit(&st, &Actor::from(&auth), "sandbox.delete", &stopped).await,
+        // A concurrent delete won.
+        Err(DbError::Conflict {
+            current: SandboxStatus::Stopped,
+            ..
+        }) => {}
+        Err(e) => return Err(conflict(e)),
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Keepalive {
+    /// New deadline = now + this; default: the sandbox's `timeout_sec`. 0 = no deadline.
+    pub timeout_sec: Option<i64>,
+}
+
+/// Moves a running sandbox's deadline.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/keepalive",
+    tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox ID")),
+    request_body(content = Option<Keepalive>, description = "Optional"),
+    responses(
+        (status = 200, body = SandboxView),
+        (status = 400, description = "Malformed ID or body"),
+        (status = 404, description = "No such sandbox in the caller's team"),
+        (status = 409, description = "Not running"),
+        (status = 502, description = "The host refused or did not answer"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn keepalive(
+    st: State,
+    auth: TeamAuth,
+    ApiPath(id): ApiPath<SandboxId>,
+    body: Bytes,
+) -> Result<ApiJson<SandboxView>, ApiError> {
+    // The body is optional, so it is parsed here rather than by the JSON extractor.
+    let req: Keepalive = if body.iter().all(u8::is_ascii_whitespace) {
+        Keepalive::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?
+    };
+    if let Some(t) = req.timeout_sec {
+        check_timeout(t)?;
+    }
+    let (sb, agent) = running(&st, auth.team_id(), &id).await?;
+    let timeout = req.timeout_sec.unwrap_or(sb.timeout_sec);
+    let end_at = (timeout > 0).then(|| now_ms() + timeout * 1000);
+    let r = agent
+        .rpc()
+        .set_timeout_with_options(
+            pb::SetTimeoutRequest {
+                sandbox_id: sb.id.clone(),
+                end_at_ms: end_at.unwrap_or(0),
+                ..Default::default()
+            },
+            agent.opts(),
+        )
+        .await;
+    if let Err(e) = r {
+        if e.code == connectrpc::ErrorCode::NotFound {
+            // The agent no longer has it (reaped at its deadline): settle the row.
+            let _ = st
+                .db
+                .transition_sandbox(&sb.id, SandboxStatus::Stopped, None)
+                .await;
+            return Err(ApiError::invalid_state("sandbox is stopped"));
+        }
+        return Err(agent.err(e).into());
+    }
+    st.db
+        .set_sandbox_deadline(&sb.id, sb.timeout_sec, end_at)
+        .await
+        .map_err(db_err_for("sandbox"))?;
+    let sb = st
+        .db
+        .get_sandbox(auth.team_id(), &sb.id)
+        .await
+        .map_err(db_err_for("sandbox"))?;
+    Ok(ApiJson(sb.into()))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SandboxList {
+    pub sandboxes: Vec<SandboxView>,
+    pub next_cursor: Option<String>,
+}
+
+/// The statuses a list shows unless `?status=` says otherwise.
+const LISTED_BY_DEFAULT: [SandboxStatus; 4] = [
+    SandboxStatus::Pending,
+    SandboxStatus::Running,
+    SandboxStatus::Paused,
+    SandboxStatus::Missing,
+];
+
+/// `?limit=&cursor=&status=a,b&metadata.<key>=<value>`; anything else is a 400.
+fn list_query(q: Vec<(String, String)>) -> Result<(PageRequest, SandboxFilter), ApiError> {
+    let mut limit = None;
+    let mut cursor = None;
+    let mut filter = SandboxFilter::default();
+    for (k, v) in q {
+        match k.as_str() {
+            "limit" => {
+                limit = Some(
+                    v.parse::<u32>()
+                        .map_err(|_| bad("limit must be a positive integer"))?,
+                )
+            }
+            "cursor" => cursor = Some(v),
+            "status" => {
+                for s in v.split(',').filter(|s| !s.is_empty()) {
+                    let st = SandboxStatus::parse(s).ok_or_else(|| {
+                        bad("status must be pending, running, paused, stopped, error or missing")
+                    })?;
+                    if !filter.statuses.contains(&st) {
+                        filter.statuses.push(st);
+                    }
+                }
+            }
+            _ => match k.strip_prefix("metadata.") {
+                Some(key) if is_metadata_key(key) => filter.metadata.push((key.to_owned(), v)),
+                _ => return Err(bad(format!("unknown query parameter {k:?}"))),
+            },
+        }
+    }
+    if filter.metadata.len() > MAX_MAP_ENTRIES {
+        return Err(bad("too many metadata filters"));
+    }
+    if filter.statuses.is_empty() {
+        filter.statuses = LISTED_BY_DEFAULT.to_vec();
+    }
+    let page = PageRequest::new(limit, cursor.as_deref()).map_err(db_err)?;
+    Ok((page, filter))
+}
+
+/// The team's sandboxes, newest first. Stopped and failed ones only when `?status=` asks.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes",
+    tag = "sandboxes",
+    params(
+        ("limit" = Option<u32>, Query, description = "1-1000, default 100"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("status" = Option<String>, Query, description = "Comma-separated statuses"),
+        ("metadata.<key>" = Option<String>, Query, description = "Only sandboxes whose metadata has this value"),
+    ),
+    responses(
+        (status = 200, body = SandboxList),
+        (status = 400, description = "Bad parameter"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn list(
+    st: State,
+    auth: TeamAuth,
+    ApiQuery(q): ApiQuery<Vec<(String, String)>>,
+) -> Result<ApiJson<SandboxList>, ApiError> {
+    let (page, filter) = list_query(q)?;
+    let page = st
+        .db
+        .list_sandboxes(auth.team_id(), &filter, &page)
+        .await
+        .map_err(db_err)?;
+    let mut out = Vec::with_capacity(page.items.len());
+    for sb in page.items {
+        out.push(reconcile::expired(&st, sb).await.into());
+    }
+    Ok(ApiJson(SandboxList {
+        sandboxes: out,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TemplateView {
+    pub name: String,
+    /// `base` or `snapshot`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A platform template, visible to every team.
+    pub platform: bool,
+    pub vcpus: i64,
+    pub memory_mb: i64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TemplateList {
+    pub templates: Vec<TemplateView>,
+}
+
+/// Templates the team can create sandboxes from: the platform's and its own.
+#[utoipa::path(
+    get,
+    path = "/v1/templates",
+    tag = "sandboxes",
+    responses((status = 200, body = TemplateList)),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn list_templates(st: State, auth: TeamAuth) -> Result<ApiJson<TemplateList>, ApiError> {
+    let templates = st
+        .db
+        .templates_visible_to(auth.team_id())
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(|t| TemplateView {
+            platform: t.team_id.is_none(),
+            kind: if t.is_snapshot { "snapshot" } else { "base" }.to_owned(),
+            name: t.name,
+            vcpus: t.vcpus,
+            memory_mb: t.memory_mb,
+            created_at: t.created_at,
+        })
+        .collect();
+    Ok(ApiJson(TemplateList { templates }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        for ok in ["A", "_x", "PATH", "a_1"] {
+            assert!(is_env_key(ok), "{ok}");
+        }
+        for bad in ["", "1A", "A-B", "A B", "é"] {
+            assert!(!is_env_key(bad), "{bad}");
+        }
+        assert!(is_metadata_key("team.owner/x:y-1"));
+        assert!(!is_metadata_key(""));
+        assert!(!is_metadata_key("a b"));
+        assert!(!is_metadata_key(&"k".repeat(65)));
+    }
+
+    #[test]
+    fn list_queries() {
+        let q = |pairs: &[(&str, &str)]| {
+            list_query(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let (_, f) = q(&[]).unwrap();
+        assert_eq!(f.statuses, LISTED_BY_DEFAULT.to_vec());
+        let (_, f) = q(&[("status", "stopped,error"), ("metadata.env", "ci")]).unwrap();
+        assert_eq!(
+            f.statuses,
+            vec![SandboxStatus::Stopped, SandboxStatus::Error]
+        );
+        assert_eq!(f.metadata, vec![("env".into(), "ci".into())]);
+        assert!(q(&[("status", "nope")]).is_err());
+        assert!(q(&[("limit", "x")]).is_err());
+        assert!(q(&[("limit", "0")]).is_err());
+        assert!(q(&[("bogus", "1")]).is_err());
+        assert!(q(&[("metadata.", "1")]).is_err());
+    }
 }

@@ -57,6 +57,7 @@ pub struct ProcessList {
     post,
     path = "/v1/sandboxes/{id}/processes",
     tag = "sandboxes",
+    security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Sandbox ID")),
     request_body = StartBody,
     responses(
@@ -113,6 +114,7 @@ pub async fn start(
     get,
     path = "/v1/sandboxes/{id}/processes",
     tag = "sandboxes",
+    security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Sandbox ID")),
     responses(
         (status = 200, body = ProcessList),
@@ -176,6 +178,7 @@ pub fn parse_signal(s: Option<&str>) -> Result<pb::Signal, ApiError> {
     delete,
     path = "/v1/sandboxes/{id}/processes/{selector}",
     tag = "sandboxes",
+    security(("api_key" = []), ("bearer" = [])),
     params(
         ("id" = String, Path, description = "Sandbox ID"),
         ("selector" = String, Path, description = "pid (digits) or tag"),
@@ -224,6 +227,7 @@ pub async fn signal(
     get,
     path = "/v1/sandboxes/{id}/processes/{selector}/stream",
     tag = "sandboxes",
+    security(("api_key" = []), ("bearer" = [])),
     params(
         ("id" = String, Path, description = "Sandbox ID"),
         ("selector" = String, Path, description = "pid (digits) or tag"),

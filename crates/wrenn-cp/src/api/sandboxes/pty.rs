@@ -134,6 +134,7 @@ pub fn attach_request(
     get,
     path = "/v1/sandboxes/{id}/pty",
     tag = "sandboxes",
+    security(("api_key" = []), ("bearer" = [])),
     params(("id" = String, Path, description = "Sandbox ID"), ws::WsCredentials),
     responses(
         (status = 101, description = "WebSocket; PTY frames"),

@@ -1,0 +1,219 @@
+//! Keeping sandbox rows true to what the agents have.
+//!
+//! Agents act on their own: they destroy (or pause) a sandbox at its deadline and mark it
+//! `error` when its VM dies. Two paths bring that into the database:
+//! - on read ([`expired`]): a `running` row past its deadline is checked with its agent before
+//!   it is shown, so a GET right after the deadline already says `stopped`. Rows within their
+//!   deadline cost no agent call (GET stays one indexed query);
+//! - in the background ([`run_reconciler`], every [`RECONCILE_INTERVAL`]): each online host's
+//!   `ListSandboxes` — reaped and paused IDs, sandboxes in `error`, `running` rows the agent no
+//!   longer has, `pending` rows whose create died with a previous process — and VMs whose row
+//!   is already `stopped`/`error` (an orphan of a create that failed or was deleted while
+//!   booting) are destroyed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wrenn_proto::hostagent::v1 as pb;
+
+use super::{destroy_best_effort, host_agent};
+use crate::agents::Agent;
+use crate::db::{DbError, Host, HostStatus, Sandbox, SandboxStatus, now_ms};
+use crate::server::AppState;
+
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
+/// Agent call deadline on the read path: a slow host must not stall a GET for long.
+const READ_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// A `running` row the agent does not list is only stopped if it was running this long before
+/// the list was taken (clock skew between replicas, a create settling).
+const MISSING_GRACE_MS: i64 = 30_000;
+/// A `pending` row older than a create can take has lost its create task.
+const STALE_PENDING_MS: i64 = super::CREATE_TIMEOUT.as_millis() as i64 + 60_000;
+
+/// What the agent says about one sandbox, as a row status.
+fn agent_status(info: &pb::SandboxInfo) -> Option<SandboxStatus> {
+    match info.status.as_known()? {
+        pb::SandboxStatus::SANDBOX_STATUS_RUNNING => Some(SandboxStatus::Running),
+        pb::SandboxStatus::SANDBOX_STATUS_PAUSED => Some(SandboxStatus::Paused),
+        pb::SandboxStatus::SANDBOX_STATUS_STOPPED => Some(SandboxStatus::Stopped),
+        pb::SandboxStatus::SANDBOX_STATUS_ERROR => Some(SandboxStatus::Error),
+        _ => None,
+    }
+}
+
+/// Moves the row; on a lost race returns the row as it is now.
+async fn settle(st: &AppState, sb: Sandbox, to: SandboxStatus, error: Option<&str>) -> Sandbox {
+    match st.db.transition_sandbox(&sb.id, to, error).await {
+        Ok(n) => {
+            tracing::info!(sandbox = %sb.id, from = %sb.status, to = %to, "sandbox reconciled with its agent");
+            n
+        }
+        Err(DbError::Conflict { .. }) => st.db.get_sandbox(&sb.team_id, &sb.id).await.unwrap_or(sb),
+        Err(e) => {
+            tracing::warn!(sandbox = %sb.id, error = %e, "could not reconcile sandbox");
+            sb
+        }
+    }
+}
+
+/// A `running` row past its deadline, checked with its agent; any other row as it is.
+pub(super) async fn expired(st: &AppState, sb: Sandbox) -> Sandbox {
+    if sb.status != SandboxStatus::Running || sb.end_at.is_none_or(|e| e > now_ms()) {
+        return sb;
+    }
+    let Some(host_id) = sb.host_id.clone() else {
+        return sb;
+    };
+    let agent = match host_agent(st, &host_id).await {
+        Ok(Some(a)) => a,
+        _ => return sb,
+    };
+    let r = agent
+        .rpc()
+        .get_sandbox_with_options(
+            pb::GetSandboxRequest {
+                sandbox_id: sb.id.clone(),
+                ..Default::default()
+            },
+            agent.opts_timeout(READ_CHECK_TIMEOUT),
+        )
+        .await;
+    match r {
+        Err(e) if e.code == connectrpc::ErrorCode::NotFound => {
+            settle(st, sb, SandboxStatus::Stopped, None).await
+        }
+        // Unreachable host: show the row as stored; the host monitor handles hosts.
+        Err(_) => sb,
+        Ok(r) => {
+            let r = r.into_owned();
+            let Some(info) = r.sandbox.as_option() else {
+                return sb;
+            };
+            match agent_status(info) {
+                Some(SandboxStatus::Running) => {
+                    // Still alive: the agent's deadline is the truth (its reaper may lag).
+                    let end_at = (info.end_at_ms > 0).then_some(info.end_at_ms);
+                    if end_at != sb.end_at
+                        && st
+                            .db
+                            .set_sandbox_deadline(&sb.id, sb.timeout_sec, end_at)
+                            .await
+                            .is_ok()
+                    {
+                        return Sandbox { end_at, ..sb };
+                    }
+                    sb
+                }
+                Some(SandboxStatus::Error) => {
+                    let msg = info.error.clone();
+                    settle(st, sb, SandboxStatus::Error, Some(&msg)).await
+                }
+                Some(to) => settle(st, sb, to, None).await,
+                None => sb,
+            }
+        }
+    }
+}
+
+/// Reconciles every online host every `every`, until the process ends.
+pub async fn run_reconciler(st: Arc<AppState>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let hosts = match st.db.list_all_hosts().await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "reconciler: could not list hosts");
+                continue;
+            }
+        };
+        for host in hosts.iter().filter(|h| h.status == HostStatus::Online) {
+            if let Err(e) = reconcile_host(&st, host).await {
+                tracing::debug!(host = %host.id, error = %e, "reconciler: host not reconciled");
+            }
+        }
+    }
+}
+
+/// One pass over one host. Errors mean the host could not be asked; nothing was changed then.
+pub async fn reconcile_host(st: &AppState, host: &Host) -> Result<(), crate::agents::AgentError> {
+    let agent: Agent = st.agents.agent(host)?;
+    // Rows first: a row running before the list was taken must be in the list.
+    let taken_at = now_ms();
+    let rows = match st
+        .db
+        .sandboxes_on_host(&host.id, &[SandboxStatus::Running, SandboxStatus::Pending])
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(host = %host.id, error = %e, "reconciler: could not read sandboxes");
+            return Ok(());
+        }
+    };
+    let listed = agent
+        .rpc()
+        .list_sandboxes_with_options(pb::ListSandboxesRequest::default(), agent.opts())
+        .await
+        .map_err(|e| agent.err(e))?
+        .into_owned();
+    let on_agent: HashSet<&str> = listed
+        .sandboxes
+        .iter()
+        .map(|s| s.sandbox_id.as_str())
+        .collect();
+    let find = |id: &str| rows.iter().find(|r| r.id == id).cloned();
+
+    for id in &listed.reaped_ids {
+        if let Some(sb) = find(id) {
+            settle(st, sb, SandboxStatus::Stopped, None).await;
+        }
+    }
+    for id in &listed.paused_ids {
+        if let Some(sb) = find(id) {
+            settle(st, sb, SandboxStatus::Paused, None).await;
+        }
+    }
+    for info in &listed.sandboxes {
+        match (agent_status(info), find(&info.sandbox_id)) {
+            (Some(SandboxStatus::Error), Some(sb)) => {
+                let msg = info.error.clone();
+                settle(st, sb, SandboxStatus::Error, Some(&msg)).await;
+            }
+            (Some(SandboxStatus::Running), None) => {
+                // Not running in our rows: an orphan if the row is finished.
+                if let Ok(sb) = st.db.get_sandbox_any_team(&info.sandbox_id).await
+                    && sb.host_id.as_deref() == Some(host.id.as_str())
+                    && matches!(sb.status, SandboxStatus::Stopped | SandboxStatus::Error)
+                {
+                    tracing::info!(sandbox = %sb.id, status = %sb.status, "reconciler: destroying orphan VM");
+                    destroy_best_effort(&agent, &sb.id).await;
+                }
+            }
+            _ => {}
+        }
+    }
+    for sb in rows {
+        if sb.status == SandboxStatus::Pending {
+            // Its create task died with a previous process (a create settles within
+            // CREATE_TIMEOUT otherwise): fail the row and remove whatever VM it made.
+            if sb.created_at < taken_at - STALE_PENDING_MS {
+                destroy_best_effort(&agent, &sb.id).await;
+                settle(st, sb, SandboxStatus::Error, Some("create did not finish")).await;
+            }
+            continue;
+        }
+        let gone = !on_agent.contains(sb.id.as_str())
+            && !listed.reaped_ids.contains(&sb.id)
+            && !listed.paused_ids.contains(&sb.id)
+            && sb
+                .started_at
+                .is_some_and(|t| t < taken_at - MISSING_GRACE_MS);
+        if gone {
+            settle(st, sb, SandboxStatus::Stopped, None).await;
+        }
+    }
+    Ok(())
+}

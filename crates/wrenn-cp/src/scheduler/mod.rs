@@ -1,0 +1,105 @@
+//! Picks the host a new sandbox runs on.
+//!
+//! Candidates are the online hosts the team may use: its own hosts when the team brings its
+//! own (`teams.is_byoc`), the platform's (`team_id IS NULL`) otherwise. The least loaded wins,
+//! load being the host's `pending` + `running` sandboxes in the database; among equals the one
+//! this process picked least recently, so a burst of creates (whose `pending` rows are not
+//! written yet when the next pick happens) spreads round-robin instead of piling onto one host.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::db::{Db, Host, Team};
+use crate::error::{ApiError, ErrorCode};
+
+/// Remembers when each host was last picked (per process; a tie-breaker only).
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    last_pick: Mutex<HashMap<String, Instant>>,
+}
+
+impl Scheduler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The host for a new sandbox of `team`; 503 `no_hosts_available` when none is online.
+    pub async fn pick(&self, db: &Db, team: &Team) -> Result<Host, ApiError> {
+        let scope = team.is_byoc.then_some(team.id.as_str());
+        let candidates = db
+            .schedulable_hosts(scope)
+            .await
+            .map_err(ApiError::internal)?;
+        self.choose(candidates).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NoHostsAvailable,
+                "no host is available to run the sandbox",
+            )
+        })
+    }
+
+    /// Least load, then least recently picked (never picked counts as oldest).
+    fn choose(&self, candidates: Vec<(Host, i64)>) -> Option<Host> {
+        let mut last = self
+            .last_pick
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (host, _) = candidates
+            .into_iter()
+            .min_by_key(|(h, load)| (*load, last.get(&h.id).copied()))?;
+        last.insert(host.id.clone(), Instant::now());
+        // Hosts that disappeared must not keep entries forever.
+        if last.len() > 10_000 {
+            last.clear();
+        }
+        Some(host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::HostStatus;
+
+    fn host(id: &str) -> Host {
+        Host {
+            id: id.into(),
+            team_id: None,
+            name: "h".into(),
+            address: "127.0.0.1:1".into(),
+            status: HostStatus::Online,
+            last_heartbeat_at: None,
+            specs: serde_json::json!({}),
+            created_by: None,
+            created_at: 0,
+            credential_gen: 1,
+        }
+    }
+
+    #[test]
+    fn least_loaded_then_round_robin() {
+        let s = Scheduler::new();
+        assert!(s.choose(Vec::new()).is_none());
+        let pick = |loads: [i64; 3]| {
+            s.choose(
+                ["a", "b", "c"]
+                    .into_iter()
+                    .zip(loads)
+                    .map(|(id, n)| (host(id), n))
+                    .collect(),
+            )
+            .unwrap()
+            .id
+        };
+        assert_eq!(pick([3, 1, 2]), "b");
+        // Equal loads: hosts never picked first, then the least recently picked.
+        let mut got: Vec<String> = (0..3).map(|_| pick([0, 0, 0])).collect();
+        assert_eq!(got[0], "a");
+        assert_eq!(got[1], "c");
+        assert_eq!(got[2], "b");
+        got.sort();
+        got.dedup();
+        assert_eq!(got.len(), 3, "a burst spreads over all hosts");
+    }
+}

@@ -1,0 +1,209 @@
+//! End to end: the real control plane (`wrenn server`, SQLite and PostgreSQL) and the real host
+//! agent with QEMU microVMs under TCG, driven over the public HTTP API.
+mod agent;
+#[path = "e2e/mod.rs"]
+mod harness;
+
+use std::time::Instant;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn id_of(v: &Value) -> String {
+    v["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("id in {v}"))
+        .to_owned()
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list["sandboxes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("sandboxes in {list}"))
+        .iter()
+        .map(id_of)
+        .collect()
+}
+
+e2e_test! {
+    fn sandbox_lifecycle_and_access(sys) {
+        sys.block_on(async {
+            let key = sys.api_key().to_owned();
+            let started = Instant::now();
+            let sb = sys
+                .create_sandbox(json!({
+                    "memory_mb": 256,
+                    "timeout_sec": 300,
+                    "metadata": {"suite": "e2e"},
+                    "env": {"GREETING": "hi"},
+                }))
+                .await;
+            eprintln!("create via API: {} ms", started.elapsed().as_millis());
+            let id = id_of(&sb);
+            assert_eq!(id.len(), 20);
+            assert_eq!(sb["status"], "running", "{sb}");
+            assert!(sb["host_ip"].as_str().is_some_and(|s| !s.is_empty()), "{sb}");
+            assert_eq!(sb["host_id"], sys.host_id.as_str());
+            assert_eq!(sb["template"], "base");
+            assert_eq!(sb["metadata"], json!({"suite": "e2e"}));
+            assert!(sb.get("envd_token").is_none() && !sb.to_string().contains("token"));
+            assert_eq!(sys.env.sandbox_netns().len(), 1, "one VM on the agent");
+
+            let (s, got) = sys.call(Method::GET, &format!("/v1/sandboxes/{id}"), Some(&key), None).await;
+            assert_eq!(s, StatusCode::OK, "{got}");
+            assert_eq!(got["status"], "running");
+            assert_eq!(got["host_ip"], sb["host_ip"]);
+            // A user JWT of the same team sees it too.
+            let (s, _) = sys.call(Method::GET, &format!("/v1/sandboxes/{id}"), Some(sys.user_jwt()), None).await;
+            assert_eq!(s, StatusCode::OK);
+
+            let (s, list) = sys.call(Method::GET, "/v1/sandboxes?metadata.suite=e2e", Some(&key), None).await;
+            assert_eq!(s, StatusCode::OK, "{list}");
+            assert_eq!(ids(&list), vec![id.clone()]);
+            let (_, list) = sys.call(Method::GET, "/v1/sandboxes?metadata.suite=other", Some(&key), None).await;
+            assert!(ids(&list).is_empty());
+
+            let end0 = got["end_at"].as_i64().expect("end_at");
+            let (s, kept) = sys
+                .call(Method::POST, &format!("/v1/sandboxes/{id}/keepalive"), Some(&key), Some(json!({"timeout_sec": 3600})))
+                .await;
+            assert_eq!(s, StatusCode::OK, "{kept}");
+            let end1 = kept["end_at"].as_i64().expect("end_at");
+            assert!(end1 > end0 + 3_000_000, "keepalive moved end_at {end0} -> {end1}");
+
+            // Another team: 404 on every route, and nothing changes.
+            let (_, key_b, _) = sys.signup("bob@example.com").await;
+            let counts = sys.counts().await;
+            for (m, path, body) in [
+                (Method::GET, format!("/v1/sandboxes/{id}"), None),
+                (Method::DELETE, format!("/v1/sandboxes/{id}"), None),
+                (Method::POST, format!("/v1/sandboxes/{id}/keepalive"), Some(json!({"timeout_sec": 1}))),
+            ] {
+                let (s, v) = sys.call(m.clone(), &path, Some(&key_b), body).await;
+                assert_eq!(s, StatusCode::NOT_FOUND, "{m} {path}: {v}");
+                assert_eq!(v["error"]["code"], "not_found");
+            }
+            let (_, list_b) = sys.call(Method::GET, "/v1/sandboxes", Some(&key_b), None).await;
+            assert!(ids(&list_b).is_empty());
+
+            // Malformed input: 400 with a code, nothing written.
+            for (m, path, body) in [
+                (Method::GET, "/v1/sandboxes/NOT-AN-ID".to_owned(), None),
+                (Method::DELETE, "/v1/sandboxes/short".to_owned(), None),
+                (Method::POST, "/v1/sandboxes/x/keepalive".to_owned(), None),
+                (Method::POST, format!("/v1/sandboxes/{id}/keepalive"), Some("{\"timeout_sec\": -1}".to_owned())),
+                (Method::POST, format!("/v1/sandboxes/{id}/keepalive"), Some("{nope".to_owned())),
+                (Method::POST, "/v1/sandboxes".to_owned(), Some("{\"vcpus\":".to_owned())),
+                (Method::POST, "/v1/sandboxes".to_owned(), Some("{\"vcpus\": 0}".to_owned())),
+                (Method::POST, "/v1/sandboxes".to_owned(), Some("{\"template\": \"nope\"}".to_owned())),
+                (Method::POST, "/v1/sandboxes".to_owned(), Some("{\"env\": {\"1X\": \"a\"}}".to_owned())),
+                (Method::GET, "/v1/sandboxes?status=bogus".to_owned(), None),
+            ] {
+                let (s, v) = sys.raw(m.clone(), &path, Some(&key), body, Some("application/json")).await;
+                assert_eq!(s, StatusCode::BAD_REQUEST, "{m} {path}: {v}");
+                assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+            }
+            assert_eq!(sys.counts().await, counts, "refused requests wrote nothing");
+            let (_, still) = sys.call(Method::GET, &format!("/v1/sandboxes/{id}"), Some(&key), None).await;
+            assert_eq!(still["status"], "running");
+            assert_eq!(still["end_at"].as_i64(), Some(end1));
+
+            let (s, v) = sys.call(Method::DELETE, &format!("/v1/sandboxes/{id}"), Some(&key), None).await;
+            assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+            let (_, gone) = sys.call(Method::GET, &format!("/v1/sandboxes/{id}"), Some(&key), None).await;
+            assert_eq!(gone["status"], "stopped", "{gone}");
+            assert!(sys.env.sandbox_netns().is_empty(), "the sandbox's netns is gone");
+            assert!(sys.env.qemu_pids().is_empty(), "no QEMU left");
+            // Idempotent.
+            let (s, _) = sys.call(Method::DELETE, &format!("/v1/sandboxes/{id}"), Some(&key), None).await;
+            assert_eq!(s, StatusCode::NO_CONTENT);
+            let (s, v) = sys.call(Method::POST, &format!("/v1/sandboxes/{id}/keepalive"), Some(&key), None).await;
+            assert_eq!(s, StatusCode::CONFLICT, "{v}");
+            assert_eq!(v["error"]["code"], "invalid_state");
+
+            let (_, list) = sys.call(Method::GET, "/v1/sandboxes", Some(&key), None).await;
+            assert!(ids(&list).is_empty(), "stopped sandboxes are not listed by default");
+            let (_, list) = sys.call(Method::GET, "/v1/sandboxes?status=stopped", Some(&key), None).await;
+            assert_eq!(ids(&list), vec![id.clone()]);
+
+            let db = sys.db().await;
+            let page = wrenn_cp::db::PageRequest::first(100).unwrap();
+            let mut audit: Vec<String> = db
+                .list_audit(&sys.team_id, &page)
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|e| e.target_id.as_deref() == Some(id.as_str()))
+                .map(|e| e.action)
+                .collect();
+            audit.reverse();
+            assert_eq!(audit, vec!["sandbox.create".to_owned(), "sandbox.delete".to_owned()]);
+            db.close().await;
+        });
+    }
+}
+
+e2e_test! {
+    fn restarting_the_control_plane_loses_nothing(sys) {
+        sys.block_on(async {
+            let key = sys.api_key().to_owned();
+            let mut made = Vec::new();
+            let mut ms = Vec::new();
+            for i in 0..2 {
+                let t = Instant::now();
+                let sb = sys
+                    .create_sandbox(json!({"memory_mb": 256, "metadata": {"n": i.to_string()}}))
+                    .await;
+                ms.push(t.elapsed().as_millis());
+                made.push(id_of(&sb));
+            }
+            eprintln!("create via API: {ms:?} ms");
+            let before = sys.counts().await;
+            let rss = sys.server_rss_kib();
+            eprintln!("server RSS {rss} KiB, agent RSS {} KiB", sys.agent_rss_kib());
+            sys.restart_server();
+            assert_eq!(sys.counts().await, before, "same rows in every table");
+            for id in &made {
+                let (s, v) = sys.call(Method::GET, &format!("/v1/sandboxes/{id}"), Some(&key), None).await;
+                assert_eq!(s, StatusCode::OK, "{v}");
+                assert_eq!(v["status"], "running", "{v}");
+            }
+            // The same key and the same agent credentials still work after the restart.
+            let (s, v) = sys
+                .call(Method::POST, &format!("/v1/sandboxes/{}/keepalive", made[0]), Some(&key), None)
+                .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            for id in &made {
+                let (s, v) = sys.call(Method::DELETE, &format!("/v1/sandboxes/{id}"), Some(&key), None).await;
+                assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+            }
+            assert!(sys.env.qemu_pids().is_empty(), "no QEMU left");
+            assert!(sys.env.sandbox_netns().is_empty(), "no sandbox netns left");
+        });
+    }
+}
+
+e2e_test! {
+    #[ignore = "needs agent registration mode (`wrenn agent --register`): only a registered agent enforces the credential generation"]
+    fn revoked_host_credentials_refuse_control_plane_calls(sys) {
+        sys.block_on(async {
+            let key = sys.api_key().to_owned();
+            let sb = sys.create_sandbox(json!({"memory_mb": 256})).await;
+            let id = id_of(&sb);
+            let (s, v) = sys
+                .call(Method::POST, &format!("/v1/hosts/{}/revoke", sys.host_id), Some(sys.user_jwt()), None)
+                .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            for (m, path) in [
+                (Method::POST, format!("/v1/sandboxes/{id}/keepalive")),
+                (Method::DELETE, format!("/v1/sandboxes/{id}")),
+            ] {
+                let (s, v) = sys.call(m.clone(), &path, Some(&key), None).await;
+                assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_GATEWAY, Some("agent_error")), "{m} {path}: {v}");
+            }
+            let (_, v) = sys.call(Method::GET, &format!("/v1/sandboxes/{id}"), Some(&key), None).await;
+            assert_eq!(v["status"], "running", "a refused delete changes nothing: {v}");
+        });
+    }
+}
