@@ -93,6 +93,15 @@ fn exec_request(sandbox_id: &str, c: Command, timeout_sec: u32) -> pb::ExecReque
     }
 }
 
+/// Whether a command's SIGKILL end was envd enforcing `timeout_sec`. envd does not say so
+/// itself, and its clock is the guest's (under TCG it was seen killing a 1 s command 0.8 s
+/// after we sent it), so a kill within a second of the deadline counts.
+pub fn killed_at_deadline(status: &str, elapsed: Duration, timeout_sec: u32) -> bool {
+    status == "signal: killed" && elapsed + KILL_SLACK >= Duration::from_secs(timeout_sec.into())
+}
+
+const KILL_SLACK: Duration = Duration::from_secs(1);
+
 pub(super) fn span(route: &'static str, sandbox_id: &SandboxId, agent: &Agent) -> tracing::Span {
     tracing::info_span!("sandbox_io", route, sandbox_id = %sandbox_id, host_id = %agent.host_id())
 }
@@ -147,7 +156,14 @@ pub async fn exec(
             }
             Err(e) => return Err(agent.err(e).into()),
         };
-        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let elapsed = started.elapsed();
+        let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        if killed_at_deadline(&out.status, elapsed, timeout) {
+            return Err(ApiError::new(
+                ErrorCode::Timeout,
+                format!("the command did not end within {timeout} s and was killed"),
+            ));
+        }
         if out.stdout.len() >= MAX_OUTPUT
             || out.stderr.len() >= MAX_OUTPUT
             || out.error.contains("truncated")
@@ -271,6 +287,22 @@ mod tests {
         assert_eq!((o.as_str(), e.as_str(), enc), ("hi\n", "", "utf-8"));
         let (o, e, enc) = encode_output(b"ok".to_vec(), vec![0xff, 0xfe]);
         assert_eq!((o.as_str(), e.as_str(), enc), ("b2s=", "//4=", "base64"));
+    }
+
+    #[test]
+    fn deadline_kills() {
+        let s = Duration::from_secs;
+        assert!(killed_at_deadline(
+            "signal: killed",
+            Duration::from_millis(814),
+            1
+        ));
+        assert!(killed_at_deadline("signal: killed", s(59), 60));
+        assert!(
+            !killed_at_deadline("signal: killed", s(10), 60),
+            "killed by someone else"
+        );
+        assert!(!killed_at_deadline("exit status 1", s(60), 60));
     }
 
     #[test]
