@@ -367,6 +367,9 @@ pub async fn relay_exec_events<S>(
                 }
                 Incoming::Closed => {
                     if on_close == OnClose::Kill {
+                        if target.is_none() {
+                            target = await_pid(&mut events).await;
+                        }
                         kill(agent, sandbox_id, target.as_ref()).await;
                     }
                     return;
@@ -374,6 +377,27 @@ pub async fn relay_exec_events<S>(
             },
         }
     }
+}
+
+/// The pid of a process whose socket closed before its start event arrived (so it can be
+/// killed rather than left running without an owner).
+async fn await_pid<S>(events: &mut S) -> Option<Selector>
+where
+    S: Stream<Item = Result<pb::ExecEvent, ConnectError>> + Unpin,
+{
+    use pb::exec_event::Event;
+    let wait = async {
+        while let Some(Ok(ev)) = events.next().await {
+            if let Some(Event::Start(s)) = ev.event {
+                return Some(Selector::Pid(s.pid));
+            }
+        }
+        None
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// SIGKILLs a process; failures (it may have ended already) are only logged.
