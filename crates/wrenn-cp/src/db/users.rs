@@ -121,14 +121,51 @@ impl Db {
         name: &str,
     ) -> Result<User, DbError> {
         let mut tx = self.begin_write().await?;
+        let user = self
+            .insert_user_first_is_admin(&mut tx, email, password_hash, name)
+            .await?;
+        tx.commit().await?;
+        Ok(user)
+    }
+
+    /// Signup in one transaction: the user (the first one becomes platform admin), their
+    /// personal team and the owner membership. A failure leaves none of the three.
+    pub async fn create_account(
+        &self,
+        email: &str,
+        password_hash: Option<&str>,
+        name: &str,
+        team_name: &str,
+    ) -> Result<(User, super::Team), DbError> {
+        let mut tx = self.begin_write().await?;
+        let user = self
+            .insert_user_first_is_admin(&mut tx, email, password_hash, name)
+            .await?;
+        let now = user.created_at;
+        let team =
+            super::teams::insert_team_owned_by(&mut tx, team_name, false, &user.id, now).await?;
+        tx.commit().await?;
+        Ok((user, team))
+    }
+
+    /// The first user of the database becomes platform admin: the count and the insert run
+    /// on the caller's write transaction (PostgreSQL: under a table lock), so two concurrent
+    /// first signups cannot both become admin.
+    async fn insert_user_first_is_admin(
+        &self,
+        tx: &mut super::pool::WriteTx,
+        email: &str,
+        password_hash: Option<&str>,
+        name: &str,
+    ) -> Result<User, DbError> {
         if self.backend() == super::Backend::Postgres {
             // Serialises concurrent first signups; released at commit.
             sqlx::query("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await?;
         let user = User {
             id: crate::ids::UserId::generate().into_string(),
@@ -148,54 +185,8 @@ impl Db {
         .bind(&user.name)
         .bind(user.is_admin)
         .bind(user.created_at)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        tx.commit().await?;
         Ok(user)
-    }
-
-    /// Signup in one transaction: the user (the first one becomes platform admin), their
-    /// personal team and the owner membership. A failure leaves none of the three.
-    pub async fn create_account(
-        &self,
-        email: &str,
-        password_hash: Option<&str>,
-        name: &str,
-        team_name: &str,
-    ) -> Result<(User, super::Team), DbError> {
-        let mut tx = self.begin_write().await?;
-        if self.backend() == super::Backend::Postgres {
-            sqlx::query("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")
-                .execute(&mut *tx)
-                .await?;
-        }
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
-            .fetch_one(&mut *tx)
-            .await?;
-        let now = now_ms();
-        let user = User {
-            id: crate::ids::UserId::generate().into_string(),
-            email: email.trim().to_lowercase(),
-            password_hash: password_hash.map(str::to_owned),
-            name: name.to_owned(),
-            is_admin: count == 0,
-            created_at: now,
-        };
-        sqlx::query(
-            "INSERT INTO users (id, email, password_hash, name, is_admin, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&user.id)
-        .bind(&user.email)
-        .bind(&user.password_hash)
-        .bind(&user.name)
-        .bind(user.is_admin)
-        .bind(user.created_at)
-        .execute(&mut *tx)
-        .await?;
-        let team =
-            super::teams::insert_team_owned_by(&mut tx, team_name, false, &user.id, now).await?;
-        tx.commit().await?;
-        Ok((user, team))
     }
 }
