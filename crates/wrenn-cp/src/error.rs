@@ -57,11 +57,13 @@ pub enum ErrorCode {
     NoHostsAvailable,
     /// 503: a dependency (database, host) is unreachable for now; retrying may help.
     Unavailable,
+    /// 504: the work did not finish in its time limit (e.g. a command's `timeout_sec`).
+    Timeout,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -78,6 +80,7 @@ impl ErrorCode {
         ErrorCode::HostUnavailable,
         ErrorCode::NoHostsAvailable,
         ErrorCode::Unavailable,
+        ErrorCode::Timeout,
     ];
 
     /// The wire form (`"not_found"` ...).
@@ -99,6 +102,7 @@ impl ErrorCode {
             ErrorCode::HostUnavailable => "host_unavailable",
             ErrorCode::NoHostsAvailable => "no_hosts_available",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
         }
     }
 
@@ -119,6 +123,7 @@ impl ErrorCode {
             ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::AgentError | ErrorCode::HostUnavailable => StatusCode::BAD_GATEWAY,
             ErrorCode::NoHostsAvailable | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 }

@@ -10,17 +10,24 @@
 //! Sandbox I/O routes (exec, processes, PTY, files) live in sibling modules and reach a
 //! sandbox's agent through [`running`].
 
+pub mod exec;
+pub mod files;
+pub mod guest;
+pub mod process;
+pub mod pty;
 mod reconcile;
+pub mod ws;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 use wrenn_proto::hostagent::v1 as pb;
 
@@ -81,6 +88,17 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(get, destroy))
         .routes(routes!(keepalive))
         .routes(routes!(list_templates))
+        .routes(routes!(exec::exec))
+        .routes(routes!(exec::exec_stream))
+        .routes(routes!(process::start, process::list))
+        .routes(routes!(process::signal))
+        .routes(routes!(process::attach))
+        .routes(routes!(pty::pty))
+        // The one route without a body limit: uploads stream straight to the agent.
+        .routes(routes!(files::upload).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(files::download, files::remove))
+        .routes(routes!(files::list))
+        .routes(routes!(files::mkdir))
 }
 
 /// A sandbox as the API shows it (never its envd token).
