@@ -25,7 +25,7 @@ use crate::report::Row;
 const HOST_ID: &str = "bench-host";
 const PORT: u16 = 50061;
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let p = std::env::current_exe()?.with_file_name(name);
     if !p.exists() {
         bail!(
@@ -43,11 +43,11 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Cleans up on drop: agent, VMs under the files root, namespaces.
-struct Env {
-    host_ns: String,
-    prefix: String,
-    root: tempfile::TempDir,
-    agent: Option<Child>,
+pub(crate) struct Env {
+    pub host_ns: String,
+    pub prefix: String,
+    pub root: tempfile::TempDir,
+    pub agent: Option<Child>,
 }
 
 impl Drop for Env {
@@ -117,12 +117,27 @@ fn rand_tag() -> String {
 /// Runs the scenarios on a dedicated thread inside the host stand-in namespace.
 pub fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
     let pairs = if args.quick { 5 } else { 15 };
+    in_host_ns(args, false, move |env, images, wrenn| {
+        measure(env, images, wrenn, pairs)
+    })
+}
+
+/// Runs `f` on a dedicated thread inside a fresh network namespace standing in for the host
+/// (everything `f` connects to or spawns lives there), with the base template built under
+/// the shared image root. `f` gets the [`Env`] whose drop removes what it made; Ctrl-C drops
+/// `f`'s future, so the cleanup runs then too.
+pub(crate) fn in_host_ns<T, F, Fut>(args: &Args, multi_thread: bool, f: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Env, PathBuf, PathBuf) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
     let envd = match &args.envd {
         Some(p) => p.clone(),
         None => sibling("envd")?,
     };
     let wrenn = sibling("wrenn")?;
-    std::thread::spawn(move || -> anyhow::Result<Vec<Row>> {
+    std::thread::spawn(move || -> anyhow::Result<T> {
         let images = image_root(&wrenn, &envd)?;
         let tag = rand_tag();
         let env = Env {
@@ -133,19 +148,27 @@ pub fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
         };
         ip(&["netns", "add", &env.host_ns])?;
         ip(&["-n", &env.host_ns, "link", "set", "lo", "up"])?;
-        let f = std::fs::File::open(format!("/run/netns/{}", env.host_ns))?;
-        // SAFETY: setns for this thread only, on a valid namespace fd.
+        let f_ns = std::fs::File::open(format!("/run/netns/{}", env.host_ns))?;
+        // SAFETY: setns for this thread only, on a valid namespace fd. Threads it starts
+        // afterwards (runtime workers) inherit the namespace.
         anyhow::ensure!(
-            unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } == 0,
+            unsafe { libc::setns(f_ns.as_raw_fd(), libc::CLONE_NEWNET) } == 0,
             "setns"
         );
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(measure(env, images, wrenn, pairs))
+        let rt = if multi_thread {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+        };
+        rt.block_on(crate::interrupt::guarded(f(env, images, wrenn)))
     })
     .join()
-    .map_err(|_| anyhow::anyhow!("agent benchmark thread panicked"))?
+    .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))?
 }
 
 async fn measure(

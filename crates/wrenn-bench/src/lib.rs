@@ -4,7 +4,10 @@
 //! tests: this command is where performance is read.
 
 pub mod agent;
+pub mod cp;
 pub mod envd;
+pub mod interrupt;
+pub mod relay;
 pub mod report;
 pub mod stats;
 
@@ -27,13 +30,37 @@ pub struct Args {
     /// The envd binary (default: `envd` next to this executable).
     #[arg(long)]
     pub envd: Option<PathBuf>,
+    /// Run only these scenario groups (repeatable): envd, agent, cp, relay. Default: all.
+    #[arg(long, value_parser = ["envd", "agent", "cp", "relay"])]
+    pub only: Vec<String>,
+}
+
+impl Args {
+    fn wants(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    interrupt::install();
+    let args = std::sync::Arc::new(args);
     let mut rows = Vec::new();
-    rows.extend(envd::run(&args).await?);
-    if !args.skip_vm {
-        rows.extend(agent::run(&args)?);
+    if args.wants("envd") {
+        rows.extend(interrupt::guarded(envd::run(&args)).await?);
+    }
+    if args.wants("cp") {
+        rows.extend(interrupt::guarded(cp::run(&args)).await?);
+    }
+    // The VM scenarios run on threads of their own (inside a network namespace).
+    let vm = |f: fn(&Args) -> anyhow::Result<Vec<report::Row>>| {
+        let args = args.clone();
+        async move { tokio::task::spawn_blocking(move || f(&args)).await? }
+    };
+    if !args.skip_vm && args.wants("agent") {
+        rows.extend(vm(agent::run).await?);
+    }
+    if !args.skip_vm && args.wants("relay") {
+        rows.extend(vm(relay::run).await?);
     }
     for name in report::NOT_YET {
         rows.push(report::Row::not_available(name));

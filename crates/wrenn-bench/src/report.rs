@@ -6,12 +6,10 @@ use crate::stats::{RatioSpread, Summary, diff_spread, ratio_spread, summarize};
 
 /// Scenarios whose feature does not exist yet; the issues that bring them add their rows.
 pub const NOT_YET: &[&str] = &[
-    "cold create → envd ready via the control-plane API",
     "exec relay via API / E2B proxy",
     "pause / resume / template spawn",
     "10 concurrent creates",
     "memory per idle template clone",
-    "control plane get/list req/s",
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,6 +41,29 @@ impl Row {
             baseline: Some(summarize(base)),
             ratio: Some(ratio_spread(ours, base)),
             diff: Some(diff_spread(ours, base)),
+        }
+    }
+
+    /// Summaries over all samples (e.g. every request's latency) beside a spread from
+    /// paired per-round values (e.g. each round's median), when the samples themselves do
+    /// not pair up one to one.
+    pub fn spread(
+        scenario: &str,
+        unit: &str,
+        baseline_name: &str,
+        ours: Summary,
+        base: Summary,
+        ours_rounds: &[f64],
+        base_rounds: &[f64],
+    ) -> Row {
+        Row {
+            scenario: scenario.into(),
+            unit: unit.into(),
+            ours: Some(ours),
+            baseline_name: baseline_name.into(),
+            baseline: Some(base),
+            ratio: Some(ratio_spread(ours_rounds, base_rounds)),
+            diff: Some(diff_spread(ours_rounds, base_rounds)),
         }
     }
 
