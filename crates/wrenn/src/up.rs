@@ -116,7 +116,15 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     };
     let log_path = args.data_dir.join("agent.log");
     let mut agent = spawn_agent(&args, &url, token.as_deref(), &log_path)?;
-    let host_id = wait_online(&db, &creds_path, &mut agent, &log_path, token.is_some()).await?;
+    let host_id = wait_online(
+        &db,
+        &creds_path,
+        &mut agent,
+        &log_path,
+        token.is_some(),
+        args.agent_listen,
+    )
+    .await?;
 
     println!();
     println!("Wrenn is up.");
@@ -189,13 +197,15 @@ fn spawn_agent(
     Ok(AgentProcess(cmd.spawn().context("start the agent")?))
 }
 
-/// Waits until the agent's host is online in the database.
+/// Waits until the agent's host is online in the database and this agent process answers on
+/// its address (the row stays `online` from an earlier run, so it alone proves nothing).
 async fn wait_online(
     db: &wrenn_cp::db::Db,
     creds_path: &Path,
     agent: &mut AgentProcess,
     log_path: &Path,
     registering: bool,
+    agent_addr: SocketAddr,
 ) -> anyhow::Result<String> {
     let started = Instant::now();
     // A re-registration rewrites the file: wait for the new one.
@@ -212,9 +222,10 @@ async fn wait_online(
                 .ok()
                 .is_some_and(|m| Some(m) != before);
         if fresh && let Some(c) = registration::load(creds_path)? {
-            match db.host_by_id(&c.host_id).await {
-                Ok(h) if h.status == HostStatus::Online => return Ok(c.host_id),
-                _ => {}
+            let online =
+                matches!(db.host_by_id(&c.host_id).await, Ok(h) if h.status == HostStatus::Online);
+            if online && tokio::net::TcpStream::connect(agent_addr).await.is_ok() {
+                return Ok(c.host_id);
             }
         }
         if started.elapsed() > AGENT_ONLINE_TIMEOUT {

@@ -21,6 +21,10 @@ use crate::error::{ApiError, ErrorCode};
 /// Lifetime of the token of one call; streams (exec, PTY, files) are authenticated when
 /// they open, so a short life does not cut them off.
 pub const TOKEN_TTL: Duration = Duration::from_secs(120);
+/// How long a host row read for a call may be reused. Revocation on this server forgets it at
+/// once; another control-plane replica may sign with the old generation for this long.
+pub const HOST_CACHE_TTL: Duration = Duration::from_secs(2);
+
 /// Deadline of a unary call unless the caller gives its own.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -98,6 +102,7 @@ pub struct AgentPool {
     signer: Arc<CpSigner>,
     http: HttpClient,
     clients: Mutex<HashMap<String, (String, RpcClient)>>,
+    hosts: Mutex<HashMap<String, (std::time::Instant, Host)>>,
 }
 
 impl std::fmt::Debug for AgentPool {
@@ -112,7 +117,37 @@ impl AgentPool {
             signer,
             http: HttpClient::plaintext(),
             clients: Mutex::new(HashMap::new()),
+            hosts: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A host row read less than [`HOST_CACHE_TTL`] ago.
+    pub fn cached_host(&self, host_id: &str) -> Option<Host> {
+        let hosts = self
+            .hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        hosts
+            .get(host_id)
+            .filter(|(at, _)| at.elapsed() < HOST_CACHE_TTL)
+            .map(|(_, h)| h.clone())
+    }
+
+    pub fn remember_host(&self, host: Host) {
+        let mut hosts = self
+            .hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Bounded by the number of hosts; stale entries are replaced on the next read.
+        hosts.insert(host.id.clone(), (std::time::Instant::now(), host));
+    }
+
+    /// Drops a host's cached row (its credentials or address changed).
+    pub fn forget_host(&self, host_id: &str) {
+        self.hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(host_id);
     }
 
     /// The public half of the signing key (handed to agents at registration).
@@ -235,6 +270,28 @@ mod tests {
         );
         assert!(base_uri("").is_none());
         assert!(base_uri("http://").is_none());
+    }
+
+    #[test]
+    fn host_rows_are_cached_briefly_and_forgotten_on_demand() {
+        let pool = AgentPool::new(Arc::new(CpSigner::generate().unwrap()));
+        assert!(pool.cached_host("host-a").is_none());
+        let host = Host {
+            id: "host-a".into(),
+            team_id: None,
+            name: "h".into(),
+            address: "127.0.0.1:1".into(),
+            status: crate::db::HostStatus::Online,
+            last_heartbeat_at: None,
+            specs: serde_json::json!({}),
+            created_by: None,
+            created_at: 0,
+            credential_gen: 1,
+        };
+        pool.remember_host(host);
+        assert_eq!(pool.cached_host("host-a").unwrap().credential_gen, 1);
+        pool.forget_host("host-a");
+        assert!(pool.cached_host("host-a").is_none());
     }
 
     #[test]

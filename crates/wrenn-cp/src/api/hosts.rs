@@ -298,6 +298,7 @@ pub async fn register(
         .issue_refresh_token(&host.id, &refresh.hash, refresh_expires_at)
         .await
         .map_err(db_err)?;
+    st.agents.forget_host(&host.id);
     tracing::info!(host_id = %host.id, address = %host.address, "host registered");
     let creds = credentials(&st, host, refresh, refresh_expires_at)?;
     Ok((StatusCode::CREATED, ApiJson(creds)))
@@ -462,6 +463,7 @@ pub async fn revoke(
         .revoke_host_credentials(id.as_str())
         .await
         .map_err(db_err_for("host"))?;
+    st.agents.forget_host(&host.id);
     tracing::info!(host_id = %host.id, credential_gen = host.credential_gen, "host credentials revoked");
     Ok(ApiJson(host))
 }

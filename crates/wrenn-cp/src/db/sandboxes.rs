@@ -192,6 +192,17 @@ impl Db {
             .ok_or(DbError::NotFound)
     }
 
+    /// The row alone, without its metadata: for the hot path of the sandbox I/O routes,
+    /// which only need the status and the host.
+    pub async fn get_sandbox_row(&self, team_id: &str, id: &str) -> Result<Sandbox, DbError> {
+        let sql = format!("SELECT {COLS} FROM sandboxes WHERE id = $1 AND team_id = $2");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(team_id)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// Unscoped read, for background workers (reaper, host monitor), never for API requests.
     pub async fn get_sandbox_any_team(&self, id: &str) -> Result<Sandbox, DbError> {
         let sql = format!("SELECT {COLS} FROM sandboxes WHERE id = $1");

@@ -591,10 +591,18 @@ async fn destroy_on_agent(agent: &Agent, id: &str) -> Result<(), AgentError> {
     }
 }
 
-/// The agent of a sandbox's host; `None` when the host row is gone.
+/// The agent of a sandbox's host; `None` when the host row is gone. Host rows are cached
+/// for a moment (see [`crate::agents::HOST_CACHE_TTL`]): the I/O routes read one per call.
 async fn host_agent(st: &AppState, host_id: &str) -> Result<Option<Agent>, ApiError> {
+    if let Some(h) = st.agents.cached_host(host_id) {
+        return Ok(Some(st.agents.agent(&h)?));
+    }
     match st.db.host_by_id(host_id).await {
-        Ok(h) => Ok(Some(st.agents.agent(&h)?)),
+        Ok(h) => {
+            let agent = st.agents.agent(&h)?;
+            st.agents.remember_host(h);
+            Ok(Some(agent))
+        }
         Err(DbError::NotFound) => Ok(None),
         Err(e) => Err(db_err(e)),
     }
@@ -608,9 +616,10 @@ pub(crate) async fn running(
     team_id: &str,
     id: &SandboxId,
 ) -> Result<(Sandbox, Agent), ApiError> {
+    // Metadata is not needed here: one read less on every exec, file and process call.
     let sb = st
         .db
-        .get_sandbox(team_id, id.as_str())
+        .get_sandbox_row(team_id, id.as_str())
         .await
         .map_err(db_err_for("sandbox"))?;
     if sb.status != SandboxStatus::Running {
