@@ -8,7 +8,6 @@ use crate::stats::{RatioSpread, Summary, diff_spread, ratio_spread, summarize};
 pub const NOT_YET: &[&str] = &[
     "exec relay via API / E2B proxy",
     "pause / resume / template spawn",
-    "10 concurrent creates",
     "memory per idle template clone",
 ];
 
