@@ -123,6 +123,28 @@ pub fn parse_base(url: &str) -> anyhow::Result<Url> {
     Ok(u)
 }
 
+/// One message of a command WebSocket (exec stream, PTY) as its JSON frame: `Ok(None)` for
+/// what is not part of the protocol (pings are answered by tungstenite), an error when the
+/// socket ended before the session did. `session` and `stream` name it in messages
+/// ("command" / "exec stream", "terminal" / "pty stream").
+pub fn ws_frame(
+    msg: Option<Result<tungstenite::Message, tungstenite::Error>>,
+    session: &str,
+    stream: &str,
+) -> anyhow::Result<Option<Value>> {
+    let text = match msg {
+        None | Some(Ok(tungstenite::Message::Close(_))) => {
+            bail!("the connection closed before the {session} exited")
+        }
+        Some(Err(e)) => bail!("{stream}: {e}"),
+        Some(Ok(tungstenite::Message::Text(t))) => t,
+        Some(Ok(_)) => return Ok(None),
+    };
+    serde_json::from_str(text.as_str())
+        .map(Some)
+        .with_context(|| format!("bad frame from the server: {text}"))
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -14,7 +14,7 @@ use tokio::io::{AsyncWriteExt, stderr, stdout};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{Client, Need};
+use crate::client::{Client, Need, ws_frame};
 use crate::keys::seg;
 use crate::{Global, exit_code, parse_kv};
 
@@ -72,17 +72,9 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<i32> {
     loop {
         tokio::select! {
             msg = ws.next() => {
-                let text = match msg {
-                    None | Some(Ok(Message::Close(_))) => {
-                        bail!("the connection closed before the command exited")
-                    }
-                    Some(Err(e)) => bail!("exec stream: {e}"),
-                    Some(Ok(Message::Text(t))) => t,
-                    // Pings are answered by tungstenite; nothing else is part of the protocol.
-                    Some(Ok(_)) => continue,
+                let Some(frame) = ws_frame(msg, "command", "exec stream")? else {
+                    continue;
                 };
-                let frame: Value = serde_json::from_str(text.as_str())
-                    .with_context(|| format!("bad frame from the server: {text}"))?;
                 match frame["type"].as_str() {
                     Some("stdout") => write_data(&mut out, &frame).await?,
                     Some("stderr") => write_data(&mut err, &frame).await?,

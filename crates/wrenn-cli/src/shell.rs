@@ -20,7 +20,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{Client, Need};
+use crate::client::{Client, Need, ws_frame};
 use crate::keys::seg;
 use crate::term::{self, TermGuard};
 use crate::{Global, exit_code, parse_kv};
@@ -136,16 +136,9 @@ pub async fn run(args: ShellArgs) -> anyhow::Result<i32> {
     loop {
         tokio::select! {
             msg = ws.next() => {
-                let text = match msg {
-                    None | Some(Ok(Message::Close(_))) => {
-                        bail!("the connection closed before the terminal exited")
-                    }
-                    Some(Err(e)) => bail!("pty stream: {e}"),
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(_)) => continue,
+                let Some(frame) = ws_frame(msg, "terminal", "pty stream")? else {
+                    continue;
                 };
-                let frame: Value = serde_json::from_str(text.as_str())
-                    .with_context(|| format!("bad frame from the server: {text}"))?;
                 match frame["type"].as_str() {
                     Some("started") => started = true,
                     Some("output") => {
