@@ -180,12 +180,7 @@ impl Db {
     /// The sandbox if it belongs to `team_id`; another team's sandbox is
     /// [`DbError::NotFound`], exactly like a missing one.
     pub async fn get_sandbox(&self, team_id: &str, id: &str) -> Result<Sandbox, DbError> {
-        let sql = format!("SELECT {COLS} FROM sandboxes WHERE id = $1 AND team_id = $2");
-        let sb: Sandbox = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .bind(team_id)
-            .fetch_one(&self.pool)
-            .await?;
+        let sb = self.get_sandbox_row(team_id, id).await?;
         self.with_metadata(vec![sb])
             .await?
             .pop()
