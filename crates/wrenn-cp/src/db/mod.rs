@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod debounce;
 mod error;
 mod hosts;
+pub mod hot;
 pub mod ids;
 pub mod page;
 mod pool;

@@ -56,6 +56,8 @@ pub struct Db {
     backend: Backend,
     pub(super) cipher: Arc<EnvdTokenCipher>,
     pub(super) activity: Arc<Debouncer>,
+    /// Running sandboxes' rows for the I/O routes (see [`super::hot`]).
+    pub(super) hot: Arc<super::hot::HotRows>,
     /// Serialises this process's SQLite write transactions (see [`Db::begin_write`]).
     sqlite_writer: Arc<Mutex<()>>,
     /// What [`Db::reopen`] needs.
@@ -159,6 +161,7 @@ impl Db {
             backend,
             cipher,
             activity: Arc::new(Debouncer::new(super::debounce::ACTIVITY_INTERVAL)),
+            hot: Arc::default(),
             sqlite_writer: Arc::new(Mutex::new(())),
             url,
             envd_key: Arc::new(envd_key),

@@ -198,6 +198,25 @@ impl Db {
             .await?)
     }
 
+    /// Like [`Db::get_sandbox_row`] for a sandbox expected to be running, served from a
+    /// cache of at most [`super::hot::HOT_ROW_TTL`] (see [`super::hot`] for when it may be
+    /// stale). Only `running` rows are cached.
+    pub async fn get_running_sandbox_row(
+        &self,
+        team_id: &str,
+        id: &str,
+    ) -> Result<Sandbox, DbError> {
+        let now = std::time::Instant::now();
+        if let Some(sb) = self.hot.get(team_id, id, now) {
+            return Ok(sb);
+        }
+        let sb = self.get_sandbox_row(team_id, id).await?;
+        if sb.status == SandboxStatus::Running {
+            self.hot.put(sb.clone(), now);
+        }
+        Ok(sb)
+    }
+
     /// Unscoped read, for background workers (reaper, host monitor), never for API requests.
     pub async fn get_sandbox_any_team(&self, id: &str) -> Result<Sandbox, DbError> {
         let sql = format!("SELECT {COLS} FROM sandboxes WHERE id = $1");
@@ -322,6 +341,7 @@ impl Db {
         to: SandboxStatus,
         error: Option<&str>,
     ) -> Result<Sandbox, DbError> {
+        self.hot.forget(id);
         let from = to.allowed_from();
         let now = now_ms();
         let mut tx = self.begin_write().await?;
@@ -360,6 +380,8 @@ impl Db {
             };
         };
         tx.commit().await?;
+        // Again after the commit: a read racing the UPDATE may have cached the old row.
+        self.hot.forget(id);
         tracing::debug!(sandbox = %id, status = %to, "sandbox transition");
         self.with_metadata(vec![sb])
             .await?
@@ -395,6 +417,7 @@ impl Db {
         }
         let ids: Vec<String> = q.fetch_all(&mut *tx).await?;
         tx.commit().await?;
+        self.hot.clear();
         Ok(ids)
     }
 
@@ -417,6 +440,7 @@ impl Db {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        self.hot.forget(id);
         if r.rows_affected() == 0 {
             return Err(DbError::NotFound);
         }
@@ -440,6 +464,7 @@ impl Db {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        self.hot.forget(id);
         if r.rows_affected() == 0 {
             return Err(DbError::NotFound);
         }

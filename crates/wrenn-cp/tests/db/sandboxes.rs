@@ -104,6 +104,40 @@ db_test! {
 }
 
 db_test! {
+    async fn running_rows_are_reused_until_this_process_changes_them(db) {
+        let t = team(&db, "t@example.com").await;
+        let other = team(&db, "o@example.com").await;
+        let sb = running_sandbox(&db, &t.id).await;
+        let hot = db.get_running_sandbox_row(&t.id, &sb.id).await.unwrap();
+        assert_eq!(hot.status, Running);
+        assert!(matches!(
+            db.get_running_sandbox_row(&other.id, &sb.id).await,
+            Err(DbError::NotFound)
+        ), "another team never gets the cached row");
+        // A status change made here is seen at once, not after the cache's second.
+        db.transition_sandbox(&sb.id, Paused, None).await.unwrap();
+        assert_eq!(db.get_running_sandbox_row(&t.id, &sb.id).await.unwrap().status, Paused);
+        db.transition_sandbox(&sb.id, Running, None).await.unwrap();
+        assert_eq!(db.get_running_sandbox_row(&t.id, &sb.id).await.unwrap().status, Running);
+        db.transition_sandbox(&sb.id, Stopped, None).await.unwrap();
+        assert_eq!(db.get_running_sandbox_row(&t.id, &sb.id).await.unwrap().status, Stopped);
+        // Host-wide transitions too.
+        let host = db.create_host(NewHost { team_id: None, name: "h", address: "", specs: serde_json::json!({}), created_by: None }).await.unwrap();
+        let sb2 = running_sandbox(&db, &t.id).await;
+        assert_eq!(db.get_running_sandbox_row(&t.id, &sb2.id).await.unwrap().host_id, None);
+        db.update_sandbox(&sb2.id, SandboxPatch { host_id: Some(&host.id), ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(
+            db.get_running_sandbox_row(&t.id, &sb2.id).await.unwrap().host_id.as_deref(),
+            Some(host.id.as_str())
+        );
+        db.transition_host_sandboxes(&host.id, Missing).await.unwrap();
+        assert_eq!(db.get_running_sandbox_row(&t.id, &sb2.id).await.unwrap().status, Missing);
+    }
+}
+
+db_test! {
     async fn concurrent_conflicting_transitions_have_one_winner(db) {
         let t = team(&db, "t@example.com").await;
         // Per sandbox: 20 tasks race to stopped against to paused.

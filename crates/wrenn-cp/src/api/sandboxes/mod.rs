@@ -616,10 +616,11 @@ pub(crate) async fn running(
     team_id: &str,
     id: &SandboxId,
 ) -> Result<(Sandbox, Agent), ApiError> {
-    // Metadata is not needed here: one read less on every exec, file and process call.
+    // Metadata is not needed here, and a running row is reused for a second (`db::hot`):
+    // no read on most exec, file and process calls.
     let sb = st
         .db
-        .get_sandbox_row(team_id, id.as_str())
+        .get_running_sandbox_row(team_id, id.as_str())
         .await
         .map_err(db_err_for("sandbox"))?;
     if sb.status != SandboxStatus::Running {
