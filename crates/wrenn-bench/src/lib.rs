@@ -3,12 +3,12 @@
 //! medians, p95 and the spread of the per-pair ratio. Timing thresholds never live in
 //! tests: this command is where performance is read.
 
-pub mod agent;
 pub mod cp;
 pub mod envd;
+pub mod host;
 pub mod interrupt;
-pub mod relay;
 pub mod report;
+pub mod stack;
 pub mod stats;
 
 use std::path::PathBuf;
@@ -30,8 +30,9 @@ pub struct Args {
     /// The envd binary (default: `envd` next to this executable).
     #[arg(long)]
     pub envd: Option<PathBuf>,
-    /// Run only these scenario groups (repeatable): envd, agent, cp, relay. Default: all.
-    #[arg(long, value_parser = ["envd", "agent", "cp", "relay"])]
+    /// Run only these scenario groups (repeatable): envd (envd alone), cp (control plane
+    /// with 10,000 rows), stack (control plane + agent + VMs). Default: all.
+    #[arg(long, value_parser = ["envd", "cp", "stack"])]
     pub only: Vec<String>,
 }
 
@@ -51,16 +52,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.wants("cp") {
         rows.extend(interrupt::guarded(cp::run(&args)).await?);
     }
-    // The VM scenarios run on threads of their own (inside a network namespace).
-    let vm = |f: fn(&Args) -> anyhow::Result<Vec<report::Row>>| {
+    if !args.skip_vm && args.wants("stack") {
+        // The VM scenarios run on a thread of their own (inside a network namespace).
         let args = args.clone();
-        async move { tokio::task::spawn_blocking(move || f(&args)).await? }
-    };
-    if !args.skip_vm && args.wants("agent") {
-        rows.extend(vm(agent::run).await?);
-    }
-    if !args.skip_vm && args.wants("relay") {
-        rows.extend(vm(relay::run).await?);
+        rows.extend(tokio::task::spawn_blocking(move || stack::run(&args)).await??);
     }
     for name in report::NOT_YET {
         rows.push(report::Row::not_available(name));

@@ -1,9 +1,8 @@
-//! Host-agent scenarios: cold create → envd ready through the agent's RPC, beside the raw
-//! floor (the same QEMU argv with its netns, TAP and overlay made beforehand, timed from exec
-//! to the first 2xx from envd's `/health`), and the host memory of an idle sandbox.
-//!
-//! Everything runs inside a network namespace this benchmark creates to stand in for the
-//! host, on its own thread (namespaces are per thread), and is removed at the end.
+//! The host stand-in the VM scenarios run in: a network namespace this benchmark creates
+//! (on its own thread, since namespaces are per thread), the base template, and the raw
+//! floor a cold create is read against — the same QEMU argv with its netns, TAP and overlay
+//! made beforehand, timed from exec to the first 2xx from envd's `/health`. Everything is
+//! removed at the end, also on Ctrl-C.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -11,19 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use connectrpc::client::{ClientConfig, HttpClient};
-use wrenn_agent::auth::CpSigner;
 use wrenn_agent::network::{Network, NetworkConfig};
 use wrenn_agent::vmm::qemu::qemu_args;
 use wrenn_agent::vmm::{Accel, QemuVmm, VmSpec};
-use wrenn_proto::hostagent::v1 as pb;
-use wrenn_proto::hostagent::v1::HostAgentServiceClient;
 
 use crate::Args;
-use crate::report::Row;
-
-const HOST_ID: &str = "bench-host";
-const PORT: u16 = 50061;
 
 pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let p = std::env::current_exe()?.with_file_name(name);
@@ -114,14 +105,6 @@ fn rand_tag() -> String {
     format!("{:02x}{:02x}", b[0], b[1])
 }
 
-/// Runs the scenarios on a dedicated thread inside the host stand-in namespace.
-pub fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
-    let pairs = if args.quick { 5 } else { 15 };
-    in_host_ns(args, false, move |env, images, wrenn| {
-        measure(env, images, wrenn, pairs)
-    })
-}
-
 /// Runs `f` on a dedicated thread inside a fresh network namespace standing in for the host
 /// (everything `f` connects to or spawns lives there), with the base template built under
 /// the shared image root. `f` gets the [`Env`] whose drop removes what it made; Ctrl-C drops
@@ -171,111 +154,56 @@ where
     .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))?
 }
 
-async fn measure(
-    mut env: Env,
-    images: PathBuf,
-    wrenn: PathBuf,
-    pairs: usize,
-) -> anyhow::Result<Vec<Row>> {
-    for d in ["kernels", "images"] {
-        std::os::unix::fs::symlink(images.join(d), env.root.path().join(d))?;
-    }
-    let signer = CpSigner::generate()?;
-    let pem = env.root.path().join("cp.pub.pem");
-    std::fs::write(&pem, signer.public_key_pem())?;
-    env.agent = Some(
-        Command::new(&wrenn)
-            .arg("agent")
-            .arg("--root")
-            .arg(env.root.path())
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{PORT}"),
-                "--host-id",
-                HOST_ID,
-            ])
-            .arg("--cp-public-key")
-            .arg(&pem)
-            .args([
-                "--net-prefix",
-                &env.prefix,
-                "--accel",
-                "tcg",
-                "--max-sandboxes",
-                "32",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("spawn wrenn agent")?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", PORT)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "agent did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let client = || {
-        let cfg = ClientConfig::new(format!("http://127.0.0.1:{PORT}").parse().expect("uri"))
-            .with_default_header(
-                "authorization",
-                format!("Bearer {}", signer.sign(HOST_ID, Duration::from_secs(300))),
-            );
-        HostAgentServiceClient::new(HttpClient::plaintext(), cfg)
-    };
-    // The floor's network uses its own prefix and slots far from the agent's.
-    let floor_net = Network::new(NetworkConfig {
-        prefix: format!("{}r", env.prefix),
-        max_slots: 64,
-    });
-    let manifest =
-        match wrenn_image::Manifest::load(&wrenn_image::Layout::new(&images).manifest("base")) {
-            wrenn_image::manifest::Loaded::Present(m) => m,
-            _ => bail!("no base template under {}", images.display()),
-        };
-    let kernel = images.join(&manifest.kernel.vmlinuz);
-    let initrd = images.join(&manifest.kernel.initrd);
-    let base = images.join(&manifest.rootfs.path);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
+/// The raw floor of a cold create: QEMU with the agent's own argv for a 256 MiB, 1 vCPU
+/// sandbox of the base template, its netns/veth/TAP and qcow2 overlay made before the clock
+/// starts; timed from exec until envd's `/health` first answers 2xx.
+pub(crate) struct Floor {
+    net: Network,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    base: PathBuf,
+    work: PathBuf,
+    http: reqwest::Client,
+}
 
-    let (mut ours, mut floor) = (Vec::new(), Vec::new());
-    for i in 0..pairs {
-        // Ours: CreateSandbox → returns once envd answered and /init is done.
-        let id = format!("bench{i:015}");
-        let t = Instant::now();
-        client()
-            .create_sandbox(pb::CreateSandboxRequest {
-                sandbox_id: id.clone(),
-                template: "base".into(),
-                vcpus: 1,
-                memory_mb: 256,
-                ..Default::default()
-            })
-            .await
-            .context("create sandbox")?;
-        ours.push(t.elapsed().as_secs_f64() * 1e3);
-        client()
-            .destroy_sandbox(pb::DestroySandboxRequest {
-                sandbox_id: id,
-                ..Default::default()
-            })
-            .await?;
+impl Floor {
+    /// `prefix` must differ from the agent's network prefix; `work` is where overlays and run
+    /// dirs go (removed after each boot).
+    pub fn new(images: &Path, prefix: String, work: PathBuf) -> anyhow::Result<Floor> {
+        let manifest =
+            match wrenn_image::Manifest::load(&wrenn_image::Layout::new(images).manifest("base")) {
+                wrenn_image::manifest::Loaded::Present(m) => m,
+                _ => bail!("no base template under {}", images.display()),
+            };
+        Ok(Floor {
+            net: Network::new(NetworkConfig {
+                prefix,
+                max_slots: 64,
+            }),
+            kernel: images.join(&manifest.kernel.vmlinuz),
+            initrd: images.join(&manifest.kernel.initrd),
+            base: images.join(&manifest.rootfs.path),
+            work,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()?,
+        })
+    }
 
-        // Floor: netns, TAP and overlay made beforehand; timed from exec to /health 2xx.
+    /// One raw boot (the `i`th); milliseconds from exec to `/health` 2xx.
+    pub async fn boot(&self, i: usize) -> anyhow::Result<f64> {
         let slot = 40 + (i as u32 % 20);
-        let net = floor_net.setup(slot, false).await?;
-        let dir = env.root.path().join(format!("floor{i}"));
+        let net = self.net.setup(slot, false).await?;
+        let dir = self.work.join(format!("floor{i}"));
         std::fs::create_dir_all(&dir)?;
         let overlay = dir.join("rootfs.qcow2");
-        wrenn_agent::storage::create_overlay(&base, &overlay, None).await?;
+        wrenn_agent::storage::create_overlay(&self.base, &overlay, None).await?;
         let spec = VmSpec {
             sandbox_id: format!("floor{i}"),
             vcpus: 1,
             memory_mb: 256,
-            kernel: kernel.clone(),
-            initrd: initrd.clone(),
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
             kernel_args: net.kernel_param(),
             root_disk: overlay,
             netns: Some(net.netns.clone()),
@@ -285,9 +213,8 @@ async fn measure(
             accel: Accel::Tcg,
         };
         std::fs::create_dir_all(&spec.run_dir)?;
-        let argv = qemu_args(&spec);
         let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
-        cmd.args(&argv)
+        cmd.args(qemu_args(&spec))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -297,7 +224,7 @@ async fn measure(
         let st = cmd.status().await?;
         anyhow::ensure!(st.success(), "raw qemu failed to start");
         loop {
-            if let Ok(r) = http.get(&url).send().await
+            if let Ok(r) = self.http.get(&url).send().await
                 && r.status().is_success()
             {
                 break;
@@ -308,46 +235,16 @@ async fn measure(
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        floor.push(t.elapsed().as_secs_f64() * 1e3);
+        let took = t.elapsed().as_secs_f64() * 1e3;
         QemuVmm::new().kill_run_dir(&spec.run_dir).await?;
-        floor_net.teardown(slot).await?;
+        self.net.teardown(slot).await?;
         std::fs::remove_dir_all(&dir)?;
+        Ok(took)
     }
-    let mut rows = vec![Row::paired(
-        "agent create → envd ready (TCG)",
-        "ms",
-        "same qemu argv, netns/TAP/overlay premade",
-        &ours,
-        &floor,
-    )];
-
-    // Host memory of one idle 256 MiB sandbox.
-    let id = "benchidle00000000000".to_string();
-    client()
-        .create_sandbox(pb::CreateSandboxRequest {
-            sandbox_id: id.clone(),
-            template: "base".into(),
-            vcpus: 1,
-            memory_mb: 256,
-            ..Default::default()
-        })
-        .await?;
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let (rss, pss) = qemu_memory(env.root.path()).context("idle sandbox memory")?;
-    rows.push(Row::single("idle 256 MiB sandbox: QEMU RSS", "MiB", rss));
-    rows.push(Row::single("idle 256 MiB sandbox: QEMU PSS", "MiB", pss));
-    client()
-        .destroy_sandbox(pb::DestroySandboxRequest {
-            sandbox_id: id,
-            ..Default::default()
-        })
-        .await?;
-    drop(env);
-    Ok(rows)
 }
 
 /// RSS and PSS (MiB) of the one QEMU running under `root`.
-fn qemu_memory(root: &Path) -> anyhow::Result<(f64, f64)> {
+pub(crate) fn qemu_memory(root: &Path) -> anyhow::Result<(f64, f64)> {
     let root = root.to_string_lossy();
     for e in std::fs::read_dir("/proc")?.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
