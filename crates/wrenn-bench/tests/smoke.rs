@@ -72,7 +72,10 @@ async fn quick_run_without_vms_reports_every_row_beside_its_baseline() {
                 r["scenario"]
             );
         }
-        assert!(r["ratio"]["p50"].as_f64().is_some_and(f64::is_finite), "{r}");
+        assert!(
+            r["ratio"]["p50"].as_f64().is_some_and(f64::is_finite),
+            "{r}"
+        );
     }
     let unavailable: Vec<&str> = rows
         .iter()
