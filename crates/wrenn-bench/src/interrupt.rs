@@ -26,6 +26,11 @@ pub fn install() {
     });
 }
 
+/// Whether Ctrl-C was pressed.
+pub fn is_set() -> bool {
+    *flag().borrow()
+}
+
 /// Resolves once Ctrl-C was pressed. Works from any runtime.
 pub async fn interrupted() {
     let mut rx = flag().subscribe();

@@ -46,17 +46,37 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     interrupt::install();
     let args = std::sync::Arc::new(args);
     let mut rows = Vec::new();
+    // A failed group becomes a `failed` row; the other groups still run (and Ctrl-C stops
+    // everything, after cleaning up).
+    let mut take = |group: &str, r: anyhow::Result<Vec<report::Row>>| match r {
+        Ok(r) => rows.extend(r),
+        Err(e) => {
+            eprintln!("{group} scenarios failed: {e:#}");
+            rows.push(report::Row::failed(group, &e));
+        }
+    };
     if args.wants("envd") {
-        rows.extend(interrupt::guarded(envd::run(&args)).await?);
+        take("envd", interrupt::guarded(envd::run(&args)).await);
     }
+    let stop = || {
+        anyhow::ensure!(!interrupt::is_set(), "interrupted");
+        Ok(())
+    };
+    stop()?;
     if args.wants("cp") {
-        rows.extend(interrupt::guarded(cp::run(&args)).await?);
+        take("control plane", interrupt::guarded(cp::run(&args)).await);
     }
+    stop()?;
     if !args.skip_vm && args.wants("stack") {
         // The VM scenarios run on a thread of their own (inside a network namespace).
-        let args = args.clone();
-        rows.extend(tokio::task::spawn_blocking(move || stack::run(&args)).await??);
+        let a = args.clone();
+        let r = match tokio::task::spawn_blocking(move || stack::run(&a)).await {
+            Ok(r) => r,
+            Err(e) => Err(e.into()),
+        };
+        take("stack", r);
     }
+    stop()?;
     for name in report::NOT_YET {
         rows.push(report::Row::not_available(name));
     }
@@ -64,5 +84,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("{table}");
     std::fs::write(&args.json, serde_json::to_vec_pretty(&rows)?)?;
     eprintln!("results written to {}", args.json.display());
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.error.is_some())
+        .map(|r| r.scenario.as_str())
+        .collect();
+    anyhow::ensure!(failed.is_empty(), "scenarios failed: {}", failed.join(", "));
     Ok(())
 }

@@ -24,6 +24,9 @@ pub struct Row {
     pub ratio: Option<RatioSpread>,
     /// Spread of per-pair ours - baseline (same unit).
     pub diff: Option<RatioSpread>,
+    /// Why the scenario produced no numbers, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Row {
@@ -42,6 +45,7 @@ impl Row {
             baseline: Some(summarize(base)),
             ratio: Some(ratio_spread(ours, base)),
             diff: Some(diff_spread(ours, base)),
+            error: None,
         }
     }
 
@@ -65,6 +69,7 @@ impl Row {
             baseline: Some(base),
             ratio: Some(ratio_spread(ours_rounds, base_rounds)),
             diff: Some(diff_spread(ours_rounds, base_rounds)),
+            error: None,
         }
     }
 
@@ -78,6 +83,7 @@ impl Row {
             baseline: None,
             ratio: None,
             diff: None,
+            error: None,
         }
     }
 
@@ -90,6 +96,21 @@ impl Row {
             baseline: None,
             ratio: None,
             diff: None,
+            error: None,
+        }
+    }
+
+    /// A scenario that failed: no numbers, the error (first line) instead.
+    pub fn failed(scenario: &str, error: &anyhow::Error) -> Row {
+        Row {
+            error: Some(
+                format!("{error:#}")
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+            ..Row::not_available(scenario)
         }
     }
 }
@@ -132,10 +153,17 @@ pub fn markdown(rows: &[Row]) -> String {
                 r.unit,
                 num(o.p50)
             )),
-            _ => out.push_str(&format!(
-                "| {} | not available | | | | | | | |\n",
-                r.scenario
-            )),
+            _ => match &r.error {
+                Some(e) => out.push_str(&format!(
+                    "| {} | **failed**: {} | | | | | | | |\n",
+                    r.scenario,
+                    e.replace('|', "/")
+                )),
+                None => out.push_str(&format!(
+                    "| {} | not available | | | | | | | |\n",
+                    r.scenario
+                )),
+            },
         }
     }
     out

@@ -180,8 +180,15 @@ async fn with_cp(
         format!("{}r", env.prefix),
         env.root.path().join("floor"),
     )?;
-    let mut rows = cold_creates(cp, &agent, &floor, plan.creates).await?;
-    rows.extend(create_steps(&env.root.path().join("agent.log"))?);
+    let mut out = Outcome::default();
+    out.take(
+        "cold create",
+        cold_creates(cp, &agent, &floor, plan.creates).await,
+    );
+    out.take(
+        "cold create steps",
+        create_steps(&env.root.path().join("agent.log")),
+    );
 
     // One idle sandbox for memory, round trips and transfers.
     let sb = cp
@@ -195,9 +202,10 @@ async fn with_cp(
         .await?;
     let id = str_field(&sb, "/id")?;
     tokio::time::sleep(plan.idle).await;
-    let (rss, pss) = qemu_memory(env.root.path()).context("idle sandbox memory")?;
-    rows.push(Row::single("idle 256 MiB sandbox: QEMU RSS", "MiB", rss));
-    rows.push(Row::single("idle 256 MiB sandbox: QEMU PSS", "MiB", pss));
+    out.take(
+        "idle memory",
+        memory_rows(env.root.path(), "idle 256 MiB sandbox"),
+    );
 
     let host_ip = str_field(&sb, "/host_ip")?;
     let token = cp
@@ -212,9 +220,24 @@ async fn with_cp(
         envd: &envd,
         id: &id,
     };
-    rows.extend(on.process_list(plan.list_pairs).await?);
-    rows.extend(on.exec_true(plan.exec_pairs).await?);
-    rows.extend(on.transfers(plan.transfers).await?);
+    out.take("process list", on.process_list(plan.list_pairs).await);
+    out.take("exec `true`", on.exec_true(plan.exec_pairs).await);
+    // TCG's code cache grows with every exec at a new address (ASLR): what it came to.
+    out.take(
+        "memory after the round trips",
+        memory_rows(
+            env.root.path(),
+            &format!(
+                "256 MiB sandbox after {} `exec`s and {} process lists",
+                3 * (plan.exec_pairs + 20),
+                3 * (plan.list_pairs + 20)
+            ),
+        ),
+    );
+    out.take("100 MiB transfers", on.transfers(plan.transfers).await);
+    if !out.failed.is_empty() {
+        console_tails(env.root.path());
+    }
     cp.call(
         Method::DELETE,
         &format!("/v1/sandboxes/{id}"),
@@ -223,8 +246,58 @@ async fn with_cp(
         204,
     )
     .await?;
-    rows.extend(concurrent_creates(cp, &agent).await?);
-    Ok(rows)
+    out.take(
+        "10 concurrent creates",
+        concurrent_creates(cp, &agent).await,
+    );
+    Ok(out.rows)
+}
+
+/// The rows of the scenarios that ran; a failed scenario becomes a `failed` row and the
+/// others still run.
+#[derive(Default)]
+struct Outcome {
+    rows: Vec<Row>,
+    failed: Vec<String>,
+}
+
+impl Outcome {
+    fn take(&mut self, name: &str, r: anyhow::Result<Vec<Row>>) {
+        match r {
+            Ok(rows) => self.rows.extend(rows),
+            Err(e) => {
+                eprintln!("scenario {name:?} failed: {e:#}");
+                self.failed.push(name.to_owned());
+                self.rows.push(Row::failed(name, &e));
+            }
+        }
+    }
+}
+
+/// RSS and PSS of the one QEMU under `root`.
+fn memory_rows(root: &Path, what: &str) -> anyhow::Result<Vec<Row>> {
+    let (rss, pss) = qemu_memory(root).context("QEMU memory")?;
+    Ok(vec![
+        Row::single(&format!("{what}: QEMU RSS"), "MiB", rss),
+        Row::single(&format!("{what}: QEMU PSS"), "MiB", pss),
+    ])
+}
+
+/// Prints the end of every guest console under `root` (after a failure: what the guest said).
+fn console_tails(root: &Path) {
+    let Ok(sandboxes) = std::fs::read_dir(root.join("sandboxes")) else {
+        return;
+    };
+    for e in sandboxes.flatten() {
+        let log = e.path().join("run/serial.log");
+        if let Ok(text) = std::fs::read_to_string(&log) {
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("--- {} (last 20 lines)", log.display());
+            for l in &lines[lines.len().saturating_sub(20)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
 }
 
 fn create_request(id: &str, team_id: &str) -> pb::CreateSandboxRequest {
@@ -515,8 +588,13 @@ impl Sandbox<'_> {
                 .body(data.clone())
                 .send()
                 .await?;
-            anyhow::ensure!(r.status().is_success(), "PUT files: {}", r.status());
-            r.bytes().await?;
+            let status = r.status();
+            let body = r.bytes().await?;
+            anyhow::ensure!(
+                status.is_success(),
+                "PUT files: {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
             api_up.push(mib / t.elapsed().as_secs_f64());
 
             let t = Instant::now();
@@ -536,7 +614,13 @@ impl Sandbox<'_> {
                 .header("x-api-key", &self.cp.key)
                 .send()
                 .await?;
-            anyhow::ensure!(r.status().is_success(), "GET files: {}", r.status());
+            if !r.status().is_success() {
+                let status = r.status();
+                anyhow::bail!(
+                    "GET files: {status}: {}",
+                    r.text().await.unwrap_or_default()
+                );
+            }
             let n = count(r.bytes_stream()).await?;
             anyhow::ensure!(n == size, "API download: {n} bytes, expected {size}");
             api_down.push(mib / t.elapsed().as_secs_f64());
