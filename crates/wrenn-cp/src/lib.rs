@@ -11,6 +11,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod db;
 pub mod error;
+pub mod hostmonitor;
 pub mod ids;
 pub mod scheduler;
 pub mod server;

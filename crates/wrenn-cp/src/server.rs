@@ -204,6 +204,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         state.clone(),
         crate::api::sandboxes::RECONCILE_INTERVAL,
     ));
+    // Hosts whose agent went silent → `unreachable`, their sandboxes → `missing`.
+    let monitor = tokio::spawn(crate::hostmonitor::run(
+        state.clone(),
+        crate::hostmonitor::CHECK_EVERY,
+        crate::hostmonitor::STALE_AFTER,
+    ));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -212,7 +218,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         })?;
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
     tracing::info!(url = %format!("http://{addr}"), data_dir = %config.data_dir.display(), backend = ?db.backend(), "control plane listening");
-    let background = vec![crate::telemetry::spawn_upkeep(), reconciler];
+    let background = vec![crate::telemetry::spawn_upkeep(), reconciler, monitor];
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = router(state.clone());
     // TCP_NODELAY: exec-stream and PTY WebSockets relay many small frames, and Nagle plus the

@@ -233,3 +233,57 @@ e2e_test! {
         });
     }
 }
+
+e2e_test! {
+    /// While its host was silent, the host monitor marked the host `unreachable` and its
+    /// sandboxes `missing` (done here through the database, as the monitor does). When the
+    /// agent beats again, the reconciler asks it: the sandbox that survived is `running` and
+    /// usable again; a `missing` row the agent does not know is `stopped`.
+    fn missing_sandboxes_are_settled_when_their_host_returns(sys) {
+        sys.block_on(async {
+            use wrenn_cp::db::{HostStatus, NewSandbox, OnTimeout, SandboxStatus};
+            let key = sys.api_key().to_owned();
+            let sb = sys.create_sandbox(json!({"memory_mb": 256})).await;
+            let id = id_of(&sb);
+            let db = sys.db().await;
+            let team = db.get_sandbox_any_team(&id).await.unwrap().team_id;
+            let ghost = db.insert_pending_sandbox(NewSandbox {
+                team_id: &team,
+                host_id: Some(&sys.host_id),
+                template: "base",
+                vcpus: 1,
+                memory_mb: 256,
+                disk_size_mb: 5120,
+                timeout_sec: 0,
+                end_at: None,
+                on_timeout: OnTimeout::Kill,
+                metadata: Default::default(),
+                envd_token: None,
+            }).await.unwrap();
+            db.transition_sandbox(&ghost.id, SandboxStatus::Running, None).await.unwrap();
+            db.set_host_status(&sys.host_id, HostStatus::Unreachable, None).await.unwrap();
+            let marked = db.transition_host_sandboxes(&sys.host_id, SandboxStatus::Missing).await.unwrap();
+            assert_eq!(marked.len(), 2, "{marked:?}");
+            let (s, v) = sys.call(Method::POST, &format!("/v1/sandboxes/{id}/exec"), Some(&key), Some(json!({"cmd": "true"}))).await;
+            assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("invalid_state")), "{v}");
+
+            // The agent's next heartbeat (every 30 s) brings the host back; the reconciler
+            // (every 10 s) settles the rows.
+            let deadline = Instant::now() + std::time::Duration::from_secs(90);
+            loop {
+                let (_, a) = sys.call(Method::GET, &format!("/v1/sandboxes/{id}"), Some(&key), None).await;
+                let (_, g) = sys.call(Method::GET, &format!("/v1/sandboxes/{}", ghost.id), Some(&key), None).await;
+                if a["status"] == "running" && g["status"] == "stopped" {
+                    break;
+                }
+                assert!(a["status"] == "missing" || a["status"] == "running", "{a}");
+                assert!(Instant::now() < deadline, "never settled: {a} {g}");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            let (s, v) = sys.call(Method::POST, &format!("/v1/sandboxes/{id}/exec"), Some(&key), Some(json!({"cmd": "echo", "args": ["back"]}))).await;
+            assert_eq!((s, v["stdout"].as_str()), (StatusCode::OK, Some("back\n")), "{v}");
+            let (s, _) = sys.call(Method::DELETE, &format!("/v1/sandboxes/{id}"), Some(&key), None).await;
+            assert_eq!(s, StatusCode::NO_CONTENT);
+        });
+    }
+}

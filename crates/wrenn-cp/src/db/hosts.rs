@@ -228,6 +228,22 @@ impl Db {
         h.ok_or(DbError::NotFound)
     }
 
+    /// Marks every `online` host last seen before `cutoff_ms` (or never) `unreachable`, in one
+    /// conditional UPDATE, so of several control-plane replicas exactly one marks each host;
+    /// returns the hosts it marked.
+    pub async fn mark_stale_hosts_unreachable(&self, cutoff_ms: i64) -> Result<Vec<Host>, DbError> {
+        let sql = format!(
+            "UPDATE hosts SET status = $1 WHERE status = $2 \
+             AND (last_heartbeat_at IS NULL OR last_heartbeat_at < $3) RETURNING {HOST_COLS}"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(HostStatus::Unreachable.as_str())
+            .bind(HostStatus::Online.as_str())
+            .bind(cutoff_ms)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     /// Records a heartbeat or registration: status, address and the time seen.
     pub async fn set_host_status(
         &self,

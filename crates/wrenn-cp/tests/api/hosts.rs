@@ -332,3 +332,77 @@ db_test! {
         assert_eq!(h["credential_gen"], 3);
     }
 }
+
+db_test! {
+    async fn silent_host_becomes_unreachable_and_its_sandboxes_missing(db) {
+        use wrenn_cp::db::{NewSandbox, OnTimeout, SandboxStatus::*};
+        use wrenn_cp::hostmonitor::{STALE_AFTER, check_hosts};
+
+        let app = App::new(db.clone());
+        let a = app.signup("ada@example.com", "Ada").await;
+        let ta = token(&a);
+        let team = s(&a["team"], "id");
+        let created = app.reg_token(&ta, json!({"name": "h"})).await;
+        let host_id = s(&created["host"], "id");
+        let (st, r) = app.register(&s(&created, "registration_token")).await;
+        assert_eq!(st, StatusCode::CREATED, "{r}");
+        let jwt = s(&r, "host_jwt");
+        let mut rows = Vec::new();
+        for path in [&[Running][..], &[Running, Paused], &[Running, Stopped], &[]] {
+            let sb = db.insert_pending_sandbox(NewSandbox {
+                team_id: &team,
+                host_id: Some(&host_id),
+                template: "base",
+                vcpus: 1,
+                memory_mb: 256,
+                disk_size_mb: 5120,
+                timeout_sec: 0,
+                end_at: None,
+                on_timeout: OnTimeout::Kill,
+                metadata: Default::default(),
+                envd_token: None,
+            }).await.unwrap();
+            for to in path {
+                db.transition_sandbox(&sb.id, *to, None).await.unwrap();
+            }
+            rows.push(sb.id);
+        }
+        let status = |id: String| {
+            let db = db.clone();
+            let team = team.clone();
+            async move { db.get_sandbox(&team, &id).await.unwrap().status }
+        };
+
+        // Just registered (seen now): nothing to do.
+        assert_eq!(check_hosts(&app.state, STALE_AFTER).await, 0);
+        assert_eq!(db.host_by_id(&host_id).await.unwrap().status.as_str(), "online");
+
+        // Silent for longer than the limit.
+        sqlx::query("UPDATE hosts SET last_heartbeat_at = $1 WHERE id = $2")
+            .bind(now_ms() - STALE_AFTER.as_millis() as i64 - 1_000)
+            .bind(&host_id)
+            .execute(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(check_hosts(&app.state, STALE_AFTER).await, 1);
+        assert_eq!(db.host_by_id(&host_id).await.unwrap().status.as_str(), "unreachable");
+        let after: Vec<_> = futures::future::join_all(rows.iter().cloned().map(status)).await;
+        assert_eq!(after, [Missing, Missing, Stopped, Pending], "running and paused → missing; the rest unchanged");
+        let (st, v) = app.send(Method::GET, &format!("/v1/sandboxes/{}", rows[0]), Some(&ta), None).await;
+        assert_eq!((st, v["status"].as_str()), (StatusCode::OK, Some("missing")), "{v}");
+        let audit: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'host.marked_down' AND target_id = $1")
+            .bind(&host_id)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(audit, 1);
+        // A second pass (or another replica) finds nothing more to mark.
+        assert_eq!(check_hosts(&app.state, STALE_AFTER).await, 0);
+
+        // The agent beats again: online; its sandboxes wait for the reconciler's check.
+        let (st, v) = app.heartbeat(&host_id, &jwt).await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+        assert_eq!(db.host_by_id(&host_id).await.unwrap().status.as_str(), "online");
+        assert_eq!(status(rows[0].clone()).await, Missing);
+    }
+}

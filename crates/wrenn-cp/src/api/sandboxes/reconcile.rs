@@ -144,7 +144,14 @@ pub async fn reconcile_host(st: &AppState, host: &Host) -> Result<(), crate::age
     let taken_at = now_ms();
     let rows = match st
         .db
-        .sandboxes_on_host(&host.id, &[SandboxStatus::Running, SandboxStatus::Pending])
+        .sandboxes_on_host(
+            &host.id,
+            &[
+                SandboxStatus::Running,
+                SandboxStatus::Pending,
+                SandboxStatus::Missing,
+            ],
+        )
         .await
     {
         Ok(r) => r,
@@ -182,6 +189,11 @@ pub async fn reconcile_host(st: &AppState, host: &Host) -> Result<(), crate::age
                 let msg = info.error.clone();
                 settle(st, sb, SandboxStatus::Error, Some(&msg)).await;
             }
+            // Its host was unreachable and is back: the sandbox survived.
+            (Some(SandboxStatus::Running), Some(sb)) if sb.status == SandboxStatus::Missing => {
+                tracing::info!(sandbox = %sb.id, host = %host.id, "reconciler: missing sandbox is running again");
+                settle(st, sb, SandboxStatus::Running, None).await;
+            }
             (Some(SandboxStatus::Running), None) => {
                 // Not running in our rows: an orphan if the row is finished.
                 if let Ok(sb) = st.db.get_sandbox_any_team(&info.sandbox_id).await
@@ -205,12 +217,15 @@ pub async fn reconcile_host(st: &AppState, host: &Host) -> Result<(), crate::age
             }
             continue;
         }
+        // A `missing` row the agent does not know is gone for good; a running one only after
+        // the grace (a create that just finished may not be listed yet).
         let gone = !on_agent.contains(sb.id.as_str())
             && !listed.reaped_ids.contains(&sb.id)
             && !listed.paused_ids.contains(&sb.id)
-            && sb
-                .started_at
-                .is_some_and(|t| t < taken_at - MISSING_GRACE_MS);
+            && (sb.status == SandboxStatus::Missing
+                || sb
+                    .started_at
+                    .is_some_and(|t| t < taken_at - MISSING_GRACE_MS));
         if gone {
             settle(st, sb, SandboxStatus::Stopped, None).await;
         }
