@@ -60,8 +60,11 @@ pub async fn check_hosts(st: &AppState, stale_after: Duration) -> usize {
     hosts.len()
 }
 
-/// Runs [`check_hosts`] every `every` until the process ends.
+/// Runs [`check_hosts`] every `every` until the process ends. The first check waits
+/// `stale_after`: heartbeats sent while no control plane was listening failed, so a host is
+/// judged silent only once this process has been listening long enough to hear it.
 pub async fn run(st: Arc<AppState>, every: Duration, stale_after: Duration) {
+    tokio::time::sleep(stale_after).await;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
