@@ -341,7 +341,6 @@ impl Db {
         to: SandboxStatus,
         error: Option<&str>,
     ) -> Result<Sandbox, DbError> {
-        self.hot.forget(id);
         let from = to.allowed_from();
         let now = now_ms();
         let mut tx = self.begin_write().await?;
@@ -380,7 +379,7 @@ impl Db {
             };
         };
         tx.commit().await?;
-        // Again after the commit: a read racing the UPDATE may have cached the old row.
+        // After the commit: a read racing the UPDATE may have cached the old row meanwhile.
         self.hot.forget(id);
         tracing::debug!(sandbox = %id, status = %to, "sandbox transition");
         self.with_metadata(vec![sb])
