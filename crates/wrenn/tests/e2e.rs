@@ -241,25 +241,14 @@ e2e_test! {
     /// usable again; a `missing` row the agent does not know is `stopped`.
     fn missing_sandboxes_are_settled_when_their_host_returns(sys) {
         sys.block_on(async {
-            use wrenn_cp::db::{HostStatus, NewSandbox, OnTimeout, SandboxStatus};
+            use wrenn_cp::db::testing::new_sandbox;
+            use wrenn_cp::db::{HostStatus, SandboxStatus};
             let key = sys.api_key().to_owned();
             let sb = sys.create_sandbox(json!({"memory_mb": 256})).await;
             let id = id_of(&sb);
             let db = sys.db().await;
             let team = db.get_sandbox_any_team(&id).await.unwrap().team_id;
-            let ghost = db.insert_pending_sandbox(NewSandbox {
-                team_id: &team,
-                host_id: Some(&sys.host_id),
-                template: "base",
-                vcpus: 1,
-                memory_mb: 256,
-                disk_size_mb: 5120,
-                timeout_sec: 0,
-                end_at: None,
-                on_timeout: OnTimeout::Kill,
-                metadata: Default::default(),
-                envd_token: None,
-            }).await.unwrap();
+            let ghost = db.insert_pending_sandbox(new_sandbox(&team, Some(&sys.host_id))).await.unwrap();
             db.transition_sandbox(&ghost.id, SandboxStatus::Running, None).await.unwrap();
             db.set_host_status(&sys.host_id, HostStatus::Unreachable, None).await.unwrap();
             let marked = db.transition_host_sandboxes(&sys.host_id, SandboxStatus::Missing).await.unwrap();

@@ -104,6 +104,24 @@ impl TestDatabase {
     }
 }
 
+/// A plain 256 MiB sandbox row of `team_id` on `host_id` (no deadline, metadata or token);
+/// tests change what they need with `NewSandbox { field, ..new_sandbox(..) }`.
+pub fn new_sandbox<'a>(team_id: &'a str, host_id: Option<&'a str>) -> super::NewSandbox<'a> {
+    super::NewSandbox {
+        team_id,
+        host_id,
+        template: "base",
+        vcpus: 1,
+        memory_mb: 256,
+        disk_size_mb: 5120,
+        timeout_sec: 0,
+        end_at: None,
+        on_timeout: super::OnTimeout::Kill,
+        metadata: Default::default(),
+        envd_token: None,
+    }
+}
+
 /// `SELECT COUNT(*)` of a table (tests only; `table` is a name the test wrote).
 pub async fn count_rows(db: &Db, table: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))

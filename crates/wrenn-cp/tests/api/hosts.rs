@@ -335,7 +335,8 @@ db_test! {
 
 db_test! {
     async fn silent_host_becomes_unreachable_and_its_sandboxes_missing(db) {
-        use wrenn_cp::db::{NewSandbox, OnTimeout, SandboxStatus::*};
+        use wrenn_cp::db::SandboxStatus::*;
+        use wrenn_cp::db::testing::new_sandbox;
         use wrenn_cp::hostmonitor::{STALE_AFTER, check_hosts};
 
         let app = App::new(db.clone());
@@ -349,19 +350,7 @@ db_test! {
         let jwt = s(&r, "host_jwt");
         let mut rows = Vec::new();
         for path in [&[Running][..], &[Running, Paused], &[Running, Stopped], &[]] {
-            let sb = db.insert_pending_sandbox(NewSandbox {
-                team_id: &team,
-                host_id: Some(&host_id),
-                template: "base",
-                vcpus: 1,
-                memory_mb: 256,
-                disk_size_mb: 5120,
-                timeout_sec: 0,
-                end_at: None,
-                on_timeout: OnTimeout::Kill,
-                metadata: Default::default(),
-                envd_token: None,
-            }).await.unwrap();
+            let sb = db.insert_pending_sandbox(new_sandbox(&team, Some(&host_id))).await.unwrap();
             for to in path {
                 db.transition_sandbox(&sb.id, *to, None).await.unwrap();
             }
