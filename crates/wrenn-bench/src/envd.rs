@@ -129,13 +129,22 @@ async fn download(http: &reqwest::Client, base: &str, expect: usize) -> anyhow::
         .send()
         .await?;
     anyhow::ensure!(r.status().is_success(), "download answered {}", r.status());
+    let n = count(r.bytes_stream()).await?;
+    anyhow::ensure!(n == expect, "downloaded {n} bytes, expected {expect}");
+    Ok(t.elapsed())
+}
+
+/// Bytes in a stream of chunks (a download read to its end).
+pub(crate) async fn count<S, E>(mut s: S) -> anyhow::Result<usize>
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::error::Error + Send + Sync + 'static,
+{
     let mut n = 0;
-    let mut s = r.bytes_stream();
     while let Some(chunk) = s.next().await {
         n += chunk?.len();
     }
-    anyhow::ensure!(n == expect, "downloaded {n} bytes, expected {expect}");
-    Ok(t.elapsed())
+    Ok(n)
 }
 
 /// A plain file copy on tmpfs (the sandbox's /home is tmpfs too).

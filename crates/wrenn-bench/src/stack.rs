@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use futures::StreamExt;
 use reqwest::Method;
 use serde_json::json;
 use wrenn_agent::envd_client::{EnvdClient, ExecSpec};
@@ -29,6 +28,7 @@ use wrenn_proto::hostagent::v1 as pb;
 
 use crate::Args;
 use crate::cp::{Cp, str_field};
+use crate::envd::count;
 use crate::host::{Env, Floor, in_host_ns, qemu_memory};
 use crate::report::Row;
 
@@ -652,19 +652,6 @@ impl Sandbox<'_> {
             ),
         ])
     }
-}
-
-/// Bytes in a stream of chunks.
-async fn count<S, E>(mut s: S) -> anyhow::Result<usize>
-where
-    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::error::Error + Send + Sync + 'static,
-{
-    let mut n = 0;
-    while let Some(chunk) = s.next().await {
-        n += chunk?.len();
-    }
-    Ok(n)
 }
 
 /// Where a cold create's time goes: the agent's `create steps` events (one per create, inside
