@@ -68,6 +68,13 @@ fn parse_accel(s: &str) -> Result<Accel, String> {
 }
 
 impl AgentConfig {
+    pub fn network(&self) -> crate::network::NetworkConfig {
+        crate::network::NetworkConfig {
+            prefix: self.net_prefix.clone(),
+            max_slots: self.max_sandboxes,
+        }
+    }
+
     pub fn envd_health_timeout(&self) -> Duration {
         Duration::from_secs(self.envd_health_timeout_secs)
     }

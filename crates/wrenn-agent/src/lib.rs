@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod envd_client;
 pub mod network;
+pub mod preflight;
 pub mod registration;
 pub mod rpc;
 pub mod sandbox;
@@ -29,6 +30,15 @@ use crate::vmm::{QemuVmm, probe};
 /// probes the accelerator, re-adopts surviving VMs, serves the control plane's RPCs and,
 /// when registered, keeps the host online with heartbeats.
 pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
+    // Before anything else, registration above all: a host that cannot create sandboxes must
+    // never come online.
+    preflight::check(&network::Network::new(cfg.network())).await?;
+    tracing::info!(
+        qemu = %preflight::path(preflight::Tool::Qemu).display(),
+        qemu_img = %preflight::path(preflight::Tool::QemuImg).display(),
+        nft = %preflight::path(preflight::Tool::Nft).display(),
+        "host checks passed"
+    );
     std::fs::create_dir_all(&cfg.root).with_context(|| format!("create {}", cfg.root.display()))?;
     let identity = registration::resolve(&cfg)
         .await

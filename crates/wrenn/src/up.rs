@@ -67,10 +67,20 @@ impl Drop for AgentProcess {
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
-    build_image(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // The agent runs the same checks and exits on a failure; checked here first so a host
+    // that cannot run sandboxes says so in seconds, before the image build.
+    runtime
+        .block_on(wrenn_agent::preflight::check(
+            &wrenn_agent::network::Network::new(wrenn_agent::network::NetworkConfig {
+                prefix: "wrenn".into(),
+                max_slots: 1,
+            }),
+        ))
+        .context("the local host agent")?;
+    build_image(&args)?;
     runtime.block_on(up(args))
 }
 
@@ -153,9 +163,27 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     drop(agent);
     server.stop().await.context("stop the control plane")?;
     if let Some(status) = exited {
-        bail!("the agent exited ({status}); see {}", log_path.display());
+        bail!("{}", agent_exited(status, &log_path));
     }
     Ok(())
+}
+
+/// Lines of the agent's log shown when it exits.
+const LOG_TAIL_LINES: usize = 15;
+
+/// Says that the agent exited, with the end of its log (its reason is the last lines).
+fn agent_exited(status: std::process::ExitStatus, log_path: &Path) -> String {
+    let tail = std::fs::read(log_path)
+        .map(|b| {
+            let text = String::from_utf8_lossy(&b).into_owned();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+        })
+        .unwrap_or_default();
+    format!(
+        "the agent exited ({status}); the end of {}:\n{tail}",
+        log_path.display()
+    )
 }
 
 fn spawn_agent(
@@ -214,7 +242,7 @@ async fn wait_online(
         .ok();
     loop {
         if let Some(status) = agent.0.try_wait()? {
-            bail!("the agent exited ({status}); see {}", log_path.display());
+            bail!("{}", agent_exited(status, log_path));
         }
         let fresh = !registering
             || std::fs::metadata(creds_path)

@@ -98,42 +98,90 @@ async fn ping(port: u16, token: &str) -> Result<(), connectrpc::ConnectError> {
     .map(|_| ())
 }
 
+/// A control plane (`wrenn server`) with a platform admin, and a registration token.
+struct Cp {
+    _proc: Proc,
+    data: tempfile::TempDir,
+    url: String,
+    jwt: String,
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+impl Cp {
+    fn start() -> Cp {
+        let data = tempfile::tempdir().expect("data dir");
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut proc = spawn(&[
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            data.path().to_str().expect("utf-8"),
+        ]);
+        wait_port(port, &mut proc);
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let http = reqwest::Client::new();
+        let (s, admin) = rt.block_on(call(
+            &http,
+            reqwest::Method::POST,
+            format!("{url}/v1/auth/signup"),
+            None,
+            json!({"email": "ops@example.com", "password": "correct horse battery", "name": "Ops"}),
+        ));
+        assert_eq!(s, 201, "{admin}");
+        let jwt = admin["token"].as_str().expect("token").to_owned();
+        Cp {
+            _proc: proc,
+            data,
+            url,
+            jwt,
+            rt,
+            http,
+        }
+    }
+
+    /// A one-time registration token and the ID of the host it is for.
+    fn registration_token(&self) -> (String, String) {
+        let (s, created) = self.rt.block_on(call(
+            &self.http,
+            reqwest::Method::POST,
+            format!("{}/v1/hosts/registration-tokens", self.url),
+            Some(&self.jwt),
+            json!({"platform": true, "name": "local"}),
+        ));
+        assert_eq!(s, 201, "{created}");
+        (
+            created["registration_token"]
+                .as_str()
+                .expect("token")
+                .to_owned(),
+            created["host"]["id"].as_str().expect("id").to_owned(),
+        )
+    }
+
+    fn host(&self, host_id: &str) -> Value {
+        let (s, h) = self.rt.block_on(call(
+            &self.http,
+            reqwest::Method::GET,
+            format!("{}/v1/hosts/{host_id}", self.url),
+            Some(&self.jwt),
+            Value::Null,
+        ));
+        assert_eq!(s, 200, "{h}");
+        h
+    }
+}
+
 #[test]
 fn agent_registers_heartbeats_and_is_cut_off_by_revocation() {
-    let data = tempfile::tempdir().expect("data dir");
+    let cp = Cp::start();
     let root = tempfile::tempdir_in("/var/tmp").expect("agent root");
-    let (cp_port, agent_port) = (free_port(), free_port());
-    let cp_url = format!("http://127.0.0.1:{cp_port}");
-    let data_dir = data.path().to_str().expect("utf-8");
-    let mut cp = spawn(&[
-        "server",
-        "--listen",
-        &format!("127.0.0.1:{cp_port}"),
-        "--data-dir",
-        data_dir,
-    ]);
-    wait_port(cp_port, &mut cp);
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let http = reqwest::Client::new();
-    let (s, admin) = rt.block_on(call(
-        &http,
-        reqwest::Method::POST,
-        format!("{cp_url}/v1/auth/signup"),
-        None,
-        json!({"email": "ops@example.com", "password": "correct horse battery", "name": "Ops"}),
-    ));
-    assert_eq!(s, 201, "{admin}");
-    let jwt = admin["token"].as_str().expect("token").to_owned();
-    let (s, created) = rt.block_on(call(
-        &http,
-        reqwest::Method::POST,
-        format!("{cp_url}/v1/hosts/registration-tokens"),
-        Some(&jwt),
-        json!({"platform": true, "name": "local"}),
-    ));
-    assert_eq!(s, 201, "{created}");
-    let token = created["registration_token"].as_str().expect("token");
-    let host_id = created["host"]["id"].as_str().expect("id").to_owned();
+    let agent_port = free_port();
+    let (token, host_id) = cp.registration_token();
+    let (token, cp_url, rt, data) = (token.as_str(), &cp.url, &cp.rt, &cp.data);
+    let (jwt, http) = (cp.jwt.clone(), cp.http.clone());
 
     let agent_args = |register: Option<&str>| {
         let mut a = vec![
@@ -261,4 +309,91 @@ fn agent_registers_heartbeats_and_is_cut_off_by_revocation() {
     assert_eq!(h3["status"], "pending", "{h3}");
     drop(agent);
     drop(cp);
+}
+
+/// A PATH holding links to the programs the agent runs, except `without`.
+fn path_without(without: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("bin dir");
+    for tool in ["qemu-system-x86_64", "qemu-img", "nft"] {
+        if tool == without {
+            continue;
+        }
+        let found = [
+            "/usr/local/bin",
+            "/usr/bin",
+            "/bin",
+            "/usr/local/sbin",
+            "/usr/sbin",
+            "/sbin",
+        ]
+        .iter()
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{tool} is not installed: the test needs it to leave it out"));
+        std::os::unix::fs::symlink(&found, dir.path().join(tool)).expect("symlink");
+    }
+    dir
+}
+
+#[test]
+fn agent_refuses_to_start_without_qemu_img_or_qemu_and_never_comes_online() {
+    let cp = Cp::start();
+    let (token, host_id) = cp.registration_token();
+    for (program, package) in [
+        ("qemu-img", "qemu-utils"),
+        ("qemu-system-x86_64", "qemu-system-x86"),
+    ] {
+        let bin = path_without(program);
+        let root = tempfile::tempdir_in("/var/tmp").expect("agent root");
+        let agent_port = free_port();
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_wrenn"))
+            .args(["agent", "--root"])
+            .arg(root.path())
+            .args(["--listen", &format!("127.0.0.1:{agent_port}")])
+            .args(["--cp-url", &cp.url, "--register", &token, "--accel", "tcg"])
+            .args(["--net-prefix", &format!("pf{}", agent_port % 1000)])
+            .args(["--heartbeat-secs", "1"])
+            .env("PATH", bin.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run wrenn agent");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "without {program}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{program} not found"))
+                && stderr.contains(&format!("apt-get install {package}")),
+            "the program and its package are named: {stderr}"
+        );
+        assert!(
+            !root.path().join("host-credentials.json").exists(),
+            "the agent registered before its checks"
+        );
+        // Past a few heartbeats of time the host is still not online.
+        std::thread::sleep(Duration::from_secs(2).saturating_sub(started.elapsed()));
+        assert_eq!(cp.host(&host_id)["status"], "pending", "without {program}");
+    }
+    // The same token still registers an agent that has everything: the refusal came from the
+    // checks, not from the token.
+    let root = tempfile::tempdir_in("/var/tmp").expect("agent root");
+    let agent_port = free_port();
+    let mut agent = spawn(&[
+        "agent",
+        "--root",
+        root.path().to_str().expect("utf-8"),
+        "--listen",
+        &format!("127.0.0.1:{agent_port}"),
+        "--cp-url",
+        &cp.url,
+        "--register",
+        &token,
+        "--accel",
+        "tcg",
+        "--net-prefix",
+        &format!("pf{}", agent_port % 1000),
+        "--heartbeat-secs",
+        "1",
+    ]);
+    wait_port(agent_port, &mut agent);
+    assert_eq!(cp.host(&host_id)["status"], "online");
 }

@@ -487,6 +487,39 @@ impl Network {
     pub async fn exists(&self, slot: u32) -> bool {
         netns::exists(&self.layout(slot).netns)
     }
+
+    /// Makes one sandbox's network, both sides, inside a throwaway namespace: a veth pair, a
+    /// TAP and the real host and sandbox rulesets (filter, DNAT, SNAT, masquerade). Proves at
+    /// start that the kernel and `nft` can do everything a create needs, without touching the
+    /// host; the namespace and all it holds vanish with its thread.
+    pub async fn selftest(&self) -> Result<(), SelftestError> {
+        let l = self.layout(1);
+        let prefix = self.cfg.prefix.clone();
+        let step = |feature: &'static str| move |source| SelftestError { feature, source };
+        netns::run_in(netns::Target::Scratch, move || async move {
+            let tried = async {
+                let h = link::connect().map_err(step("netlink"))?;
+                link::add_veth(&h, &l.host_veth, &l.ns_veth)
+                    .await
+                    .map_err(step("veth pairs"))?;
+                tap::create_persistent(&l.tap).map_err(step("TUN/TAP devices"))?;
+                nft::apply(&nft::sandbox_ruleset(&prefix, &l, true)).map_err(step("nftables"))?;
+                nft::apply(&nft::host_ruleset(&prefix, &l, true)).map_err(step("nftables"))
+            };
+            Ok(tried.await)
+        })
+        .await
+        .map_err(step("network namespaces"))?
+    }
+}
+
+/// Which kernel feature the network selftest found missing, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{feature}: {source}")]
+pub struct SelftestError {
+    pub feature: &'static str,
+    #[source]
+    pub source: NetError,
 }
 
 /// The slot in `name` if it is exactly `prefix` followed by a decimal number.

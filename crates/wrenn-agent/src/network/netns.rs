@@ -96,6 +96,9 @@ pub(crate) enum Target {
     Named(String),
     /// An already opened namespace (the host's, captured at start).
     Fd(Arc<OwnedFd>),
+    /// A new, unnamed namespace that only the worker thread holds: it and everything made in
+    /// it are gone when the thread ends (for trying things out without touching the host).
+    Scratch,
 }
 
 /// Runs `f` on a fresh thread inside `target`, with a current-thread tokio runtime, and returns
@@ -113,6 +116,13 @@ where
                 setns(&fd, name)?;
             }
             Target::Fd(fd) => setns(fd, "host")?,
+            Target::Scratch => {
+                nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(|e| NetError::Netns {
+                    name: "scratch".into(),
+                    op: "unshare",
+                    source: e.into(),
+                })?
+            }
         }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

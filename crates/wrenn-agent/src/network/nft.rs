@@ -112,7 +112,7 @@ pub(crate) fn delete_table_cmds(t: &str) -> String {
 
 /// Applies `ruleset` atomically in the calling thread's namespace.
 pub(crate) fn apply(ruleset: &str) -> Result<(), NetError> {
-    let mut child = Command::new("nft")
+    let mut child = Command::new(crate::preflight::path(crate::preflight::Tool::Nft))
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -139,7 +139,7 @@ pub(crate) fn apply(ruleset: &str) -> Result<(), NetError> {
 
 /// Names of the `inet` tables in the calling thread's namespace.
 pub(crate) fn inet_tables() -> Result<Vec<String>, NetError> {
-    let out = Command::new("nft")
+    let out = Command::new(crate::preflight::path(crate::preflight::Tool::Nft))
         .args(["-j", "list", "tables"])
         .stdin(Stdio::null())
         .output()

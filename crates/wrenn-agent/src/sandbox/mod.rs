@@ -22,7 +22,7 @@ use wrenn_proto::hostagent::v1 as pb;
 
 use crate::config::AgentConfig;
 use crate::envd_client::EnvdClient;
-use crate::network::{Network, NetworkConfig, SandboxNet, SlotAllocator};
+use crate::network::{Network, SandboxNet, SlotAllocator};
 use crate::rpc::{BackendError, SandboxBackend};
 use crate::storage;
 use crate::vmm::{Accel, VmEvent, VmHandle, VmSpec, Vmm};
@@ -156,10 +156,7 @@ impl Manager {
         accel: Accel,
     ) -> anyhow::Result<Arc<Manager>> {
         std::fs::create_dir_all(cfg.sandboxes_dir())?;
-        let net = Network::new(NetworkConfig {
-            prefix: cfg.net_prefix.clone(),
-            max_slots: cfg.max_sandboxes,
-        });
+        let net = Network::new(cfg.network());
         let host_cpus = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);

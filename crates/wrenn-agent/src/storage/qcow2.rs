@@ -10,11 +10,9 @@ use super::StorageError;
 
 const MIB: u64 = 1024 * 1024;
 
-/// The `qemu-img` binary; overridable for hosts that install QEMU elsewhere.
+/// The `qemu-img` binary the agent's preflight resolved (`WRENN_QEMU_IMG` overrides it).
 fn qemu_img() -> PathBuf {
-    std::env::var_os("WRENN_QEMU_IMG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("qemu-img"))
+    crate::preflight::path(crate::preflight::Tool::QemuImg)
 }
 
 /// Creates `overlay` as a qcow2 image backed by the raw `base`. `size_mb` grows the virtual

@@ -40,7 +40,7 @@ pub async fn choose_accel(
     timeout: Duration,
 ) -> Result<(Accel, String), VmmError> {
     choose_accel_with(
-        Path::new("qemu-system-x86_64"),
+        &crate::preflight::path(crate::preflight::Tool::Qemu),
         kernel,
         initrd,
         cache_file,

@@ -22,6 +22,9 @@ pub const BASE_KERNEL_ARGS: &str = "console=ttyS0 root=/dev/vda rw panic=-1 \
 /// Longest path a Unix socket address holds (`sun_path`, minus the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
+/// Scans for a half-daemonized QEMU's processes (parent, middle, daemon) before giving up.
+const DAEMONIZE_RESCANS: usize = 5;
+
 #[derive(Debug, Clone)]
 pub struct QemuVmm {
     binary: PathBuf,
@@ -38,9 +41,10 @@ impl Default for QemuVmm {
 }
 
 impl QemuVmm {
-    /// Uses `qemu-system-x86_64` from `PATH`.
+    /// Uses the QEMU the agent's preflight resolved (`qemu-system-x86_64`; `WRENN_QEMU`
+    /// overrides it).
     pub fn new() -> Self {
-        Self::with_binary("qemu-system-x86_64")
+        Self::with_binary(crate::preflight::path(crate::preflight::Tool::Qemu))
     }
 
     pub fn with_binary(binary: impl Into<PathBuf>) -> Self {
@@ -68,10 +72,21 @@ impl QemuVmm {
             stop(pid, &run_dir, None, self.grace).await?;
         }
         // A QEMU still daemonizing has no pid file yet (an agent killed mid-boot): find it by
-        // its command line, which names this run dir's QMP socket.
+        // its command line, which names this run dir's QMP socket. `-daemonize` forks twice
+        // (the waiting parent, a short-lived middle, the daemon), so a scan can see a parent
+        // whose daemon appears only after it: scan again until none is left.
         let socket = qmp_socket(&run_dir);
-        for pid in super::process::pids_of_qemu_with(&socket) {
-            stop(pid, &run_dir, None, self.grace).await?;
+        for _ in 0..DAEMONIZE_RESCANS {
+            let pids = super::process::pids_of_qemu_with(&socket);
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                stop(pid, &run_dir, None, self.grace).await?;
+            }
+        }
+        if let Some(&pid) = super::process::pids_of_qemu_with(&socket).first() {
+            return Err(VmmError::StillRunning { pid });
         }
         remove_runtime_files(&run_dir);
         Ok(())
