@@ -480,15 +480,31 @@ fn restart_cleans_up_a_create_cut_short_by_sigkill() {
     let (tx, rx) = std::sync::mpsc::channel();
     let client = env.client();
     let id = sandbox_id();
+    let create_id = id.clone();
     let handle = std::thread::spawn(move || {
         rt().block_on(async move {
             let _ = tx.send(());
-            let _ = client.create_sandbox(create_req(&id)).await;
+            let _ = client.create_sandbox(create_req(&create_id)).await;
         })
     });
     rx.recv().expect("create started");
+    // Wait for QEMU to finish daemonizing: until then the waiting parent is a second QEMU
+    // process, and killing the agent does not end it at once (it was the flake: 2 where 1).
+    // The guest is still booting then (envd answers seconds later), so the create is cut short.
+    let pid_file = env
+        .root
+        .path()
+        .join("sandboxes")
+        .join(&id)
+        .join("run/vmm.pid");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while env.qemu_pids().is_empty() {
+    loop {
+        let daemon = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        if daemon.is_some_and(|d| env.qemu_pids() == vec![d]) {
+            break;
+        }
         assert!(Instant::now() < deadline, "no VM started");
         std::thread::sleep(Duration::from_millis(20));
     }
