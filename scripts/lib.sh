@@ -9,21 +9,105 @@ mkdir -p "$WRENN_CACHE"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-# apt_ensure CMD:PACKAGE ...: installs PACKAGE when CMD is missing.
-apt_ensure() {
-    local missing=()
+# ensure_root ARGS...: re-runs the calling script as root. Root runs it as it is; another user
+# goes through sudo, keeping PATH and the Rust toolchain's homes so cargo is still found; with
+# neither, it stops and says so.
+ensure_root() {
+    [[ $(id -u) -eq 0 ]] && return 0
+    if command -v sudo >/dev/null 2>&1; then
+        log "$(basename "$0") needs root: re-running it with sudo"
+        exec sudo env "PATH=$PATH" "CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}" \
+            "RUSTUP_HOME=${RUSTUP_HOME:-$HOME/.rustup}" bash "$0" "$@"
+    fi
+    echo "$(basename "$0") needs root (VMs, network namespaces, apt): run it as root, or install sudo" >&2
+    exit 1
+}
+
+# Directories searched besides $PATH: a non-login root shell often lacks the sbin ones, where
+# nft, debootstrap and mkfs.ext4 live.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+# have CMD: whether CMD runs here; `@pg` and `@venv` stand for PostgreSQL's server binaries
+# (not on PATH) and Python's venv module.
+have() {
+    case $1 in
+        @pg) pg_bindir >/dev/null ;;
+        @venv) python3 -c 'import ensurepip, venv' >/dev/null 2>&1 ;;
+        *) command -v "$1" >/dev/null 2>&1 ;;
+    esac
+}
+
+# installed_version PKG: the installed version, or nothing.
+installed_version() {
+    dpkg-query -W -f='${Status} ${Version}\n' "$1" 2>/dev/null |
+        awk '$1 == "install" && $3 == "installed" { print $4 }'
+}
+
+candidate_version() {
+    apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2 }'
+}
+
+# QEMU's packages come from one source package and refuse each other at other versions (a
+# qemu-utils from bookworm-backports Breaks Debian 12's qemu-system-common), so whenever one of
+# them is installed, those of them wanted are installed at one version: qemu-system-x86's
+# installed one while apt still has it, else its candidate. A package at another version is
+# moved to it, and said so.
+QEMU_PACKAGES=(qemu-system-x86 qemu-utils)
+
+# apt_install_for CMD:PACKAGE ...: installs, in one apt transaction, the package of every
+# command that is missing, then checks every command and fails naming the package of any still
+# missing. apt may not remove anything (--no-remove): no install undoes an earlier one.
+apt_install_for() {
+    local pair cmd pkg want=() wanted_qemu=() need_qemu=0
     for pair in "$@"; do
-        local cmd="${pair%%:*}" pkg="${pair#*:}"
-        command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+        cmd=${pair%%:*} pkg=${pair#*:}
+        if [[ " ${QEMU_PACKAGES[*]} " == *" $pkg "* && " ${wanted_qemu[*]} " != *" $pkg "* ]]; then
+            wanted_qemu+=("$pkg")
+        fi
+        if ! have "$cmd" && [[ " ${want[*]} " != *" $pkg "* ]]; then
+            want+=("$pkg")
+            [[ " ${QEMU_PACKAGES[*]} " == *" $pkg "* ]] && need_qemu=1
+        fi
     done
-    if ((${#missing[@]})); then
-        log "installing ${missing[*]}"
+    if ((${#want[@]})); then
         if [[ $(id -u) -ne 0 ]]; then
-            echo "need root to apt-get install ${missing[*]}" >&2
+            echo "need root to apt-get install ${want[*]}" >&2
             return 1
         fi
+        log "installing ${want[*]}"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        if ((need_qemu)); then
+            local target have_v p rest=()
+            target=$(installed_version qemu-system-x86)
+            if [[ -z $target ]] || ! apt-cache show "qemu-system-x86=$target" >/dev/null 2>&1; then
+                target=$(candidate_version qemu-system-x86)
+            fi
+            if [[ -z $target || $target == "(none)" ]]; then
+                echo "apt has no qemu-system-x86 to install: check /etc/apt/sources.list" >&2
+                return 1
+            fi
+            for p in "${want[@]}"; do
+                [[ " ${QEMU_PACKAGES[*]} " == *" $p "* ]] || rest+=("$p")
+            done
+            for p in "${wanted_qemu[@]}"; do
+                have_v=$(installed_version "$p")
+                [[ $have_v == "$target" ]] && continue
+                [[ -n $have_v ]] && log "$p $have_v -> $target: QEMU's packages must share one version"
+                rest+=("$p=$target")
+            done
+            want=("${rest[@]}")
+        fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            --no-remove --allow-downgrades "${want[@]}" >/dev/null
+    fi
+    local missing=()
+    for pair in "$@"; do
+        cmd=${pair%%:*} pkg=${pair#*:}
+        have "$cmd" || missing+=("$cmd (package $pkg)")
+    done
+    if ((${#missing[@]})); then
+        echo "still missing after apt-get install: ${missing[*]}" >&2
+        return 1
     fi
 }
 
@@ -37,13 +121,11 @@ apt_lists_ensure() {
     fi
 }
 
-# What `wrenn image build` and booting its images need (wrenn-image's prereq.rs names the
-# same packages in its error message).
-ensure_image_tools() {
-    apt_ensure debootstrap:debootstrap mkfs.ext4:e2fsprogs cpio:cpio dpkg-deb:dpkg \
-        qemu-img:qemu-utils qemu-system-x86_64:qemu-system-x86
-    apt_lists_ensure linux-image-cloud-amd64 busybox-static
-}
+# What the host agent runs (wrenn-agent's preflight names the same packages), building images
+# (wrenn-image's prereq.rs) and booting them.
+AGENT_TOOLS=(qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils nft:nftables)
+IMAGE_TOOLS=(debootstrap:debootstrap mkfs.ext4:e2fsprogs cpio:cpio dpkg-deb:dpkg
+    apt-get:apt chroot:coreutils)
 
 ensure_rust() {
     command -v cargo >/dev/null || {
@@ -84,16 +166,10 @@ pg_bindir() {
 
 start_test_postgres() {
     local bin
-    if ! bin=$(pg_bindir); then
-        log "installing postgresql"
-        if [[ $(id -u) -ne 0 ]]; then
-            echo "need root to apt-get install postgresql" >&2
-            return 1
-        fi
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-        bin=$(pg_bindir) || { echo "postgresql installed but no initdb found" >&2; return 1; }
-    fi
+    bin=$(pg_bindir) || {
+        echo "no PostgreSQL server binaries (Debian package postgresql)" >&2
+        return 1
+    }
     local port
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     WRENN_PG_DIR=$(mktemp -d /tmp/wrenn-pg.XXXXXX)
