@@ -7,6 +7,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$WRENN_CACHE/target}"
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 mkdir -p "$WRENN_CACHE"
 
+# A failing command stops the scripts (set -e); say which, instead of ending silently.
+set -E
+trap 'wrenn_rc=$?; echo "$(basename "$0"): line $LINENO: \`$BASH_COMMAND\` failed (exit $wrenn_rc)" >&2' ERR
+
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # ensure_root ARGS...: re-runs the calling script as root. Root runs it as it is; another user
@@ -39,7 +43,7 @@ have() {
 
 # installed_version PKG: the installed version, or nothing.
 installed_version() {
-    dpkg-query -W -f='${Status} ${Version}\n' "$1" 2>/dev/null |
+    { dpkg-query -W -f='${Status} ${Version}\n' "$1" 2>/dev/null || true; } |
         awk '$1 == "install" && $3 == "installed" { print $4 }'
 }
 
