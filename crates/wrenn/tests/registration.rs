@@ -397,3 +397,33 @@ fn agent_refuses_to_start_without_qemu_img_or_qemu_and_never_comes_online() {
     wait_port(agent_port, &mut agent);
     assert_eq!(cp.host(&host_id)["status"], "online");
 }
+
+#[test]
+fn wrenn_up_without_qemu_img_says_so_and_is_never_up() {
+    let bin = path_without("qemu-img");
+    let data = tempfile::tempdir_in("/var/tmp").expect("data dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_wrenn"))
+        .arg("up")
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--agent-listen", &format!("127.0.0.1:{}", free_port())])
+        .env("PATH", bin.path())
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run wrenn up");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(!stdout.contains("Wrenn is up"), "{stdout}");
+    assert!(
+        stderr.contains("qemu-img not found") && stderr.contains("apt-get install qemu-utils"),
+        "{stderr}"
+    );
+    // It stopped before the image build and the control plane: nothing was made.
+    assert!(!data.path().join("images").exists());
+    assert!(!data.path().join("wrenn.db").exists());
+}
