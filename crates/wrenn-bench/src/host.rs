@@ -54,7 +54,8 @@ impl Drop for Env {
             };
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd);
-            if cmd.starts_with("qemu-system") && cmd.contains(&root) {
+            let argv0 = cmd.split('\0').next().unwrap_or("");
+            if wrenn_agent::vmm::is_qemu_argv0(argv0) && cmd.contains(&root) {
                 // SAFETY: a QEMU this benchmark started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
@@ -252,7 +253,8 @@ pub(crate) fn qemu_memory(root: &Path) -> anyhow::Result<(f64, f64)> {
         };
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmd = String::from_utf8_lossy(&cmd);
-        if !(cmd.starts_with("qemu-system") && cmd.contains(root.as_ref())) {
+        let argv0 = cmd.split('\0').next().unwrap_or("");
+        if !(wrenn_agent::vmm::is_qemu_argv0(argv0) && cmd.contains(root.as_ref())) {
             continue;
         }
         let field = |file: &str, key: &str| -> Option<f64> {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use probe::choose_accel;
+pub use process::is_qemu_argv0;
 pub use qemu::QemuVmm;
 
 /// How the guest's CPU is run.

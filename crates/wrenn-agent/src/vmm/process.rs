@@ -41,12 +41,17 @@ pub fn is_our_qemu(pid: i32, qmp_socket: &Path) -> bool {
     let Some(args) = cmdline(pid) else {
         return false;
     };
-    let is_qemu = args
-        .first()
-        .and_then(|a0| Path::new(a0).file_name())
-        .is_some_and(|n| n.to_string_lossy().starts_with("qemu-system"));
+    let is_qemu = args.first().is_some_and(|a0| is_qemu_argv0(a0));
     let qmp = format!("unix:{},server=on,wait=off", qmp_socket.display());
     is_qemu && args.contains(&qmp)
+}
+
+/// Whether a process's first argument names a QEMU system emulator, by name or by path (the
+/// agent runs it by the absolute path its preflight resolved).
+pub fn is_qemu_argv0(argv0: &str) -> bool {
+    Path::new(argv0)
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("qemu-system"))
 }
 
 /// Every live QEMU whose command line names `qmp_socket` (see [`is_our_qemu`]).

@@ -379,7 +379,8 @@ impl AgentEnv {
                 continue;
             };
             let cmdline = String::from_utf8_lossy(&cmdline);
-            if cmdline.starts_with("qemu-system") && cmdline.contains(&root) {
+            let argv0 = cmdline.split('\0').next().unwrap_or("");
+            if wrenn_agent::vmm::is_qemu_argv0(argv0) && cmdline.contains(&root) {
                 pids.push(pid);
             }
         }
