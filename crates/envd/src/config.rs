@@ -25,6 +25,11 @@ pub struct Config {
     /// `Keepalive-Ping-Interval` header.
     #[arg(long, default_value_t = 90)]
     pub keepalive_secs: u64,
+    /// envd runs as a VM guest's PID 1 (the image's init passes it): `/init` may then set the
+    /// wall clock from its `timestamp` and reseed the kernel's random generator from its
+    /// `entropy`, which a restored snapshot needs. Off elsewhere, where the clock is the host's.
+    #[arg(long, env = "ENVD_GUEST")]
+    pub guest: bool,
 }
 
 /// Limits applied to every Connect request: malformed or oversized input is refused, never

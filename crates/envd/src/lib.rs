@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod config;
 pub mod filesystem;
+pub mod guest;
 pub mod http;
 pub mod paths;
 pub mod process;

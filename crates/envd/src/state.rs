@@ -33,6 +33,8 @@ pub struct EnvdState {
     pub watchers: Watchers,
     /// Keepalive interval used when the client sends no `Keepalive-Ping-Interval`.
     pub keepalive: Duration,
+    /// Running as a VM guest's PID 1 (`Config::guest`).
+    pub guest: bool,
 }
 
 impl EnvdState {
@@ -49,6 +51,7 @@ impl EnvdState {
             watchers: Watchers::default(),
             reaper,
             keepalive: Duration::from_secs(config.keepalive_secs.max(1)),
+            guest: config.guest,
         })
     }
 

@@ -401,3 +401,86 @@ async fn second_boot_into_a_busy_run_dir_is_refused() {
     assert_eq!(vmm.status(&vm).await.unwrap(), VmStatus::Running);
     vmm.destroy(&vm).await.unwrap();
 }
+
+/// The guest's counter values in the serial log, in order.
+fn counts(run_dir: &Path) -> Vec<u64> {
+    serial(run_dir)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("WRENN-TEST-COUNT "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn saved_vm_is_gone_and_restores_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let overlay = overlay_in(dir.path(), dir.path()).await;
+    let spec = spec("vmmsave", dir.path(), &overlay, "count");
+    let _guard = VmGuard(spec.run_dir.clone());
+    let vmm = QemuVmm::new();
+    let vm = vmm.boot(&spec).await.expect("boot");
+    wait_serial(&vm.run_dir, GUEST_BOOT, |l| {
+        l.contains("WRENN-TEST-COUNT 5")
+    })
+    .await;
+
+    let state = dir.path().join("vm.state");
+    let t0 = Instant::now();
+    vmm.save(&vm, &state).await.expect("save");
+    let saved_in = t0.elapsed();
+    assert!(!pid_alive(vm.pid), "QEMU still runs after save");
+    assert!(!vm.run_dir.join("vmm.pid").exists());
+    assert!(state.is_file());
+    assert!(!dir.path().join("vm.state.tmp").exists(), "temp file left");
+    let before = counts(&vm.run_dir);
+    let last = *before.last().expect("counted before the save");
+    assert!(last >= 5);
+    // Nothing counts while the VM is saved.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(counts(&vm.run_dir).last(), Some(&last));
+
+    let t1 = Instant::now();
+    let vm2 = vmm.restore(&spec, &state).await.expect("restore");
+    let restored_in = t1.elapsed();
+    assert_eq!(vmm.status(&vm2).await.unwrap(), VmStatus::Running);
+    let after = last + 3;
+    wait_serial(&vm2.run_dir, GUEST_BOOT, |l| {
+        l.contains(&format!("WRENN-TEST-COUNT {after}"))
+    })
+    .await;
+    // The counter went on from its value in memory, without a reboot in between.
+    let all = counts(&vm2.run_dir);
+    let resumed = &all[before.len()..];
+    assert_eq!(resumed.first(), Some(&(last + 1)), "{all:?}");
+    assert_eq!(
+        serial(&vm2.run_dir).matches("WRENN-TEST-INIT").count(),
+        1,
+        "the guest booted again"
+    );
+    eprintln!(
+        "TIMING save {saved_in:?} ({} bytes), restore {restored_in:?} (256 MiB guest, TCG)",
+        std::fs::metadata(&state).map(|m| m.len()).unwrap_or(0)
+    );
+    vmm.destroy(&vm2).await.expect("destroy");
+}
+
+#[tokio::test]
+async fn restore_from_a_missing_or_corrupt_state_fails_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let overlay = overlay_in(dir.path(), dir.path()).await;
+    let spec = spec("vmmbad", dir.path(), &overlay, "idle");
+    let _guard = VmGuard(spec.run_dir.clone());
+    let vmm = QemuVmm::new();
+    let missing = dir.path().join("nothing.state");
+    let err = vmm.restore(&spec, &missing).await.unwrap_err();
+    assert!(matches!(err, VmmError::BadState { .. }), "{err}");
+
+    let corrupt = dir.path().join("corrupt.state");
+    std::fs::write(&corrupt, b"QEVM but not really a migration stream").unwrap();
+    let err = vmm.restore(&spec, &corrupt).await.unwrap_err();
+    assert!(matches!(err, VmmError::BadState { .. }), "{err}");
+    assert!(
+        !spec.run_dir.join("vmm.pid").exists(),
+        "a QEMU is left after the failed restore"
+    );
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
+use base64::Engine;
 use http::StatusCode;
 use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
@@ -27,6 +28,8 @@ pub struct InitRequest {
     pub default_user: Option<String>,
     pub default_workdir: Option<String>,
     pub timestamp: Option<String>,
+    /// Wrenn's addition: base64 random bytes a restored guest reseeds its CRNG with.
+    pub entropy: Option<String>,
 }
 
 pub async fn init(
@@ -45,6 +48,22 @@ pub async fn init(
         .map(|t| time::OffsetDateTime::parse(t, &Rfc3339))
         .transpose()
         .map_err(|e| ApiError::bad_request(format!("invalid timestamp: {e}")))?;
+
+    let entropy = req
+        .entropy
+        .as_deref()
+        .map(|e| base64::engine::general_purpose::STANDARD.decode(e))
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("invalid entropy: {e}")))?;
+    if entropy
+        .as_ref()
+        .is_some_and(|e| e.is_empty() || e.len() > crate::guest::MAX_ENTROPY_BYTES)
+    {
+        return Err(ApiError::bad_request(format!(
+            "entropy must be 1 to {} bytes",
+            crate::guest::MAX_ENTROPY_BYTES
+        )));
+    }
 
     // Validate everything before applying anything, so a refused init changes nothing.
     let user = match req.default_user.as_deref().filter(|u| !u.is_empty()) {
@@ -68,6 +87,22 @@ pub async fn init(
     if !state.accept_init_timestamp(timestamp) {
         tracing::info!(?timestamp, "ignoring /init older than the last one applied");
         return Ok(StatusCode::NO_CONTENT);
+    }
+    if state.guest {
+        // A restored VM: its clock stood still while it was paused, and its random generator
+        // is the snapshot's. Failures are logged, not fatal: the sandbox still works.
+        if let Some(t) = timestamp {
+            match crate::guest::set_clock(t, time::Duration::milliseconds(100)) {
+                Ok(true) => tracing::info!(%t, "wall clock set from /init"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot set the wall clock"),
+            }
+        }
+        if let Some(seed) = &entropy
+            && let Err(e) = crate::guest::reseed(seed)
+        {
+            tracing::warn!(error = %e, "cannot reseed the random generator");
+        }
     }
     state.update_defaults(|d| {
         if let Some(u) = &user {

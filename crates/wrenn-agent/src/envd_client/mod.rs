@@ -283,6 +283,32 @@ impl EnvdClient {
         Ok(())
     }
 
+    /// `POST /init` after a restore: the guest sets its wall clock from the timestamp (it stood
+    /// still while saved) and reseeds its random generator with `entropy`, so no two restores
+    /// of one state share random numbers. Keeps the token, user and environment.
+    pub async fn refresh_after_restore(&self, entropy: &[u8]) -> Result<(), EnvdError> {
+        use base64::Engine;
+        let body = serde_json::json!({
+            "timestamp": time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .map_err(|e| EnvdError::Protocol(e.to_string()))?,
+            "entropy": base64::engine::general_purpose::STANDARD.encode(entropy),
+        });
+        let r = self
+            .inner
+            .http
+            .post(self.url("/init"))
+            .headers(self.auth_headers(None)?)
+            .json(&body)
+            .timeout(UNARY_TIMEOUT)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            return Err(http_error(r).await);
+        }
+        Ok(())
+    }
+
     /// `GET /metrics`.
     pub async fn metrics(&self) -> Result<EnvdMetrics, EnvdError> {
         let r = self

@@ -30,6 +30,10 @@ pub trait SandboxBackend: Send + Sync + 'static {
     /// All sandboxes; includes and drains the IDs reaped/paused since the last call.
     async fn list(&self) -> Result<ListSandboxesResponse, BackendError>;
     async fn get(&self, id: &str) -> Result<SandboxInfo, BackendError>;
+    /// Saves a running sandbox's VM to disk and ends it (`FailedPrecondition` unless running).
+    async fn pause(&self, id: &str) -> Result<SandboxInfo, BackendError>;
+    /// Restores a paused sandbox (`FailedPrecondition` unless paused).
+    async fn resume(&self, id: &str) -> Result<SandboxInfo, BackendError>;
     async fn set_timeout(&self, id: &str, end_at_ms: i64) -> Result<SandboxInfo, BackendError>;
     /// The envd client of a running sandbox (`NotFound` / `FailedPrecondition` otherwise);
     /// also marks the sandbox active.

@@ -118,6 +118,40 @@ impl HostAgentService for AgentService {
         })
     }
 
+    async fn pause_sandbox(
+        &self,
+        _ctx: RequestContext,
+        request: ServiceRequest<'_, PauseSandboxRequest>,
+    ) -> ServiceResult<PauseSandboxResponse> {
+        let id = request.sandbox_id.to_string();
+        async {
+            let info = self.backend.pause(required("sandbox_id", &id)?).await?;
+            Response::ok(PauseSandboxResponse {
+                sandbox: info.into(),
+                ..Default::default()
+            })
+        }
+        .instrument(span("PauseSandbox", &id))
+        .await
+    }
+
+    async fn resume_sandbox(
+        &self,
+        _ctx: RequestContext,
+        request: ServiceRequest<'_, ResumeSandboxRequest>,
+    ) -> ServiceResult<ResumeSandboxResponse> {
+        let id = request.sandbox_id.to_string();
+        async {
+            let info = self.backend.resume(required("sandbox_id", &id)?).await?;
+            Response::ok(ResumeSandboxResponse {
+                sandbox: info.into(),
+                ..Default::default()
+            })
+        }
+        .instrument(span("ResumeSandbox", &id))
+        .await
+    }
+
     async fn ping_sandbox(
         &self,
         _ctx: RequestContext,

@@ -3,9 +3,11 @@
 //! Create is overlay → slot → network → boot → envd health → `/init`, each step registering
 //! its undo so a failure anywhere leaves the host exactly as before. Every sandbox's record is
 //! persisted under `sandboxes/<id>/` so that a restarted agent re-adopts the VMs still running
-//! and removes what it was half-way through making. A deadline loop destroys sandboxes whose
-//! absolute `end_at` has passed and reports them in the next list.
+//! and removes what it was half-way through making. A deadline loop destroys (or, with
+//! `on_timeout = pause`, pauses) sandboxes whose absolute `end_at` has passed and reports them
+//! in the next list. Pause and resume live in `pause`.
 
+mod pause;
 pub mod record;
 pub mod rollback;
 pub mod template;
@@ -51,6 +53,13 @@ struct Live {
     envd: EnvdClient,
 }
 
+/// A paused sandbox (or one whose saved state could not be restored): no VM, no slot.
+#[derive(Debug, Clone)]
+struct Parked {
+    dir: PathBuf,
+    rec: SandboxRecord,
+}
+
 impl Live {
     fn record(&self) -> SandboxRecord {
         self.rec.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -65,7 +74,8 @@ pub struct Manager {
     slots: Arc<SlotAllocator>,
     boots: Semaphore,
     live: RwLock<HashMap<String, Arc<Live>>>,
-    /// IDs with a create or destroy in flight.
+    parked: RwLock<HashMap<String, Parked>>,
+    /// IDs with a create, pause or resume in flight.
     busy: Mutex<HashSet<String>>,
     reaped: Mutex<Vec<String>>,
     paused: Mutex<Vec<String>>,
@@ -168,6 +178,7 @@ impl Manager {
             accel,
             net,
             live: RwLock::default(),
+            parked: RwLock::default(),
             busy: Mutex::default(),
             reaped: Mutex::default(),
             paused: Mutex::default(),
@@ -331,6 +342,7 @@ impl Manager {
             envd_token: random_token().map_err(|e| internal("envd token", &e))?,
             envd_version: template.envd_version.clone(),
             error: None,
+            paused_at_ms: 0,
         };
         record::save(dir, &rec).map_err(|e| internal("persist record", &e))?;
 
@@ -513,7 +525,8 @@ impl Manager {
     fn info(&self, rec: &SandboxRecord, dir: &Path) -> pb::SandboxInfo {
         let status = match rec.state {
             State::Creating => pb::SandboxStatus::SANDBOX_STATUS_PENDING,
-            State::Running => pb::SandboxStatus::SANDBOX_STATUS_RUNNING,
+            State::Running | State::Pausing => pb::SandboxStatus::SANDBOX_STATUS_RUNNING,
+            State::Paused | State::Resuming => pb::SandboxStatus::SANDBOX_STATUS_PAUSED,
             State::Error => pb::SandboxStatus::SANDBOX_STATUS_ERROR,
         };
         pb::SandboxInfo {
@@ -548,7 +561,13 @@ impl Manager {
     pub async fn destroy_sandbox(&self, id: &str) -> Result<(), BackendError> {
         let live = self.live.write().await.remove(id);
         let Some(live) = live else {
-            return Err(BackendError::NotFound(format!("sandbox {id} not found")));
+            let parked = self.parked.write().await.remove(id);
+            let Some(parked) = parked else {
+                return Err(BackendError::NotFound(format!("sandbox {id} not found")));
+            };
+            // Its saved memory and disk go with it.
+            self.remove_leftover(&parked.dir).await;
+            return Ok(());
         };
         self.teardown(&live).await;
         Ok(())
@@ -589,7 +608,31 @@ impl Manager {
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
-            // Pausing arrives with snapshots; until then both actions destroy.
+            let pause = self
+                .live(&id)
+                .await
+                .is_ok_and(|l| l.record().on_timeout == "pause");
+            if pause {
+                match self.pause_sandbox(&id).await {
+                    Ok(_) => {
+                        info!(sandbox_id = %id, "deadline reached; sandbox paused");
+                        self.paused
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(id);
+                    }
+                    // Never lose a sandbox to a failed pause: it runs on, tried again later.
+                    Err(e) => {
+                        warn!(sandbox_id = %id, error = %e, "deadline pause failed; retrying in 30 s");
+                        if let Ok(l) = self.live(&id).await {
+                            let mut rec = l.rec.lock().unwrap_or_else(|e| e.into_inner());
+                            rec.end_at_ms = now_ms() + 30_000;
+                            let _ = record::save(&l.dir, &rec);
+                        }
+                    }
+                }
+                continue;
+            }
             if self.destroy_sandbox(&id).await.is_ok() {
                 info!(sandbox_id = %id, "deadline reached; sandbox destroyed");
                 self.reaped
@@ -613,9 +656,33 @@ impl Manager {
         };
         for entry in entries.flatten() {
             let dir = entry.path();
+            let rec = record::load(&dir).ok();
+            let pausing = rec.as_ref().is_some_and(|r| r.state == State::Pausing);
+            if let Some(rec) = rec
+                && (matches!(rec.state, State::Pausing | State::Paused | State::Resuming)
+                    || (rec.state == State::Error && dir.join(pause::STATE_FILE).is_file()))
+                && let Some(parked) = self.recover_parked(&dir, rec).await
+            {
+                self.parked
+                    .write()
+                    .await
+                    .insert(parked.rec.id.clone(), parked);
+                continue;
+            }
             match self.adopt(&dir).await {
                 Some(live) => {
                     keep.insert(live.net.slot);
+                    if pausing {
+                        // A pause that never wrote its state: the VM was stopped; it goes on.
+                        if let Err(e) = live.vm.qmp().execute("cont", None).await {
+                            warn!(error = %e, "resume the VM of an unfinished pause");
+                        }
+                        let mut rec = live.rec.lock().unwrap_or_else(|e| e.into_inner());
+                        rec.state = State::Running;
+                        let _ = record::save(&live.dir, &rec);
+                    }
+                    // A state left from a resume that finished is spent.
+                    let _ = std::fs::remove_file(live.dir.join(pause::STATE_FILE));
                     info!(sandbox_id = %live.vm.sandbox_id, "re-adopted sandbox");
                     self.watch_events(live.clone());
                     self.live
@@ -696,13 +763,20 @@ impl SandboxBackend for Manager {
     }
 
     async fn list(&self) -> Result<pb::ListSandboxesResponse, BackendError> {
-        let sandboxes = self
+        let mut sandboxes: Vec<pb::SandboxInfo> = self
             .live
             .read()
             .await
             .values()
             .map(|l| self.info(&l.record(), &l.dir))
             .collect();
+        sandboxes.extend(
+            self.parked
+                .read()
+                .await
+                .values()
+                .map(|p| self.info(&p.rec, &p.dir)),
+        );
         let reaped = std::mem::take(&mut *self.reaped.lock().unwrap_or_else(|e| e.into_inner()));
         let paused = std::mem::take(&mut *self.paused.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(pb::ListSandboxesResponse {
@@ -714,8 +788,19 @@ impl SandboxBackend for Manager {
     }
 
     async fn get(&self, id: &str) -> Result<pb::SandboxInfo, BackendError> {
+        if let Some(p) = self.parked.read().await.get(id) {
+            return Ok(self.info(&p.rec, &p.dir));
+        }
         let l = self.live(id).await?;
         Ok(self.info(&l.record(), &l.dir))
+    }
+
+    async fn pause(&self, id: &str) -> Result<pb::SandboxInfo, BackendError> {
+        self.pause_sandbox(id).await
+    }
+
+    async fn resume(&self, id: &str) -> Result<pb::SandboxInfo, BackendError> {
+        self.resume_sandbox(id).await
     }
 
     async fn set_timeout(&self, id: &str, end_at_ms: i64) -> Result<pb::SandboxInfo, BackendError> {
@@ -723,6 +808,11 @@ impl SandboxBackend for Manager {
             return Err(BackendError::InvalidArgument(
                 "end_at_ms must be >= 0".into(),
             ));
+        }
+        if let Some(p) = self.parked.write().await.get_mut(id) {
+            p.rec.end_at_ms = end_at_ms;
+            let _ = record::save(&p.dir, &p.rec);
+            return Ok(self.info(&p.rec, &p.dir));
         }
         let l = self.live(id).await?;
         let rec = {

@@ -15,8 +15,16 @@ pub enum State {
     /// Create is in progress; after a crash this sandbox is half-made and gets cleaned up.
     Creating,
     Running,
-    /// Running but broken (e.g. disk full); `error` says why.
+    /// Running but broken (e.g. disk full), or paused with a state that cannot be restored;
+    /// `error` says why.
     Error,
+    /// A pause is writing the VM's state; after a crash the state file decides: renamed into
+    /// place → paused, else the VM runs on.
+    Pausing,
+    /// No VM: its state is in `vm.state` beside the disk overlay; no network slot.
+    Paused,
+    /// A resume is restoring the VM into `slot`; after a crash it is paused again.
+    Resuming,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,6 +49,9 @@ pub struct SandboxRecord {
     pub envd_token: String,
     pub envd_version: String,
     pub error: Option<String>,
+    /// When the sandbox was last paused (unix ms); its deadline moves on by the paused time.
+    #[serde(default)]
+    pub paused_at_ms: i64,
 }
 
 /// Writes the record atomically: temp file, fsync, rename, fsync of the directory.

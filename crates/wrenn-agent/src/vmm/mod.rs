@@ -2,6 +2,7 @@
 //! portable default; a VMM process's lifetime is independent of any request and of the
 //! agent itself, and a restarted agent re-adopts it.
 
+mod migrate;
 pub mod probe;
 mod process;
 pub mod qemu;
@@ -202,11 +203,15 @@ pub enum VmmError {
     AdoptFailed { pid: i32, reason: String },
     #[error("accelerator probe: {0}")]
     Probe(String),
+    #[error("VM state transfer {0}")]
+    Migration(String),
+    #[error("saved VM state {path}: {reason}")]
+    BadState { path: PathBuf, reason: String },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
-/// A driver that runs VMs. Pause/resume/snapshot/restore arrive with a later issue.
+/// A driver that runs VMs.
 #[async_trait::async_trait]
 pub trait Vmm: Send + Sync {
     /// Starts the VMM process; returns once it runs and QMP answers (the guest may still be
@@ -223,6 +228,13 @@ pub trait Vmm: Send + Sync {
     /// Kills whatever VMM of ours still runs in `run_dir` without adopting it: cleanup of a
     /// half-made or unadoptable sandbox.
     async fn kill_run_dir(&self, run_dir: &Path) -> Result<(), VmmError>;
+    /// Stops the VM, writes its device state and memory to `state` (temp name, fsync,
+    /// rename) and ends its process. On error the VM runs on and no file is left behind.
+    async fn save(&self, vm: &VmHandle, state: &Path) -> Result<(), VmmError>;
+    /// Starts a VM of `spec` from a file [`Vmm::save`] wrote, running where it stopped. The
+    /// spec's machine (vCPUs, memory, devices) must be the saved one's; its network namespace
+    /// may differ. On error nothing is left running.
+    async fn restore(&self, spec: &VmSpec, state: &Path) -> Result<VmHandle, VmmError>;
     /// QMP events from now on (subscribe right after boot/adopt). Each VM has its own
     /// channel; it reports `Closed` once the QMP connection ends, i.e. when QEMU exited.
     fn events(&self, vm: &VmHandle) -> tokio::sync::broadcast::Receiver<VmEvent>;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
+use super::migrate;
 use super::process::{alive, is_our_qemu, read_pid_file, sigkill, wait_gone};
 use super::qmp::QmpClient;
 use super::{
@@ -92,9 +93,10 @@ impl QemuVmm {
         Ok(())
     }
 
-    async fn spawn(&self, spec: &VmSpec) -> Result<i32, VmmError> {
+    async fn spawn(&self, spec: &VmSpec, extra: &[&str]) -> Result<i32, VmmError> {
         let mut cmd = tokio::process::Command::new(&self.binary);
         cmd.args(qemu_args(spec))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -154,15 +156,15 @@ impl QemuVmm {
     }
 }
 
-#[async_trait::async_trait]
-impl Vmm for QemuVmm {
-    async fn boot(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
+impl QemuVmm {
+    /// Starts QEMU for `spec` with `extra` arguments and connects to its QMP socket.
+    async fn start(&self, spec: &VmSpec, extra: &[&str]) -> Result<VmHandle, VmmError> {
         let spec = normalize(spec)?;
         let span = tracing::info_span!("vm_boot", sandbox_id = %spec.sandbox_id);
         async {
             prepare_run_dir(&spec)?;
             let started = std::time::Instant::now();
-            let pid = match self.spawn(&spec).await {
+            let pid = match self.spawn(&spec, extra).await {
                 Ok(pid) => pid,
                 Err(e) => {
                     // A timed-out start may have left a daemon behind.
@@ -194,6 +196,86 @@ impl Vmm for QemuVmm {
         }
         .instrument(span)
         .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Vmm for QemuVmm {
+    async fn boot(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
+        self.start(spec, &[]).await
+    }
+
+    async fn save(&self, vm: &VmHandle, state: &Path) -> Result<(), VmmError> {
+        let span = tracing::info_span!("vm_save", sandbox_id = %vm.sandbox_id, pid = vm.pid);
+        async {
+            let started = std::time::Instant::now();
+            let tmp = temp_name(state);
+            vm.qmp.execute("stop", None).await?;
+            let saved = async {
+                migrate::save(&vm.qmp, &tmp, vm.spec.memory_mb).await?;
+                sync_and_rename(&tmp, state)
+            }
+            .await;
+            if let Err(e) = saved {
+                let _ = std::fs::remove_file(&tmp);
+                // The sandbox keeps running: a failed save must not cost it.
+                if let Err(c) = vm.qmp.execute("cont", None).await {
+                    tracing::warn!(error = %c, "cannot resume the VM after a failed save");
+                }
+                return Err(e);
+            }
+            stop(vm.pid, &vm.run_dir, Some(&vm.qmp), self.grace).await?;
+            remove_runtime_files(&vm.run_dir);
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                bytes = std::fs::metadata(state).map(|m| m.len()).unwrap_or(0),
+                "VM saved"
+            );
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn restore(&self, spec: &VmSpec, state: &Path) -> Result<VmHandle, VmmError> {
+        let meta = std::fs::metadata(state).map_err(|e| VmmError::BadState {
+            path: state.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        if !meta.is_file() || meta.len() == 0 {
+            return Err(VmmError::BadState {
+                path: state.to_path_buf(),
+                reason: "not a saved VM state".into(),
+            });
+        }
+        let state = std::path::absolute(state)?;
+        let vm = self.start(spec, &["-incoming", "defer"]).await?;
+        let span = tracing::info_span!("vm_restore", sandbox_id = %vm.sandbox_id, pid = vm.pid);
+        let loaded = async {
+            let started = std::time::Instant::now();
+            migrate::load(&vm.qmp, &state, vm.spec.memory_mb).await?;
+            // QEMU starts the guest after an incoming migration unless told not to; `cont`
+            // makes sure whichever way it went.
+            if self.status(&vm).await? != VmStatus::Running {
+                vm.qmp.execute("cont", None).await?;
+            }
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "VM restored"
+            );
+            Ok::<(), VmmError>(())
+        }
+        .instrument(span)
+        .await;
+        if let Err(e) = loaded {
+            let _ = self.destroy(&vm).await;
+            // QEMU exits when it cannot load a stream: whatever broke, the file did not restore.
+            return Err(VmmError::BadState {
+                path: state,
+                reason: e.to_string(),
+            });
+        }
+        Ok(vm)
     }
 
     async fn destroy(&self, vm: &VmHandle) -> Result<(), VmmError> {
@@ -297,6 +379,24 @@ async fn stop(
     } else {
         Err(VmmError::StillRunning { pid })
     }
+}
+
+/// `<state>.tmp`: where a save writes before the rename makes it the state.
+fn temp_name(state: &Path) -> PathBuf {
+    let mut name = state.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    state.with_file_name(name)
+}
+
+/// fsyncs `tmp`, renames it to `path` and fsyncs the directory: a crash leaves either the old
+/// state or the new, never a torn file under the final name.
+fn sync_and_rename(tmp: &Path, path: &Path) -> Result<(), VmmError> {
+    std::fs::File::open(tmp)?.sync_all()?;
+    std::fs::rename(tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn remove_runtime_files(run_dir: &Path) {

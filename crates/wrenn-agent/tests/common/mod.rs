@@ -169,6 +169,19 @@ impl SandboxBackend for TestBackend {
         }
     }
 
+    // The RPC tests drive envd processes, not VMs: nothing to save.
+    async fn pause(&self, id: &str) -> Result<SandboxInfo, BackendError> {
+        Err(BackendError::FailedPrecondition(format!(
+            "sandbox {id}: the test backend cannot pause"
+        )))
+    }
+
+    async fn resume(&self, id: &str) -> Result<SandboxInfo, BackendError> {
+        Err(BackendError::FailedPrecondition(format!(
+            "sandbox {id}: the test backend cannot resume"
+        )))
+    }
+
     async fn list(&self) -> Result<ListSandboxesResponse, BackendError> {
         Ok(ListSandboxesResponse {
             sandboxes: self

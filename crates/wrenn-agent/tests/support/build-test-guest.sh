@@ -56,6 +56,10 @@ case "$mode" in
         dd if=/dev/urandom of=/dev/vda bs=1M oflag=direct 2>/dev/null
         echo WRENN-TEST-FILL-DONE
         while true; do sleep 1; done ;;
+    count)
+        # A counter that lives only in memory: a restored VM must go on from where it was.
+        n=0
+        while true; do n=$((n + 1)); echo "WRENN-TEST-COUNT $n"; sleep 0.2; done ;;
     *)
         echo WRENN-TEST-IDLE
         while true; do sleep 1; done ;;
