@@ -534,3 +534,175 @@ fn restart_cleans_up_a_create_cut_short_by_sigkill() {
         "restart must remove the half-made sandbox"
     );
 }
+
+/// A process that counts in memory only; SIGUSR1 makes it write the count to /dev/shm.
+const COUNTER: &str = "
+import signal, time
+n = 0
+def dump(*_):
+    open('/dev/shm/count', 'w').write(str(n))
+signal.signal(signal.SIGUSR1, dump)
+while True:
+    n += 1
+    time.sleep(0.01)
+";
+
+/// The counter's value, read through its signal handler.
+async fn count(
+    c: &wrenn_proto::hostagent::v1::HostAgentServiceClient<connectrpc::client::HttpClient>,
+    id: &str,
+    pid: u32,
+) -> u64 {
+    let (out, err, code) = sh(
+        c,
+        id,
+        &format!("rm -f /dev/shm/count; kill -USR1 {pid} && for i in $(seq 50); do [ -s /dev/shm/count ] && break; sleep 0.1; done; cat /dev/shm/count"),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    out.trim().parse().expect("a count")
+}
+
+fn status_of(info: &pb::SandboxInfo) -> pb::SandboxStatus {
+    info.status.as_known().expect("known status")
+}
+
+#[test]
+fn pause_resume_keep_memory_and_survive_an_agent_sigkill() {
+    let mut env = AgentEnv::new();
+    let before = env.host_state();
+    let id = sandbox_id();
+    let (pid, c1) = rt().block_on(async {
+        let c = env.client();
+        c.create_sandbox(create_req(&id)).await.expect("create");
+        let bg = c
+            .start_background(pb::StartBackgroundRequest {
+                sandbox_id: id.clone(),
+                cmd: "/usr/bin/python3".into(),
+                args: vec!["-c".into(), COUNTER.into()],
+                tag: "counter".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("start the counter")
+            .into_owned();
+        let (_, err, code) = sh(&c, &id, "echo kept-in-tmpfs > /dev/shm/keep").await;
+        assert_eq!(code, 0, "{err}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let c1 = count(&c, &id, bg.pid).await;
+        assert!(c1 > 0);
+
+        let paused = c
+            .pause_sandbox(pb::PauseSandboxRequest {
+                sandbox_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("pause")
+            .into_owned();
+        let info = paused.sandbox.as_option().expect("info");
+        assert_eq!(status_of(info), pb::SandboxStatus::SANDBOX_STATUS_PAUSED);
+        assert!(info.host_ip.is_empty(), "a paused sandbox holds no slot");
+        (bg.pid, c1)
+    });
+    // The VM is gone and its network with it; its state and disk stay on disk.
+    assert!(env.qemu_pids().is_empty(), "QEMU runs after the pause");
+    assert!(
+        env.sandbox_netns().is_empty(),
+        "the network outlives the pause"
+    );
+    let dir = env.root.path().join("sandboxes").join(&id);
+    assert!(dir.join("vm.state").is_file());
+    assert!(dir.join("rootfs.qcow2").is_file());
+    rt().block_on(async {
+        let c = env.client();
+        let again = c
+            .pause_sandbox(pb::PauseSandboxRequest {
+                sandbox_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("a paused sandbox cannot pause");
+        assert_eq!(again.code, connectrpc::ErrorCode::FailedPrecondition);
+        let e = c
+            .exec(pb::ExecRequest {
+                sandbox_id: id.clone(),
+                cmd: "true".into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("no exec while paused");
+        assert_eq!(e.code, connectrpc::ErrorCode::FailedPrecondition, "{e:?}");
+    });
+
+    // Paused state lives on disk: a SIGKILLed agent's successor still knows and resumes it.
+    env.kill_agent();
+    env.start_agent();
+    rt().block_on(async {
+        let c = env.client();
+        let l = c
+            .list_sandboxes(pb::ListSandboxesRequest::default())
+            .await
+            .expect("list")
+            .into_owned();
+        let s = l
+            .sandboxes
+            .iter()
+            .find(|s| s.sandbox_id == id)
+            .expect("the paused sandbox after the restart");
+        assert_eq!(status_of(s), pb::SandboxStatus::SANDBOX_STATUS_PAUSED);
+
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let resumed = c
+            .resume_sandbox(pb::ResumeSandboxRequest {
+                sandbox_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("resume")
+            .into_owned();
+        let info = resumed.sandbox.as_option().expect("info");
+        assert_eq!(status_of(info), pb::SandboxStatus::SANDBOX_STATUS_RUNNING);
+        assert!(!info.host_ip.is_empty());
+        let again = c
+            .resume_sandbox(pb::ResumeSandboxRequest {
+                sandbox_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("a running sandbox cannot resume");
+        assert_eq!(again.code, connectrpc::ErrorCode::FailedPrecondition);
+
+        // The same process, counting on from its value in memory; the tmpfs file is there.
+        let c2 = count(&c, &id, pid).await;
+        assert!(c2 > c1, "count {c1} before the pause, {c2} after");
+        let (out, _, _) = sh(&c, &id, "cat /dev/shm/keep").await;
+        assert_eq!(out.trim(), "kept-in-tmpfs");
+        // The guest's clock was set forward past the time it spent paused.
+        let host_before = now_ms();
+        let (out, _, _) = sh(&c, &id, "date +%s%3N").await;
+        let host_after = now_ms();
+        let guest: i64 = out.trim().parse().expect("guest time");
+        assert!(
+            guest >= host_before - 1000 && guest <= host_after + 1000,
+            "guest clock {guest} vs host {host_before}..{host_after}"
+        );
+        assert!(!dir.join("vm.state").exists(), "the used state is removed");
+
+        // A paused sandbox's delete removes its files.
+        c.pause_sandbox(pb::PauseSandboxRequest {
+            sandbox_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("pause again");
+        c.destroy_sandbox(pb::DestroySandboxRequest {
+            sandbox_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("destroy the paused sandbox");
+    });
+    assert!(!dir.exists(), "the paused sandbox's files are removed");
+    assert_eq!(before, env.host_state(), "nothing is left behind");
+}

@@ -825,6 +825,11 @@ impl SandboxBackend for Manager {
     }
 
     async fn envd(&self, id: &str) -> Result<EnvdClient, BackendError> {
+        if self.parked.read().await.contains_key(id) {
+            return Err(BackendError::FailedPrecondition(format!(
+                "sandbox {id} is paused: resume it first"
+            )));
+        }
         let l = self.live(id).await?;
         let rec = l.record();
         if rec.state != State::Running {
