@@ -1,4 +1,5 @@
-//! `wrenn sandbox create | ls | get | rm` (and the `wrenn ls` / `wrenn rm` shortcuts).
+//! `wrenn sandbox create | ls | get | pause | resume | rm` (and the `wrenn ls` / `wrenn rm`
+//! shortcuts).
 
 use std::collections::BTreeMap;
 
@@ -33,6 +34,10 @@ pub enum SandboxCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Pause a running sandbox to disk (memory and processes kept; its VM and RAM released).
+    Pause { id: String },
+    /// Resume a paused sandbox where it stopped.
+    Resume { id: String },
     /// Remove sandboxes (their VMs and disks are destroyed).
     #[command(alias = "kill", alias = "delete")]
     Rm(RmArgs),
@@ -104,11 +109,25 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        SandboxCommand::Pause { id } => lifecycle(&args.global, &id, "pause").await,
+        SandboxCommand::Resume { id } => lifecycle(&args.global, &id, "resume").await,
         SandboxCommand::Rm(mut r) => {
             merge_global(&mut r.global, &args.global);
             rm(r).await
         }
     }
+}
+
+/// `POST /v1/sandboxes/{id}/<action>`; says the new status on stderr.
+async fn lifecycle(global: &Global, id: &str, action: &str) -> anyhow::Result<()> {
+    let client = Client::new(global, Need::Team)?;
+    let url = client.url(&format!("v1/sandboxes/{}/{action}", seg(id)))?;
+    let v: Value = client.json(client.request(Method::POST, url)).await?;
+    eprintln!(
+        "{id} is {}",
+        v.get("status").and_then(Value::as_str).unwrap_or("?")
+    );
+    Ok(())
 }
 
 /// Flags given before the nested subcommand (`wrenn sandbox --url X ls`) count too.

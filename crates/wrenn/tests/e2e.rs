@@ -276,3 +276,116 @@ e2e_test! {
         });
     }
 }
+
+/// In-memory counter; SIGUSR1 writes the count to /dev/shm/count.
+const COUNTER: &str = "
+import signal, time
+n = 0
+def dump(*_):
+    open('/dev/shm/count', 'w').write(str(n))
+signal.signal(signal.SIGUSR1, dump)
+while True:
+    n += 1
+    time.sleep(0.01)
+";
+
+async fn sh(sys: &harness::System, id: &str, script: &str) -> (StatusCode, Value) {
+    sys.call(
+        Method::POST,
+        &format!("/v1/sandboxes/{id}/exec"),
+        Some(sys.api_key()),
+        Some(json!({"cmd": "bash", "args": ["-c", script], "timeout_sec": 60})),
+    )
+    .await
+}
+
+async fn counter_value(sys: &harness::System, id: &str, pid: i64) -> u64 {
+    let (s, v) = sh(
+        sys,
+        id,
+        &format!("rm -f /dev/shm/count; kill -USR1 {pid} && for i in $(seq 50); do [ -s /dev/shm/count ] && break; sleep 0.1; done; cat /dev/shm/count"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["stdout"]
+        .as_str()
+        .unwrap_or("")
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("a count: {v}"))
+}
+
+e2e_test! {
+    fn pause_and_resume_through_the_api(sys) {
+        sys.block_on(async {
+            let key = sys.api_key().to_owned();
+            let sb = sys.create_sandbox(json!({"memory_mb": 256, "timeout_sec": 600})).await;
+            let id = id_of(&sb);
+            let (s, bg) = sys
+                .call(Method::POST, &format!("/v1/sandboxes/{id}/processes"), Some(&key),
+                      Some(json!({"cmd": "python3", "args": ["-c", COUNTER], "tag": "counter"})))
+                .await;
+            assert_eq!(s, StatusCode::ACCEPTED, "{bg}");
+            let pid = bg["pid"].as_i64().expect("pid");
+            let (s, v) = sh(sys, &id, "echo kept > /dev/shm/keep").await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let before = counter_value(sys, &id, pid).await;
+
+            let t = Instant::now();
+            let (s, paused) = sys.call(Method::POST, &format!("/v1/sandboxes/{id}/pause"), Some(&key), None).await;
+            eprintln!("pause via API: {} ms", t.elapsed().as_millis());
+            assert_eq!(s, StatusCode::OK, "{paused}");
+            assert_eq!(paused["status"], "paused");
+            assert!(paused["end_at"].is_null(), "a paused sandbox's deadline stops: {paused}");
+            assert!(sys.env.qemu_pids().is_empty(), "QEMU runs while paused");
+            assert!(sys.env.sandbox_netns().is_empty(), "its network outlives the pause");
+            // The transition table: pause of paused, I/O on paused, resume of running → 409.
+            let (s, v) = sys.call(Method::POST, &format!("/v1/sandboxes/{id}/pause"), Some(&key), None).await;
+            assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("invalid_state")), "{v}");
+            let (s, v) = sh(sys, &id, "true").await;
+            assert_eq!(s, StatusCode::CONFLICT, "{v}");
+            let (_, list) = sys.call(Method::GET, "/v1/sandboxes?status=paused", Some(&key), None).await;
+            assert_eq!(ids(&list), vec![id.clone()]);
+            // Another team can neither pause nor resume it.
+            let (_, key_b, _) = sys.signup("mallory@example.com").await;
+            let (s, _) = sys.call(Method::POST, &format!("/v1/sandboxes/{id}/resume"), Some(&key_b), None).await;
+            assert_eq!(s, StatusCode::NOT_FOUND);
+
+            let t = Instant::now();
+            let (s, resumed) = sys.call(Method::POST, &format!("/v1/sandboxes/{id}/resume"), Some(&key), None).await;
+            eprintln!("resume via API: {} ms", t.elapsed().as_millis());
+            assert_eq!(s, StatusCode::OK, "{resumed}");
+            assert_eq!(resumed["status"], "running");
+            assert!(resumed["end_at"].as_i64().is_some(), "the timeout runs again: {resumed}");
+            let (s, v) = sys.call(Method::POST, &format!("/v1/sandboxes/{id}/resume"), Some(&key), None).await;
+            assert_eq!(s, StatusCode::CONFLICT, "{v}");
+            let after = counter_value(sys, &id, pid).await;
+            assert!(after > before, "count {before} before the pause, {after} after");
+            let (_, v) = sh(sys, &id, "cat /dev/shm/keep").await;
+            assert_eq!(v["stdout"].as_str().map(str::trim), Some("kept"), "{v}");
+
+            // A paused sandbox's delete removes its files.
+            let (s, _) = sys.call(Method::POST, &format!("/v1/sandboxes/{id}/pause"), Some(&key), None).await;
+            assert_eq!(s, StatusCode::OK);
+            let (s, v) = sys.call(Method::DELETE, &format!("/v1/sandboxes/{id}"), Some(&key), None).await;
+            assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+            assert!(!sys.env.root.path().join("sandboxes").join(&id).exists(), "files left");
+
+            let db = sys.db().await;
+            let page = wrenn_cp::db::PageRequest::first(100).unwrap();
+            let mut audit: Vec<String> = db
+                .list_audit(&sys.team_id, &page)
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|e| e.target_id.as_deref() == Some(id.as_str()))
+                .map(|e| e.action)
+                .collect();
+            audit.reverse();
+            assert_eq!(audit, ["sandbox.create", "sandbox.pause", "sandbox.resume", "sandbox.pause", "sandbox.delete"]);
+            db.close().await;
+        });
+    }
+}

@@ -87,6 +87,8 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(create, list))
         .routes(routes!(get, destroy))
         .routes(routes!(keepalive))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
         .routes(routes!(list_templates))
         .routes(routes!(exec::exec))
         .routes(routes!(exec::exec_stream))
@@ -802,6 +804,191 @@ pub async fn keepalive(
         .await
         .map_err(db_err_for("sandbox"))?;
     Ok(ApiJson(sb.into()))
+}
+
+/// Moves the row after the agent did; the reconciler may have been first, which is fine.
+async fn settled(st: &AppState, sb: &Sandbox, to: SandboxStatus) -> Result<Sandbox, ApiError> {
+    match st.db.transition_sandbox(&sb.id, to, None).await {
+        Ok(s) => Ok(s),
+        Err(DbError::Conflict { current, .. }) if current == to => st
+            .db
+            .get_sandbox(&sb.team_id, &sb.id)
+            .await
+            .map_err(db_err_for("sandbox")),
+        Err(e) => Err(conflict(e)),
+    }
+}
+
+/// How long a pause or resume may take on the agent (memory to or from disk).
+const PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The team's sandbox, which must be in `status`, and its host's agent (409 otherwise).
+async fn in_status(
+    st: &AppState,
+    team_id: &str,
+    id: &SandboxId,
+    status: SandboxStatus,
+) -> Result<(Sandbox, Agent), ApiError> {
+    let sb = st
+        .db
+        .get_sandbox(team_id, id.as_str())
+        .await
+        .map_err(db_err_for("sandbox"))?;
+    if sb.status != status {
+        return Err(ApiError::invalid_state(format!(
+            "sandbox is {}, not {status}",
+            sb.status
+        )));
+    }
+    let agent = match sb.host_id.as_deref() {
+        Some(h) => host_agent(st, h).await?,
+        None => None,
+    }
+    .ok_or_else(|| ApiError::invalid_state("sandbox has no host"))?;
+    Ok((sb, agent))
+}
+
+/// Pauses a running sandbox to disk on its host: its VM stops, memory and device state are
+/// saved beside its disk, and its network slot and RAM are released. Its deadline stops.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/pause",
+    tag = "sandboxes",
+    operation_id = "pause_sandbox",
+    params(("id" = String, Path, description = "Sandbox ID")),
+    responses(
+        (status = 200, description = "Paused", body = SandboxView),
+        (status = 400, description = "Malformed ID", body = ErrorBody),
+        (status = 404, description = "No such sandbox in the caller's team", body = ErrorBody),
+        (status = 409, description = "Not running (e.g. already paused)", body = ErrorBody),
+        (status = 502, description = "The host could not pause it; it keeps running", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn pause(
+    st: State,
+    auth: TeamAuth,
+    ApiPath(id): ApiPath<SandboxId>,
+) -> Result<ApiJson<SandboxView>, ApiError> {
+    let (sb, agent) = in_status(&st, auth.team_id(), &id, SandboxStatus::Running).await?;
+    agent
+        .rpc()
+        .pause_sandbox_with_options(
+            pb::PauseSandboxRequest {
+                sandbox_id: sb.id.clone(),
+                ..Default::default()
+            },
+            agent.opts_timeout(PAUSE_TIMEOUT),
+        )
+        .await
+        .map_err(|e| ApiError::from(agent.err(e)))?;
+    let paused = settled(&st, &sb, SandboxStatus::Paused).await?;
+    // A paused sandbox has no deadline; resume starts its timeout afresh.
+    st.db
+        .set_sandbox_deadline(&sb.id, sb.timeout_sec, None)
+        .await
+        .map_err(db_err_for("sandbox"))?;
+    audit(&st, &Actor::from(&auth), "sandbox.pause", &paused).await;
+    let sb = st
+        .db
+        .get_sandbox(auth.team_id(), &sb.id)
+        .await
+        .map_err(db_err_for("sandbox"))?;
+    Ok(ApiJson(sb.into()))
+}
+
+/// Resumes a paused sandbox on its host where it stopped: processes, open files and memory
+/// as they were; the guest's clock is set to now. Its timeout starts again from now.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/resume",
+    tag = "sandboxes",
+    operation_id = "resume_sandbox",
+    params(("id" = String, Path, description = "Sandbox ID")),
+    responses(
+        (status = 200, description = "Running again", body = SandboxView),
+        (status = 400, description = "Malformed ID", body = ErrorBody),
+        (status = 404, description = "No such sandbox in the caller's team", body = ErrorBody),
+        (status = 409, description = "Not paused (e.g. running)", body = ErrorBody),
+        (status = 502, description = "The host could not resume it", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn resume(
+    st: State,
+    auth: TeamAuth,
+    ApiPath(id): ApiPath<SandboxId>,
+) -> Result<ApiJson<SandboxView>, ApiError> {
+    let (sb, agent) = in_status(&st, auth.team_id(), &id, SandboxStatus::Paused).await?;
+    let r = agent
+        .rpc()
+        .resume_sandbox_with_options(
+            pb::ResumeSandboxRequest {
+                sandbox_id: sb.id.clone(),
+                ..Default::default()
+            },
+            agent.opts_timeout(PAUSE_TIMEOUT),
+        )
+        .await
+        .map(|r| r.into_owned());
+    let info = match r {
+        Ok(r) => r.sandbox.as_option().cloned().unwrap_or_default(),
+        Err(e) => {
+            let e = agent.err(e);
+            // A state that cannot come back leaves the sandbox in `error` on the agent.
+            if let Ok(g) = agent
+                .rpc()
+                .get_sandbox_with_options(
+                    pb::GetSandboxRequest {
+                        sandbox_id: sb.id.clone(),
+                        ..Default::default()
+                    },
+                    agent.opts(),
+                )
+                .await
+                && let Some(i) = g.into_owned().sandbox.as_option()
+                && i.status.as_known() == Some(pb::SandboxStatus::SANDBOX_STATUS_ERROR)
+            {
+                let _ = st
+                    .db
+                    .transition_sandbox(&sb.id, SandboxStatus::Error, Some(&i.error))
+                    .await;
+            }
+            return Err(e.into());
+        }
+    };
+    let end_at = (sb.timeout_sec > 0).then(|| now_ms() + sb.timeout_sec * 1000);
+    if let Err(e) = agent
+        .rpc()
+        .set_timeout_with_options(
+            pb::SetTimeoutRequest {
+                sandbox_id: sb.id.clone(),
+                end_at_ms: end_at.unwrap_or(0),
+                ..Default::default()
+            },
+            agent.opts(),
+        )
+        .await
+    {
+        tracing::warn!(sandbox = %sb.id, error = %e, "could not set the resumed sandbox's deadline");
+    }
+    st.db
+        .update_sandbox(
+            &sb.id,
+            SandboxPatch {
+                host_ip: Some(&info.host_ip),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(db_err_for("sandbox"))?;
+    st.db
+        .set_sandbox_deadline(&sb.id, sb.timeout_sec, end_at)
+        .await
+        .map_err(db_err_for("sandbox"))?;
+    let resumed = settled(&st, &sb, SandboxStatus::Running).await?;
+    audit(&st, &Actor::from(&auth), "sandbox.resume", &resumed).await;
+    Ok(ApiJson(resumed.into()))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

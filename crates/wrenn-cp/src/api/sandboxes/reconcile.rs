@@ -47,6 +47,17 @@ async fn settle(st: &AppState, sb: Sandbox, to: SandboxStatus, error: Option<&st
     match st.db.transition_sandbox(&sb.id, to, error).await {
         Ok(n) => {
             tracing::info!(sandbox = %sb.id, from = %sb.status, to = %to, "sandbox reconciled with its agent");
+            // Paused at its deadline by the agent: a paused sandbox's deadline stops.
+            if to == SandboxStatus::Paused
+                && n.end_at.is_some()
+                && st
+                    .db
+                    .set_sandbox_deadline(&n.id, n.timeout_sec, None)
+                    .await
+                    .is_ok()
+            {
+                return Sandbox { end_at: None, ..n };
+            }
             n
         }
         Err(DbError::Conflict { .. }) => st.db.get_sandbox(&sb.team_id, &sb.id).await.unwrap_or(sb),
@@ -193,6 +204,10 @@ pub async fn reconcile_host(st: &AppState, host: &Host) -> Result<(), crate::age
             (Some(SandboxStatus::Running), Some(sb)) if sb.status == SandboxStatus::Missing => {
                 tracing::info!(sandbox = %sb.id, host = %host.id, "reconciler: missing sandbox is running again");
                 settle(st, sb, SandboxStatus::Running, None).await;
+            }
+            (Some(SandboxStatus::Paused), Some(sb)) if sb.status == SandboxStatus::Missing => {
+                tracing::info!(sandbox = %sb.id, host = %host.id, "reconciler: missing sandbox is paused");
+                settle(st, sb, SandboxStatus::Paused, None).await;
             }
             (Some(SandboxStatus::Running), None) => {
                 // Not running in our rows: an orphan if the row is finished.
