@@ -54,6 +54,11 @@ pub struct AgentConfig {
     /// Network slots (sandboxes at once).
     #[arg(long, env = "AGENT_MAX_SANDBOXES", default_value_t = 1024)]
     pub max_sandboxes: u32,
+    /// Create sandboxes by restoring a snapshot of their template booted to envd-ready (made
+    /// by the first create of each template and machine shape, cached under `cache/warm/`),
+    /// instead of booting each one.
+    #[arg(long, env = "AGENT_WARM_BASES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub warm_bases: bool,
     /// Test hook: fail create at the named step (overlay, slot, network, boot, health, init).
     #[arg(long, env = "AGENT_FAILPOINT", hide = true)]
     pub failpoint: Option<String>,
@@ -93,5 +98,9 @@ impl AgentConfig {
 
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join("cache")
+    }
+
+    pub fn warm_dir(&self) -> PathBuf {
+        self.cache_dir().join("warm")
     }
 }

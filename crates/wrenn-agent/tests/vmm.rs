@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use support::{NetnsGuard, VmGuard, pid_alive, rss_kib, serial, spec, wait_serial};
 use tokio::sync::broadcast;
 use wrenn_agent::storage::{allocated_bytes, create_overlay};
-use wrenn_agent::vmm::{QemuVmm, VmEvent, VmStatus, Vmm, VmmError};
+use wrenn_agent::vmm::{QemuVmm, StateKind, VmEvent, VmStatus, Vmm, VmmError};
 
 const GUEST_BOOT: Duration = Duration::from_secs(120);
 
@@ -426,7 +426,7 @@ async fn saved_vm_is_gone_and_restores_where_it_stopped() {
 
     let state = dir.path().join("vm.state");
     let t0 = Instant::now();
-    vmm.save(&vm, &state).await.expect("save");
+    vmm.save(&vm, &state, StateKind::Full).await.expect("save");
     let saved_in = t0.elapsed();
     assert!(!pid_alive(vm.pid), "QEMU still runs after save");
     assert!(!vm.run_dir.join("vmm.pid").exists());
@@ -440,7 +440,10 @@ async fn saved_vm_is_gone_and_restores_where_it_stopped() {
     assert_eq!(counts(&vm.run_dir).last(), Some(&last));
 
     let t1 = Instant::now();
-    let vm2 = vmm.restore(&spec, &state).await.expect("restore");
+    let vm2 = vmm
+        .restore(&spec, &state, StateKind::Full)
+        .await
+        .expect("restore");
     let restored_in = t1.elapsed();
     assert_eq!(vmm.status(&vm2).await.unwrap(), VmStatus::Running);
     let after = last + 3;
@@ -472,12 +475,18 @@ async fn restore_from_a_missing_or_corrupt_state_fails_and_leaves_nothing() {
     let _guard = VmGuard(spec.run_dir.clone());
     let vmm = QemuVmm::new();
     let missing = dir.path().join("nothing.state");
-    let err = vmm.restore(&spec, &missing).await.unwrap_err();
+    let err = vmm
+        .restore(&spec, &missing, StateKind::Full)
+        .await
+        .unwrap_err();
     assert!(matches!(err, VmmError::BadState { .. }), "{err}");
 
     let corrupt = dir.path().join("corrupt.state");
     std::fs::write(&corrupt, b"QEVM but not really a migration stream").unwrap();
-    let err = vmm.restore(&spec, &corrupt).await.unwrap_err();
+    let err = vmm
+        .restore(&spec, &corrupt, StateKind::Full)
+        .await
+        .unwrap_err();
     assert!(matches!(err, VmmError::BadState { .. }), "{err}");
     assert!(
         !spec.run_dir.join("vmm.pid").exists(),

@@ -212,6 +212,7 @@ impl Floor {
             guest_mac: Some(net.guest_mac.clone()),
             run_dir: dir.join("run"),
             accel: Accel::Tcg,
+            memory_file: None,
         };
         std::fs::create_dir_all(&spec.run_dir)?;
         let mut cmd = tokio::process::Command::new("qemu-system-x86_64");

@@ -706,3 +706,56 @@ fn pause_resume_keep_memory_and_survive_an_agent_sigkill() {
     assert!(!dir.exists(), "the paused sandbox's files are removed");
     assert_eq!(before, env.host_state(), "nothing is left behind");
 }
+
+#[test]
+fn clones_of_one_warm_base_are_each_their_own_machine() {
+    let env = AgentEnv::new();
+    rt().block_on(async {
+        let c = env.client();
+        let mut seen = Vec::new();
+        // The first create makes the warm base; all three are restored from it.
+        for n in 0..3 {
+            let id = sandbox_id();
+            let mut req = create_req(&id);
+            req.default_env = [("CLONE_N".to_string(), n.to_string())].into_iter().collect();
+            let made = c.create_sandbox(req).await.expect("create").into_owned();
+            let host_before = now_ms();
+            let (out, err, code) = sh(
+                &c,
+                &id,
+                "echo $CLONE_N; whoami; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; \
+                 cat /proc/sys/kernel/random/uuid; date +%s%3N",
+            )
+            .await;
+            let host_after = now_ms();
+            assert_eq!(code, 0, "{err}");
+            let lines: Vec<&str> = out.lines().collect();
+            assert_eq!(lines.len(), 5, "{out}");
+            assert_eq!(lines[0], n.to_string(), "its own environment");
+            assert_eq!(lines[1], "user", "the template's default user");
+            let guest: i64 = lines[4].parse().expect("guest time");
+            assert!(
+                guest >= host_before - 1000 && guest <= host_after + 1000,
+                "clone {n}: guest clock {guest} vs host {host_before}..{host_after}"
+            );
+            seen.push((
+                made.envd_access_token.clone(),
+                lines[2].to_owned(),
+                lines[3].to_owned(),
+            ));
+        }
+        let dir = env.root.path().join("cache/warm");
+        let bases: Vec<_> = std::fs::read_dir(&dir)
+            .expect("warm dir")
+            .flatten()
+            .collect();
+        assert_eq!(bases.len(), 1, "one warm base for one shape");
+        for i in 0..seen.len() {
+            for j in i + 1..seen.len() {
+                assert_ne!(seen[i].0, seen[j].0, "envd tokens of clones {i} and {j}");
+                assert_ne!(seen[i].1, seen[j].1, "first urandom bytes of clones {i} and {j}");
+                assert_ne!(seen[i].2, seen[j].2, "random UUIDs of clones {i} and {j}");
+            }
+        }
+    });
+}

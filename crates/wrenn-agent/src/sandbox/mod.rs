@@ -11,6 +11,7 @@ mod pause;
 pub mod record;
 pub mod rollback;
 pub mod template;
+mod warm;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use crate::envd_client::EnvdClient;
 use crate::network::{Network, SandboxNet, SlotAllocator};
 use crate::rpc::{BackendError, SandboxBackend};
 use crate::storage;
-use crate::vmm::{Accel, VmEvent, VmHandle, VmSpec, Vmm};
+use crate::vmm::{Accel, MemoryFile, StateKind, VmEvent, VmHandle, VmSpec, Vmm};
 use record::{SandboxRecord, State};
 use rollback::Rollback;
 
@@ -75,6 +76,8 @@ pub struct Manager {
     boots: Semaphore,
     live: RwLock<HashMap<String, Arc<Live>>>,
     parked: RwLock<HashMap<String, Parked>>,
+    /// `None` when creates boot (`--warm-bases=false`).
+    warm: Option<warm::WarmBases>,
     /// IDs with a create, pause or resume in flight.
     busy: Mutex<HashSet<String>>,
     reaped: Mutex<Vec<String>>,
@@ -166,6 +169,21 @@ impl Manager {
         accel: Accel,
     ) -> anyhow::Result<Arc<Manager>> {
         std::fs::create_dir_all(cfg.sandboxes_dir())?;
+        let warm = if cfg.warm_bases {
+            std::fs::create_dir_all(cfg.warm_dir())?;
+            // Builds a crash cut short.
+            for e in std::fs::read_dir(cfg.warm_dir())?.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".building") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+            Some(warm::WarmBases::new(
+                cfg.warm_dir(),
+                &crate::preflight::path(crate::preflight::Tool::Qemu),
+            ))
+        } else {
+            None
+        };
         let net = Network::new(cfg.network());
         let host_cpus = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
@@ -179,6 +197,7 @@ impl Manager {
             net,
             live: RwLock::default(),
             parked: RwLock::default(),
+            warm,
             busy: Mutex::default(),
             reaped: Mutex::default(),
             paused: Mutex::default(),
@@ -273,17 +292,34 @@ impl Manager {
     ) -> Result<(pb::SandboxInfo, String), BackendError> {
         let id = req.sandbox_id.clone();
         let dir = self.cfg.sandboxes_dir().join(&id);
+        // Every create is a restore of the warm base; a cold boot when there is none.
+        match self.warm_for(&req, &template).await {
+            Ok(base) => {
+                let mut undo = Rollback::default();
+                match self
+                    .create_with(&req, &template, Some(&base), &dir, &mut undo)
+                    .await
+                {
+                    Ok(live) => {
+                        undo.disarm();
+                        return Ok(self.started(live).await);
+                    }
+                    Err(e) => {
+                        warn!(sandbox_id = %id, error = %e, "warm clone failed; booting cold");
+                        undo.run().await;
+                    }
+                }
+            }
+            Err(reason) => info!(sandbox_id = %id, %reason, "no warm base; booting cold"),
+        }
         let mut undo = Rollback::default();
-        let r = self.create_with(&req, &template, &dir, &mut undo).await;
+        let r = self
+            .create_with(&req, &template, None, &dir, &mut undo)
+            .await;
         match r {
             Ok(live) => {
                 undo.disarm();
-                let rec = live.record();
-                let token = rec.envd_token.clone();
-                self.watch_events(live.clone());
-                self.live.write().await.insert(id.clone(), live);
-                info!(sandbox_id = %id, "sandbox running");
-                Ok((self.info(&rec, &dir), token))
+                Ok(self.started(live).await)
             }
             Err(e) => {
                 warn!(sandbox_id = %id, error = %e, "create failed; rolling back");
@@ -293,10 +329,159 @@ impl Manager {
         }
     }
 
+    /// A created sandbox joins the live map; returns its info and envd token.
+    async fn started(&self, live: Arc<Live>) -> (pb::SandboxInfo, String) {
+        let rec = live.record();
+        let token = rec.envd_token.clone();
+        self.watch_events(live.clone());
+        let info = self.info(&rec, &live.dir);
+        self.live.write().await.insert(rec.id.clone(), live);
+        info!(sandbox_id = %rec.id, "sandbox running");
+        (info, token)
+    }
+
+    /// The warm base for this create, built now if this is the first of its shape; the
+    /// reason when there is none.
+    async fn warm_for(
+        &self,
+        req: &pb::CreateSandboxRequest,
+        template: &template::Template,
+    ) -> Result<warm::WarmBase, String> {
+        let Some(w) = &self.warm else {
+            return Err("warm bases are off (--warm-bases=false)".into());
+        };
+        self.validate(req).map_err(|e| e.to_string())?;
+        let shape = warm::Shape {
+            vcpus: req.vcpus,
+            memory_mb: req.memory_mb,
+            disk_size_mb: req.disk_size_mb,
+        };
+        let key = w.key(template, shape, self.accel);
+        if let Some(b) = w.get(&key) {
+            return Ok(b);
+        }
+        let lock = w.lock(&key).await;
+        let _building = lock.lock().await;
+        if let Some(b) = w.get(&key) {
+            return Ok(b);
+        }
+        let started = std::time::Instant::now();
+        let built = self
+            .build_warm(w, template, shape, &key)
+            .instrument(info_span!("warm_base", key = %key, template = %template.name))
+            .await;
+        match &built {
+            Ok(_) => info!(key = %key, ms = started.elapsed().as_millis() as u64, "warm base made"),
+            Err(e) => warn!(key = %key, error = %e, "warm base not made"),
+        }
+        built
+    }
+
+    /// Boots `template` with `shape` on a network slot of its own, waits for envd, saves its
+    /// device state with RAM left in the shared memory file, and publishes the files.
+    async fn build_warm(
+        &self,
+        w: &warm::WarmBases,
+        template: &template::Template,
+        shape: warm::Shape,
+        key: &str,
+    ) -> Result<warm::WarmBase, String> {
+        let building = w.building_path(key);
+        let _ = tokio::fs::remove_dir_all(&building).await;
+        std::fs::create_dir_all(&building).map_err(|e| format!("{}: {e}", building.display()))?;
+        let made = async {
+            let disk = building.join(warm::DISK);
+            storage::create_overlay(
+                &template.rootfs,
+                &disk,
+                (shape.disk_size_mb > 0).then_some(shape.disk_size_mb),
+            )
+            .await
+            .map_err(|e| format!("disk: {e}"))?;
+            let slot = self
+                .slots
+                .alloc()
+                .ok_or_else(|| "no free network slot".to_string())?;
+            let net = match self.net.setup(slot, false).await {
+                Ok(n) => n,
+                Err(e) => {
+                    self.slots.release(slot);
+                    return Err(format!("network: {e}"));
+                }
+            };
+            let spec = VmSpec {
+                sandbox_id: format!("warm-{}", &key[..8.min(key.len())]),
+                vcpus: shape.vcpus,
+                memory_mb: shape.memory_mb,
+                kernel: template.kernel.clone(),
+                initrd: template.initrd.clone(),
+                kernel_args: net.kernel_param(),
+                root_disk: disk,
+                netns: Some(net.netns.clone()),
+                tap: Some(net.tap.clone()),
+                guest_mac: Some(net.guest_mac.clone()),
+                run_dir: building.join("run"),
+                accel: self.accel,
+                memory_file: Some(MemoryFile {
+                    path: building.join(warm::MEMORY),
+                    shared: true,
+                }),
+            };
+            let saved = async {
+                let vm = {
+                    let _permit = self.boots.acquire().await.map_err(|e| e.to_string())?;
+                    self.vmm
+                        .boot(&spec)
+                        .await
+                        .map_err(|e| format!("boot: {e}"))?
+                };
+                let ready = async {
+                    let envd = EnvdClient::new(&envd_url(&net), None).map_err(|e| e.to_string())?;
+                    envd.wait_healthy(std::time::Instant::now() + self.cfg.envd_health_timeout())
+                        .await
+                        .map_err(|e| format!("envd did not become healthy: {e}"))?;
+                    self.vmm
+                        .save(&vm, &building.join(warm::STATE), StateKind::DevicesOnly)
+                        .await
+                        .map_err(|e| format!("save: {e}"))
+                }
+                .await;
+                if ready.is_err() {
+                    let _ = self.vmm.destroy(&vm).await;
+                }
+                ready
+            }
+            .await;
+            if let Err(e) = self.net.teardown(slot).await {
+                warn!(slot, error = %e, "network teardown after the warm base");
+            }
+            self.slots.release(slot);
+            saved?;
+            Ok(spec)
+        }
+        .await;
+        let published = made.and_then(|spec| {
+            let info = warm::BaseInfo {
+                key: key.to_owned(),
+                template: template.name.clone(),
+                shape,
+                envd_version: template.envd_version.clone(),
+                made_at_ms: now_ms(),
+                spec,
+            };
+            w.publish(key, &info).map_err(|e| format!("publish: {e}"))
+        });
+        if published.is_err() {
+            let _ = tokio::fs::remove_dir_all(&building).await;
+        }
+        published
+    }
+
     async fn create_with(
         &self,
         req: &pb::CreateSandboxRequest,
         template: &template::Template,
+        base: Option<&warm::WarmBase>,
         dir: &Path,
         undo: &mut Rollback,
     ) -> Result<Arc<Live>, BackendError> {
@@ -349,8 +534,15 @@ impl Manager {
         let mut steps = StepTimes::start();
         // 1. Root disk.
         let overlay = dir.join("rootfs.qcow2");
-        let size = (req.disk_size_mb > 0).then_some(req.disk_size_mb);
-        storage::create_overlay(&template.rootfs, &overlay, size)
+        // A clone's disk is the warm base's frozen disk, already of the requested size.
+        let (backing, size) = match base {
+            Some(b) => (b.disk(), None),
+            None => (
+                template.rootfs.clone(),
+                (req.disk_size_mb > 0).then_some(req.disk_size_mb),
+            ),
+        };
+        storage::create_overlay(&backing, &overlay, size)
             .await
             .map_err(|e| match e {
                 storage::StorageError::InvalidSize { .. } => {
@@ -399,20 +591,27 @@ impl Manager {
         self.failpoint("network")?;
         steps.mark("network");
 
-        // 4. Boot.
+        // 4. Boot, or restore the warm base.
         let spec = VmSpec {
             sandbox_id: req.sandbox_id.clone(),
             vcpus: req.vcpus,
             memory_mb: req.memory_mb,
             kernel: template.kernel.clone(),
             initrd: template.initrd.clone(),
-            kernel_args: net.kernel_param(),
+            // A clone's machine is exactly its base's (kernel, initramfs, command line).
+            kernel_args: base
+                .map_or_else(|| net.kernel_param(), |b| b.info.spec.kernel_args.clone()),
             root_disk: overlay.clone(),
             netns: Some(net.netns.clone()),
             tap: Some(net.tap.clone()),
             guest_mac: Some(net.guest_mac.clone()),
             run_dir: dir.join("run"),
             accel: self.accel,
+            // Copy-on-write over the base's RAM: clones share the pages none of them wrote.
+            memory_file: base.map(|b| MemoryFile {
+                path: b.memory(),
+                shared: false,
+            }),
         };
         let vm = {
             let _permit = self
@@ -421,11 +620,20 @@ impl Manager {
                 .await
                 .map_err(|e| internal("boot limiter", &e))?;
             steps.mark("boot_queue");
-            self.vmm
-                .boot(&spec)
-                .instrument(info_span!("boot", sandbox_id = %req.sandbox_id))
-                .await
-                .map_err(|e| internal("boot VM", &e))?
+            match base {
+                Some(b) => self
+                    .vmm
+                    .restore(&spec, &b.state(), StateKind::DevicesOnly)
+                    .instrument(info_span!("restore", sandbox_id = %req.sandbox_id))
+                    .await
+                    .map_err(|e| internal("restore the warm base", &e))?,
+                None => self
+                    .vmm
+                    .boot(&spec)
+                    .instrument(info_span!("boot", sandbox_id = %req.sandbox_id))
+                    .await
+                    .map_err(|e| internal("boot VM", &e))?,
+            }
         };
         {
             let vmm = self.vmm.clone();
@@ -440,7 +648,7 @@ impl Manager {
             });
         }
         self.failpoint("boot")?;
-        steps.mark("boot");
+        steps.mark(if base.is_some() { "restore" } else { "boot" });
 
         // 5. envd health.
         let envd =
@@ -459,6 +667,14 @@ impl Manager {
         envd.init(&rec.envd_token, Some(&rec.default_user), env, None)
             .await
             .map_err(|e| internal("envd /init", &e))?;
+        if base.is_some() {
+            // A clone's clock and random generator are the base's until told otherwise.
+            let mut entropy = [0u8; 64];
+            getrandom::fill(&mut entropy).map_err(|e| internal("entropy", &e))?;
+            envd.refresh_after_restore(&entropy)
+                .await
+                .map_err(|e| internal("envd /init after the restore", &e))?;
+        }
         self.failpoint("init")?;
 
         rec.state = State::Running;

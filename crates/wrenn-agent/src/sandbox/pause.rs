@@ -16,7 +16,7 @@ use super::rollback::Rollback;
 use super::{Live, Manager, Parked, envd_url, now_ms};
 use crate::envd_client::EnvdClient;
 use crate::rpc::BackendError;
-use crate::vmm::{VmSpec, VmmError, spec_file};
+use crate::vmm::{StateKind, VmSpec, VmmError, spec_file};
 
 /// The saved VM beside the disk overlay in a paused sandbox's directory.
 pub(crate) const STATE_FILE: &str = "vm.state";
@@ -74,7 +74,7 @@ impl Manager {
         live.destroying
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let state = live.dir.join(STATE_FILE);
-        if let Err(e) = self.vmm.save(&live.vm, &state).await {
+        if let Err(e) = self.vmm.save(&live.vm, &state, StateKind::Full).await {
             live.destroying
                 .store(false, std::sync::atomic::Ordering::SeqCst);
             rec.state = State::Running;
@@ -254,7 +254,7 @@ impl Manager {
                 .await
                 .map_err(|e| soft(internal("boot limiter", &e)))?;
             self.vmm
-                .restore(&spec, &dir.join(super::pause::STATE_FILE))
+                .restore(&spec, &dir.join(STATE_FILE), StateKind::Full)
                 .await
                 .map_err(|e| {
                     let broken = matches!(e, VmmError::BadState { .. });

@@ -1,5 +1,6 @@
-//! qcow2 overlays over a raw base image, made and inspected with `qemu-img` (Debian
-//! `qemu-utils`). An overlay is instant and sparse: it holds only the clusters the guest wrote.
+//! qcow2 overlays over a base image (a template's raw root, or a warm base's frozen qcow2
+//! disk), made and inspected with `qemu-img` (Debian `qemu-utils`). An overlay is instant and
+//! sparse: it holds only the clusters the guest wrote.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -33,8 +34,13 @@ pub async fn create_overlay(
     }
     // The backing path is stored in the overlay and resolved relative to it: keep it absolute.
     let base = std::path::absolute(base)?;
+    let format = if base.extension().is_some_and(|e| e == "qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    };
     let mut cmd = Command::new(qemu_img());
-    cmd.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+    cmd.args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
         .arg(&base)
         .arg(overlay);
     if let Some(mb) = size_mb {

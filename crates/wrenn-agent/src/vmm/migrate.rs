@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::VmmError;
 use super::qmp::QmpClient;
+use super::{StateKind, VmmError};
 
 /// Save at disk speed: QEMU's default bandwidth cap (128 MiB/s) is for live migration over a
 /// network, not for a stopped VM going to a local file.
@@ -25,7 +25,13 @@ fn sh_quote(path: &Path) -> String {
 }
 
 /// Writes the stopped VM's state to `path` (created or truncated) and waits until done.
-pub(crate) async fn save(qmp: &QmpClient, path: &Path, memory_mb: u32) -> Result<(), VmmError> {
+pub(crate) async fn save(
+    qmp: &QmpClient,
+    path: &Path,
+    memory_mb: u32,
+    kind: StateKind,
+) -> Result<(), VmmError> {
+    set_kind(qmp, kind).await?;
     qmp.execute(
         "migrate-set-parameters",
         Some(json!({ "max-bandwidth": MAX_BANDWIDTH })),
@@ -40,13 +46,30 @@ pub(crate) async fn save(qmp: &QmpClient, path: &Path, memory_mb: u32) -> Result
 }
 
 /// Loads `path` into a QEMU waiting with `-incoming defer` and waits until done.
-pub(crate) async fn load(qmp: &QmpClient, path: &Path, memory_mb: u32) -> Result<(), VmmError> {
+pub(crate) async fn load(
+    qmp: &QmpClient,
+    path: &Path,
+    memory_mb: u32,
+    kind: StateKind,
+) -> Result<(), VmmError> {
+    set_kind(qmp, kind).await?;
     qmp.execute(
         "migrate-incoming",
         Some(json!({ "uri": format!("exec:cat {}", sh_quote(path)) })),
     )
     .await?;
     wait_completed(qmp, deadline(memory_mb)).await
+}
+
+/// Both ends must agree: `x-ignore-shared` changes the stream's format.
+async fn set_kind(qmp: &QmpClient, kind: StateKind) -> Result<(), VmmError> {
+    let on = kind == StateKind::DevicesOnly;
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": on }] })),
+    )
+    .await?;
+    Ok(())
 }
 
 async fn wait_completed(qmp: &QmpClient, within: Duration) -> Result<(), VmmError> {

@@ -76,6 +76,28 @@ pub struct VmSpec {
     /// Per-sandbox directory: QMP socket, pid file, serial log, spec.json.
     pub run_dir: PathBuf,
     pub accel: Accel,
+    /// Guest RAM backed by this file instead of anonymous memory (warm bases and their clones).
+    #[serde(default)]
+    pub memory_file: Option<MemoryFile>,
+}
+
+/// A file guest RAM is mapped from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryFile {
+    pub path: PathBuf,
+    /// `true`: the guest's writes go to the file (a warm base being made); `false`: the file
+    /// is mapped copy-on-write, so every clone shares its unchanged pages and keeps its own.
+    pub shared: bool,
+}
+
+/// What a saved VM state holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateKind {
+    /// Devices and all of guest RAM (pause).
+    Full,
+    /// Devices only: RAM lives in the VM's shared [`MemoryFile`] (QEMU's `x-ignore-shared`);
+    /// restoring maps that file copy-on-write.
+    DevicesOnly,
 }
 
 impl VmSpec {
@@ -230,11 +252,16 @@ pub trait Vmm: Send + Sync {
     async fn kill_run_dir(&self, run_dir: &Path) -> Result<(), VmmError>;
     /// Stops the VM, writes its device state and memory to `state` (temp name, fsync,
     /// rename) and ends its process. On error the VM runs on and no file is left behind.
-    async fn save(&self, vm: &VmHandle, state: &Path) -> Result<(), VmmError>;
+    async fn save(&self, vm: &VmHandle, state: &Path, kind: StateKind) -> Result<(), VmmError>;
     /// Starts a VM of `spec` from a file [`Vmm::save`] wrote, running where it stopped. The
     /// spec's machine (vCPUs, memory, devices) must be the saved one's; its network namespace
     /// may differ. On error nothing is left running.
-    async fn restore(&self, spec: &VmSpec, state: &Path) -> Result<VmHandle, VmmError>;
+    async fn restore(
+        &self,
+        spec: &VmSpec,
+        state: &Path,
+        kind: StateKind,
+    ) -> Result<VmHandle, VmmError>;
     /// QMP events from now on (subscribe right after boot/adopt). Each VM has its own
     /// channel; it reports `Closed` once the QMP connection ends, i.e. when QEMU exited.
     fn events(&self, vm: &VmHandle) -> tokio::sync::broadcast::Receiver<VmEvent>;

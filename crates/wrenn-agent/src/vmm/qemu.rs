@@ -12,7 +12,8 @@ use super::migrate;
 use super::process::{alive, is_our_qemu, read_pid_file, sigkill, wait_gone};
 use super::qmp::QmpClient;
 use super::{
-    Accel, VmEvent, VmHandle, VmSpec, VmStatus, Vmm, VmmError, pid_file, qmp_socket, spec_file,
+    Accel, StateKind, VmEvent, VmHandle, VmSpec, VmStatus, Vmm, VmmError, pid_file, qmp_socket,
+    spec_file,
 };
 
 /// Kernel arguments every guest gets. The TSC ones make the Debian kernel's clock calibration
@@ -205,14 +206,14 @@ impl Vmm for QemuVmm {
         self.start(spec, &[]).await
     }
 
-    async fn save(&self, vm: &VmHandle, state: &Path) -> Result<(), VmmError> {
+    async fn save(&self, vm: &VmHandle, state: &Path, kind: StateKind) -> Result<(), VmmError> {
         let span = tracing::info_span!("vm_save", sandbox_id = %vm.sandbox_id, pid = vm.pid);
         async {
             let started = std::time::Instant::now();
             let tmp = temp_name(state);
             vm.qmp.execute("stop", None).await?;
             let saved = async {
-                migrate::save(&vm.qmp, &tmp, vm.spec.memory_mb).await?;
+                migrate::save(&vm.qmp, &tmp, vm.spec.memory_mb, kind).await?;
                 sync_and_rename(&tmp, state)
             }
             .await;
@@ -237,7 +238,12 @@ impl Vmm for QemuVmm {
         .await
     }
 
-    async fn restore(&self, spec: &VmSpec, state: &Path) -> Result<VmHandle, VmmError> {
+    async fn restore(
+        &self,
+        spec: &VmSpec,
+        state: &Path,
+        kind: StateKind,
+    ) -> Result<VmHandle, VmmError> {
         let meta = std::fs::metadata(state).map_err(|e| VmmError::BadState {
             path: state.to_path_buf(),
             reason: e.to_string(),
@@ -253,7 +259,7 @@ impl Vmm for QemuVmm {
         let span = tracing::info_span!("vm_restore", sandbox_id = %vm.sandbox_id, pid = vm.pid);
         let loaded = async {
             let started = std::time::Instant::now();
-            migrate::load(&vm.qmp, &state, vm.spec.memory_mb).await?;
+            migrate::load(&vm.qmp, &state, vm.spec.memory_mb, kind).await?;
             // QEMU starts the guest after an incoming migration unless told not to; `cont`
             // makes sure whichever way it went.
             if self.status(&vm).await? != VmStatus::Running {
@@ -520,6 +526,10 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
             "max",
         ),
     };
+    let machine = match &spec.memory_file {
+        Some(_) => format!("{machine},memory-backend=mem"),
+        None => machine.to_string(),
+    };
     let mut append = BASE_KERNEL_ARGS.to_string();
     if !spec.kernel_args.trim().is_empty() {
         append.push(' ');
@@ -528,7 +538,7 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     let mut a: Vec<String> = vec![
         // microvm's ACPI stays on: it is how the guest finds the virtio-mmio devices.
         "-M".into(),
-        machine.into(),
+        machine,
         "-cpu".into(),
         cpu.into(),
         "-m".into(),
@@ -561,6 +571,15 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     if let Some(accel) = accel {
         a.push("-accel".into());
         a.push(accel);
+    }
+    if let Some(m) = &spec.memory_file {
+        a.push("-object".into());
+        a.push(format!(
+            "memory-backend-file,id=mem,mem-path={},size={}M,share={}",
+            opt(&m.path),
+            spec.memory_mb,
+            if m.shared { "on" } else { "off" }
+        ));
     }
     if let Some(tap) = &spec.tap {
         a.push("-netdev".into());
@@ -604,6 +623,7 @@ mod tests {
             guest_mac: Some("02:fc:00:00:00:05".into()),
             run_dir: "/run/wrenn/abc".into(),
             accel,
+            memory_file: None,
         }
     }
 

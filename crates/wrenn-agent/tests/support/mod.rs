@@ -61,6 +61,7 @@ pub fn spec(id: &str, dir: &Path, root_disk: &Path, mode: &str) -> VmSpec {
         guest_mac: None,
         run_dir: dir.join("run"),
         accel: Accel::Tcg,
+        memory_file: None,
     }
 }
 
