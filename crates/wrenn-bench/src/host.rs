@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use wrenn_agent::network::{Network, NetworkConfig};
 use wrenn_agent::vmm::qemu::qemu_args;
 use wrenn_agent::vmm::{Accel, QemuVmm, VmSpec};
@@ -193,6 +193,14 @@ impl Floor {
 
     /// One raw boot (the `i`th); milliseconds from exec to `/health` 2xx.
     pub async fn boot(&self, i: usize) -> anyhow::Result<f64> {
+        let vm = self.start(i).await?;
+        let took = vm.took;
+        self.stop(vm).await?;
+        Ok(took)
+    }
+
+    /// Boots the `i`th raw VM and leaves it running (see [`Floor::stop`]).
+    pub async fn start(&self, i: usize) -> anyhow::Result<FloorVm> {
         let slot = 40 + (i as u32 % 20);
         let net = self.net.setup(slot, false).await?;
         let dir = self.work.join(format!("floor{i}"));
@@ -237,25 +245,43 @@ impl Floor {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let took = t.elapsed().as_secs_f64() * 1e3;
-        QemuVmm::new().kill_run_dir(&spec.run_dir).await?;
-        self.net.teardown(slot).await?;
-        std::fs::remove_dir_all(&dir)?;
-        Ok(took)
+        Ok(FloorVm {
+            slot,
+            dir,
+            run_dir: spec.run_dir,
+            took: t.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    pub async fn stop(&self, vm: FloorVm) -> anyhow::Result<()> {
+        QemuVmm::new().kill_run_dir(&vm.run_dir).await?;
+        self.net.teardown(vm.slot).await?;
+        std::fs::remove_dir_all(&vm.dir)?;
+        Ok(())
     }
 }
 
-/// RSS and PSS (MiB) of the one QEMU running under `root`.
-pub(crate) fn qemu_memory(root: &Path) -> anyhow::Result<(f64, f64)> {
-    let root = root.to_string_lossy();
-    for e in std::fs::read_dir("/proc")?.flatten() {
+/// A raw VM [`Floor::start`] left running.
+pub(crate) struct FloorVm {
+    slot: u32,
+    dir: PathBuf,
+    run_dir: PathBuf,
+    /// Milliseconds from exec to `/health` 2xx.
+    pub took: f64,
+}
+
+/// RSS and PSS (MiB) of every QEMU whose command line names `under`.
+pub(crate) fn qemu_memory_all(under: &Path) -> Vec<(f64, f64)> {
+    let under = under.to_string_lossy();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmd = String::from_utf8_lossy(&cmd);
         let argv0 = cmd.split('\0').next().unwrap_or("");
-        if !(wrenn_agent::vmm::is_qemu_argv0(argv0) && cmd.contains(root.as_ref())) {
+        if !(wrenn_agent::vmm::is_qemu_argv0(argv0) && cmd.contains(under.as_ref())) {
             continue;
         }
         let field = |file: &str, key: &str| -> Option<f64> {
@@ -266,9 +292,30 @@ pub(crate) fn qemu_memory(root: &Path) -> anyhow::Result<(f64, f64)> {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
                 .map(|kb| kb / 1024.0)
         };
-        let rss = field("status", "VmRSS:").context("VmRSS")?;
-        let pss = field("smaps_rollup", "Pss:").context("Pss")?;
-        return Ok((rss, pss));
+        if let (Some(r), Some(p)) = (field("status", "VmRSS:"), field("smaps_rollup", "Pss:")) {
+            out.push((r, p));
+        }
     }
-    bail!("no QEMU found")
+    out
+}
+
+/// Host memory in use (MemTotal − MemAvailable), MiB.
+pub(crate) fn host_memory_used_mib() -> f64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kb = |key: &str| -> f64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kb("MemTotal:") - kb("MemAvailable:")) / 1024.0
+}
+
+/// RSS and PSS (MiB) of the one QEMU running under `root`.
+pub(crate) fn qemu_memory(root: &Path) -> anyhow::Result<(f64, f64)> {
+    match qemu_memory_all(root)[..] {
+        [one] => Ok(one),
+        [] => bail!("no QEMU found"),
+        ref many => bail!("{} QEMUs found where one was expected", many.len()),
+    }
 }

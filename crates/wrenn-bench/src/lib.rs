@@ -8,6 +8,7 @@ pub mod envd;
 pub mod host;
 pub mod interrupt;
 pub mod report;
+pub mod restore;
 pub mod stack;
 pub mod stats;
 

@@ -7,10 +7,7 @@ use crate::stats::{RatioSpread, Summary, diff_spread, ratio_spread, summarize};
 /// Scenarios whose feature does not exist yet; the issues that bring them add their rows.
 pub const NOT_YET: &[&str] = &[
     "process list and `true` via the E2B proxy",
-    "pause (running → paused on disk) vs cold create",
-    "resume → envd ready vs cold create",
     "spawn from a snapshot template vs cold create",
-    "idle 256 MiB template clone: QEMU RSS / PSS vs cold boot",
 ];
 
 #[derive(Debug, Clone, Serialize)]

@@ -3,9 +3,11 @@
 //! namespace standing in for the host (see [`crate::host::in_host_ns`]). Every scenario reads
 //! ours against the layer below, as interleaved samples:
 //!
-//! - *cold create*: `POST /v1/sandboxes` until it answers (sandbox `running`, envd answered,
-//!   `/init` done) vs the raw floor ([`Floor`]) and vs the agent's `CreateSandbox` RPC made
-//!   directly, round-robin; then where the agent's time went (its `create steps` events).
+//! - *create*: `POST /v1/sandboxes` until it answers (sandbox `running`, envd answered,
+//!   `/init` done; a restore of the warm base, made by one untimed create first) vs the raw
+//!   cold boot ([`Floor`]) and vs the agent's `CreateSandbox` RPC made directly, round-robin;
+//!   then where the agent's time went (its `create steps` events).
+//! - *pause / resume*, *clone memory* and the *idle cost curve*: see [`crate::restore`].
 //! - *idle memory*: RSS and PSS of one idle 256 MiB sandbox's QEMU.
 //! - *round trips* on that sandbox: a no-op (process list) and `true`, each via the API, via
 //!   the agent RPC, and straight to envd at `http://<host_ip>:49983` with the sandbox's token
@@ -52,6 +54,13 @@ struct Plan {
     transfers: usize,
     /// How long the memory sandbox idles before it is measured.
     idle: Duration,
+    /// Pause + resume rounds.
+    pauses: usize,
+    /// Idle clones / cold boots whose memory is compared.
+    clones: usize,
+    /// Idle sandbox counts of the cost curve, and `exec true`s at each.
+    curve: &'static [usize],
+    curve_execs: usize,
 }
 
 impl Plan {
@@ -63,6 +72,10 @@ impl Plan {
                 exec_pairs: 50,
                 transfers: 1,
                 idle: Duration::from_secs(5),
+                pauses: 1,
+                clones: 2,
+                curve: &[3],
+                curve_execs: 10,
             }
         } else {
             Plan {
@@ -71,6 +84,10 @@ impl Plan {
                 exec_pairs: 1000,
                 transfers: 4,
                 idle: Duration::from_secs(10),
+                pauses: 5,
+                clones: 5,
+                curve: &[10, 25, 50],
+                curve_execs: 30,
             }
         }
     }
@@ -181,9 +198,33 @@ async fn with_cp(
         env.root.path().join("floor"),
     )?;
     let mut out = Outcome::default();
+    // The first create of a shape makes its warm base: not what a create costs afterwards.
+    let first = cp
+        .call(
+            Method::POST,
+            "/v1/sandboxes",
+            None,
+            Some(json!({"memory_mb": 256, "timeout_sec": 600})),
+            201,
+        )
+        .await?;
+    cp.call(
+        Method::DELETE,
+        &format!("/v1/sandboxes/{}", str_field(&first, "/id")?),
+        None,
+        None,
+        204,
+    )
+    .await?;
+    let mut cold = Vec::new();
     out.take(
-        "cold create",
-        cold_creates(cp, &agent, &floor, plan.creates).await,
+        "create",
+        cold_creates(cp, &agent, &floor, plan.creates)
+            .await
+            .map(|(rows, raw)| {
+                cold = raw;
+                rows
+            }),
     );
     out.take(
         "cold create steps",
@@ -249,6 +290,28 @@ async fn with_cp(
     out.take(
         "10 concurrent creates",
         concurrent_creates(cp, &agent).await,
+    );
+    if !cold.is_empty() {
+        out.take(
+            "pause / resume",
+            crate::restore::pause_resume(cp, &cold, plan.pauses).await,
+        );
+    }
+    out.take(
+        "clone memory",
+        crate::restore::clone_memory(
+            cp,
+            &floor,
+            &env.root.path().join("sandboxes"),
+            &env.root.path().join("floor"),
+            plan.clones,
+            plan.idle,
+        )
+        .await,
+    );
+    out.take(
+        "idle cost curve",
+        crate::restore::idle_curve(cp, plan.curve, plan.curve_execs).await,
     );
     Ok(out.rows)
 }
@@ -335,7 +398,7 @@ async fn cold_creates(
     agent: &Agent,
     floor: &Floor,
     rounds: usize,
-) -> anyhow::Result<Vec<Row>> {
+) -> anyhow::Result<(Vec<Row>, Vec<f64>)> {
     let body = json!({"memory_mb": 256, "timeout_sec": 600});
     let (mut api, mut raw, mut rpc) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..rounds {
@@ -368,29 +431,30 @@ async fn cold_creates(
             }
         }
     }
-    Ok(vec![
+    let rows = vec![
         Row::paired(
-            "cold create → running via POST /v1/sandboxes (TCG)",
+            "create (warm-base restore) → running via POST /v1/sandboxes (TCG)",
             "ms",
-            "same qemu argv, netns/TAP/overlay premade",
+            "cold boot: same qemu argv, netns/TAP/overlay premade",
             &api,
             &raw,
         ),
         Row::paired(
-            "cold create via agent CreateSandbox RPC (TCG)",
+            "create (warm-base restore) via agent CreateSandbox RPC (TCG)",
             "ms",
-            "same qemu argv, netns/TAP/overlay premade",
+            "cold boot: same qemu argv, netns/TAP/overlay premade",
             &rpc,
             &raw,
         ),
         Row::paired(
-            "cold create: POST /v1/sandboxes over the agent RPC (TCG)",
+            "create: POST /v1/sandboxes over the agent RPC (TCG)",
             "ms",
             "agent CreateSandbox RPC, same host",
             &api,
             &rpc,
         ),
-    ])
+    ];
+    Ok((rows, raw))
 }
 
 /// One running sandbox, reachable three ways: the API, the agent RPC, envd directly.

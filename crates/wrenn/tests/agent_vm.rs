@@ -535,30 +535,13 @@ fn restart_cleans_up_a_create_cut_short_by_sigkill() {
     );
 }
 
-/// A process that counts in memory only; SIGUSR1 makes it write the count to /dev/shm.
-const COUNTER: &str = "
-import signal, time
-n = 0
-def dump(*_):
-    open('/dev/shm/count', 'w').write(str(n))
-signal.signal(signal.SIGUSR1, dump)
-while True:
-    n += 1
-    time.sleep(0.01)
-";
-
 /// The counter's value, read through its signal handler.
 async fn count(
     c: &wrenn_proto::hostagent::v1::HostAgentServiceClient<connectrpc::client::HttpClient>,
     id: &str,
     pid: u32,
 ) -> u64 {
-    let (out, err, code) = sh(
-        c,
-        id,
-        &format!("rm -f /dev/shm/count; kill -USR1 {pid} && for i in $(seq 50); do [ -s /dev/shm/count ] && break; sleep 0.1; done; cat /dev/shm/count"),
-    )
-    .await;
+    let (out, err, code) = sh(c, id, &agent::read_counter(pid)).await;
     assert_eq!(code, 0, "{err}");
     out.trim().parse().expect("a count")
 }
@@ -579,7 +562,7 @@ fn pause_resume_keep_memory_and_survive_an_agent_sigkill() {
             .start_background(pb::StartBackgroundRequest {
                 sandbox_id: id.clone(),
                 cmd: "/usr/bin/python3".into(),
-                args: vec!["-c".into(), COUNTER.into()],
+                args: vec!["-c".into(), agent::COUNTER.into()],
                 tag: "counter".into(),
                 ..Default::default()
             })

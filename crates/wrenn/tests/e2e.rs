@@ -25,6 +25,24 @@ fn ids(list: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The audit actions recorded for sandbox `id`, oldest first.
+async fn audit_of(sys: &harness::System, id: &str) -> Vec<String> {
+    let db = sys.db().await;
+    let page = wrenn_cp::db::PageRequest::first(100).unwrap();
+    let mut audit: Vec<String> = db
+        .list_audit(&sys.team_id, &page)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.target_id.as_deref() == Some(id))
+        .map(|e| e.action)
+        .collect();
+    audit.reverse();
+    db.close().await;
+    audit
+}
+
 e2e_test! {
     fn sandbox_lifecycle_and_access(sys) {
         sys.block_on(async {
@@ -126,20 +144,7 @@ e2e_test! {
             let (_, list) = sys.call(Method::GET, "/v1/sandboxes?status=stopped", Some(&key), None).await;
             assert_eq!(ids(&list), vec![id.clone()]);
 
-            let db = sys.db().await;
-            let page = wrenn_cp::db::PageRequest::first(100).unwrap();
-            let mut audit: Vec<String> = db
-                .list_audit(&sys.team_id, &page)
-                .await
-                .unwrap()
-                .items
-                .into_iter()
-                .filter(|e| e.target_id.as_deref() == Some(id.as_str()))
-                .map(|e| e.action)
-                .collect();
-            audit.reverse();
-            assert_eq!(audit, vec!["sandbox.create".to_owned(), "sandbox.delete".to_owned()]);
-            db.close().await;
+            assert_eq!(audit_of(sys, &id).await, ["sandbox.create", "sandbox.delete"]);
         });
     }
 }
@@ -277,18 +282,6 @@ e2e_test! {
     }
 }
 
-/// In-memory counter; SIGUSR1 writes the count to /dev/shm/count.
-const COUNTER: &str = "
-import signal, time
-n = 0
-def dump(*_):
-    open('/dev/shm/count', 'w').write(str(n))
-signal.signal(signal.SIGUSR1, dump)
-while True:
-    n += 1
-    time.sleep(0.01)
-";
-
 async fn sh(sys: &harness::System, id: &str, script: &str) -> (StatusCode, Value) {
     sys.call(
         Method::POST,
@@ -300,12 +293,7 @@ async fn sh(sys: &harness::System, id: &str, script: &str) -> (StatusCode, Value
 }
 
 async fn counter_value(sys: &harness::System, id: &str, pid: i64) -> u64 {
-    let (s, v) = sh(
-        sys,
-        id,
-        &format!("rm -f /dev/shm/count; kill -USR1 {pid} && for i in $(seq 50); do [ -s /dev/shm/count ] && break; sleep 0.1; done; cat /dev/shm/count"),
-    )
-    .await;
+    let (s, v) = sh(sys, id, &agent::read_counter(pid)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     v["stdout"]
         .as_str()
@@ -323,7 +311,7 @@ e2e_test! {
             let id = id_of(&sb);
             let (s, bg) = sys
                 .call(Method::POST, &format!("/v1/sandboxes/{id}/processes"), Some(&key),
-                      Some(json!({"cmd": "python3", "args": ["-c", COUNTER], "tag": "counter"})))
+                      Some(json!({"cmd": "python3", "args": ["-c", agent::COUNTER], "tag": "counter"})))
                 .await;
             assert_eq!(s, StatusCode::ACCEPTED, "{bg}");
             let pid = bg["pid"].as_i64().expect("pid");
@@ -372,20 +360,10 @@ e2e_test! {
             assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
             assert!(!sys.env.root.path().join("sandboxes").join(&id).exists(), "files left");
 
-            let db = sys.db().await;
-            let page = wrenn_cp::db::PageRequest::first(100).unwrap();
-            let mut audit: Vec<String> = db
-                .list_audit(&sys.team_id, &page)
-                .await
-                .unwrap()
-                .items
-                .into_iter()
-                .filter(|e| e.target_id.as_deref() == Some(id.as_str()))
-                .map(|e| e.action)
-                .collect();
-            audit.reverse();
-            assert_eq!(audit, ["sandbox.create", "sandbox.pause", "sandbox.resume", "sandbox.pause", "sandbox.delete"]);
-            db.close().await;
+            assert_eq!(
+                audit_of(sys, &id).await,
+                ["sandbox.create", "sandbox.pause", "sandbox.resume", "sandbox.pause", "sandbox.delete"]
+            );
         });
     }
 }

@@ -257,9 +257,7 @@ impl EnvdClient {
         let mut body = serde_json::json!({
             "accessToken": access_token,
             "envVars": env,
-            "timestamp": time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .map_err(|e| EnvdError::Protocol(e.to_string()))?,
+            "timestamp": now_rfc3339()?,
         });
         if let Some(u) = default_user.filter(|u| !u.is_empty()) {
             body["defaultUser"] = u.into();
@@ -267,19 +265,24 @@ impl EnvdClient {
         if let Some(w) = workdir.filter(|w| !w.is_empty()) {
             body["defaultWorkdir"] = w.into();
         }
+        self.post_init(&body).await?;
+        *self.inner.token.write().unwrap_or_else(|e| e.into_inner()) = Some(token);
+        Ok(())
+    }
+
+    async fn post_init(&self, body: &serde_json::Value) -> Result<(), EnvdError> {
         let r = self
             .inner
             .http
             .post(self.url("/init"))
             .headers(self.auth_headers(None)?)
-            .json(&body)
+            .json(body)
             .timeout(UNARY_TIMEOUT)
             .send()
             .await?;
         if !r.status().is_success() {
             return Err(http_error(r).await);
         }
-        *self.inner.token.write().unwrap_or_else(|e| e.into_inner()) = Some(token);
         Ok(())
     }
 
@@ -288,25 +291,11 @@ impl EnvdClient {
     /// of one state share random numbers. Keeps the token, user and environment.
     pub async fn refresh_after_restore(&self, entropy: &[u8]) -> Result<(), EnvdError> {
         use base64::Engine;
-        let body = serde_json::json!({
-            "timestamp": time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .map_err(|e| EnvdError::Protocol(e.to_string()))?,
+        self.post_init(&serde_json::json!({
+            "timestamp": now_rfc3339()?,
             "entropy": base64::engine::general_purpose::STANDARD.encode(entropy),
-        });
-        let r = self
-            .inner
-            .http
-            .post(self.url("/init"))
-            .headers(self.auth_headers(None)?)
-            .json(&body)
-            .timeout(UNARY_TIMEOUT)
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            return Err(http_error(r).await);
-        }
-        Ok(())
+        }))
+        .await
     }
 
     /// `GET /metrics`.
@@ -342,6 +331,13 @@ async fn http_error(r: reqwest::Response) -> EnvdError {
         .and_then(|b| b.message)
         .unwrap_or(text);
     EnvdError::Http { status, message }
+}
+
+/// The host's wall clock for `/init`'s `timestamp`.
+fn now_rfc3339() -> Result<String, EnvdError> {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .map_err(|e| EnvdError::Protocol(e.to_string()))
 }
 
 #[cfg(test)]

@@ -329,6 +329,40 @@ impl Manager {
         }
     }
 
+    fn undo_slot(&self, undo: &mut Rollback, slot: u32) {
+        let slots = self.slots.clone();
+        undo.push("slot", move || {
+            async move {
+                slots.release(slot);
+            }
+            .boxed()
+        });
+    }
+
+    fn undo_network(&self, undo: &mut Rollback, slot: u32) {
+        let n = self.net.clone();
+        undo.push("network", move || {
+            async move {
+                if let Err(e) = n.teardown(slot).await {
+                    warn!(slot, error = %e, "network teardown during rollback");
+                }
+            }
+            .boxed()
+        });
+    }
+
+    fn undo_vm(&self, undo: &mut Rollback, vm: &VmHandle) {
+        let (vmm, vm) = (self.vmm.clone(), vm.clone());
+        undo.push("vm", move || {
+            async move {
+                if let Err(e) = vmm.destroy(&vm).await {
+                    warn!(error = %e, "VM destroy during rollback");
+                }
+            }
+            .boxed()
+        });
+    }
+
     /// A created sandbox joins the live map; returns its info and envd token.
     async fn started(&self, live: Arc<Live>) -> (pb::SandboxInfo, String) {
         let rec = live.record();
@@ -557,15 +591,7 @@ impl Manager {
         let slot = self.slots.alloc().ok_or_else(|| {
             BackendError::ResourceExhausted("no free network slot on this host".into())
         })?;
-        {
-            let slots = self.slots.clone();
-            undo.push("slot", move || {
-                async move {
-                    slots.release(slot);
-                }
-                .boxed()
-            });
-        }
+        self.undo_slot(undo, slot);
         rec.slot = Some(slot);
         record::save(dir, &rec).map_err(|e| internal("persist record", &e))?;
         self.failpoint("slot")?;
@@ -577,17 +603,7 @@ impl Manager {
             .setup(slot, req.allow_internet)
             .await
             .map_err(|e| internal("network", &e))?;
-        {
-            let n = self.net.clone();
-            undo.push("network", move || {
-                async move {
-                    if let Err(e) = n.teardown(slot).await {
-                        warn!(slot, error = %e, "network teardown during rollback");
-                    }
-                }
-                .boxed()
-            });
-        }
+        self.undo_network(undo, slot);
         self.failpoint("network")?;
         steps.mark("network");
 
@@ -635,18 +651,7 @@ impl Manager {
                     .map_err(|e| internal("boot VM", &e))?,
             }
         };
-        {
-            let vmm = self.vmm.clone();
-            let vm = vm.clone();
-            undo.push("vm", move || {
-                async move {
-                    if let Err(e) = vmm.destroy(&vm).await {
-                        warn!(error = %e, "VM destroy during rollback");
-                    }
-                }
-                .boxed()
-            });
-        }
+        self.undo_vm(undo, &vm);
         self.failpoint("boot")?;
         steps.mark(if base.is_some() { "restore" } else { "boot" });
 

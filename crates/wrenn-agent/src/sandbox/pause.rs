@@ -7,7 +7,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use futures::FutureExt;
 use tracing::{Instrument, info, info_span, warn};
 use wrenn_proto::hostagent::v1 as pb;
 
@@ -209,15 +208,7 @@ impl Manager {
                 "no free network slot on this host".into(),
             ))
         })?;
-        {
-            let slots = self.slots.clone();
-            undo.push("slot", move || {
-                async move {
-                    slots.release(slot);
-                }
-                .boxed()
-            });
-        }
+        self.undo_slot(undo, slot);
         rec.state = State::Resuming;
         rec.slot = Some(slot);
         record::save(dir, rec).map_err(|e| soft(internal("persist record", &e)))?;
@@ -227,17 +218,7 @@ impl Manager {
             .setup(slot, rec.allow_internet)
             .await
             .map_err(|e| soft(internal("network", &e)))?;
-        {
-            let n = self.net.clone();
-            undo.push("network", move || {
-                async move {
-                    if let Err(e) = n.teardown(slot).await {
-                        warn!(slot, error = %e, "network teardown during rollback");
-                    }
-                }
-                .boxed()
-            });
-        }
+        self.undo_network(undo, slot);
         // Same machine, new place: only the namespace (and so the TAP's home) changes; the
         // guest keeps its address, MAC and everything in memory.
         let spec = VmSpec {
@@ -261,18 +242,7 @@ impl Manager {
                     (internal("restore VM", &e), broken)
                 })?
         };
-        {
-            let vmm = self.vmm.clone();
-            let vm = vm.clone();
-            undo.push("vm", move || {
-                async move {
-                    if let Err(e) = vmm.destroy(&vm).await {
-                        warn!(error = %e, "VM destroy during rollback");
-                    }
-                }
-                .boxed()
-            });
-        }
+        self.undo_vm(undo, &vm);
         let envd = EnvdClient::new(&envd_url(&net), Some(&rec.envd_token))
             .map_err(|e| soft(internal("envd client", &e)))?;
         envd.wait_healthy(std::time::Instant::now() + RESUMED_ENVD_TIMEOUT)

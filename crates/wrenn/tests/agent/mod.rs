@@ -505,3 +505,23 @@ pub fn rt() -> tokio::runtime::Runtime {
         .build()
         .expect("runtime")
 }
+
+/// A Python process that counts in memory only; SIGUSR1 makes it write the count to
+/// `/dev/shm/count` (so a test can tell a process that went on from one that restarted).
+pub const COUNTER: &str = "
+import signal, time
+n = 0
+def dump(*_):
+    open('/dev/shm/count', 'w').write(str(n))
+signal.signal(signal.SIGUSR1, dump)
+while True:
+    n += 1
+    time.sleep(0.01)
+";
+
+/// The shell line that asks the counter `pid` for its count and prints it.
+pub fn read_counter(pid: impl std::fmt::Display) -> String {
+    format!(
+        "rm -f /dev/shm/count; kill -USR1 {pid} && for i in $(seq 50); do [ -s /dev/shm/count ] && break; sleep 0.1; done; cat /dev/shm/count"
+    )
+}
