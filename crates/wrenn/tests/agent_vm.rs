@@ -742,3 +742,117 @@ fn clones_of_one_warm_base_are_each_their_own_machine() {
         }
     });
 }
+
+/// Rewrites the `state` (and optionally `slot`) of a stopped agent's sandbox record, as a
+/// crash in the middle of a pause or a resume would have left it.
+fn set_record_state(dir: &std::path::Path, state: &str, slot: Option<u32>) {
+    let path = dir.join("sandbox.json");
+    let mut rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("record")).expect("json");
+    rec["state"] = state.into();
+    if let Some(s) = slot {
+        rec["slot"] = s.into();
+    }
+    std::fs::write(&path, serde_json::to_vec(&rec).expect("json")).expect("write record");
+}
+
+async fn status(c: &agent::Client, id: &str) -> (pb::SandboxStatus, String) {
+    let s = c
+        .get_sandbox(pb::GetSandboxRequest {
+            sandbox_id: id.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("get")
+        .into_owned();
+    let info = s.sandbox.as_option().expect("info");
+    (status_of(info), info.error.clone())
+}
+
+#[test]
+fn crashes_mid_pause_or_resume_settle_and_a_corrupt_state_is_an_error() {
+    let mut env = AgentEnv::new();
+    let before = env.host_state();
+    let (a, b) = (sandbox_id(), sandbox_id());
+    rt().block_on(async {
+        let c = env.client();
+        for id in [&a, &b] {
+            c.create_sandbox(create_req(id)).await.expect("create");
+        }
+        c.pause_sandbox(pb::PauseSandboxRequest {
+            sandbox_id: b.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("pause b");
+    });
+    let sandboxes = env.root.path().join("sandboxes");
+    let dir = |id: &str| sandboxes.join(id);
+    // a: killed after `pausing` was recorded, before any state was written: it runs on.
+    // b: killed mid-resume, its new slot recorded: it is paused again, slot released.
+    env.kill_agent();
+    set_record_state(&dir(&a), "pausing", None);
+    set_record_state(&dir(&b), "resuming", Some(7));
+    env.start_agent();
+    rt().block_on(async {
+        let c = env.client();
+        assert_eq!(
+            status(&c, &a).await.0,
+            pb::SandboxStatus::SANDBOX_STATUS_RUNNING
+        );
+        let (_, _, code) = sh(&c, &a, "true").await;
+        assert_eq!(
+            code, 0,
+            "the sandbox whose pause never wrote its state still runs"
+        );
+        assert_eq!(
+            status(&c, &b).await.0,
+            pb::SandboxStatus::SANDBOX_STATUS_PAUSED
+        );
+        c.resume_sandbox(pb::ResumeSandboxRequest {
+            sandbox_id: b.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("b resumes after the crash");
+        let (_, _, code) = sh(&c, &b, "true").await;
+        assert_eq!(code, 0);
+
+        // A corrupt saved state: resume fails with a clear error, the sandbox is `error`,
+        // nothing else is touched, and it can still be deleted.
+        c.pause_sandbox(pb::PauseSandboxRequest {
+            sandbox_id: b.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("pause b again");
+        std::fs::write(dir(&b).join("vm.state"), b"not a VM state").expect("corrupt");
+        let e = c
+            .resume_sandbox(pb::ResumeSandboxRequest {
+                sandbox_id: b.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("a corrupt state does not resume");
+        assert!(
+            e.message.as_deref().unwrap_or("").contains("restore"),
+            "{e:?}"
+        );
+        let (st, err) = status(&c, &b).await;
+        assert_eq!(st, pb::SandboxStatus::SANDBOX_STATUS_ERROR);
+        assert!(err.contains("cannot resume"), "{err}");
+        assert_eq!(
+            status(&c, &a).await.0,
+            pb::SandboxStatus::SANDBOX_STATUS_RUNNING
+        );
+        for id in [&a, &b] {
+            c.destroy_sandbox(pb::DestroySandboxRequest {
+                sandbox_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("destroy");
+        }
+    });
+    assert_eq!(before, env.host_state(), "nothing is left behind");
+}

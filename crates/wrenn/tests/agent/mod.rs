@@ -467,6 +467,9 @@ pub fn create_req(id: &str) -> pb::CreateSandboxRequest {
     }
 }
 
+/// The agent RPC client the tests use.
+pub type Client = HostAgentServiceClient<HttpClient>;
+
 pub fn sandbox_id() -> String {
     let mut b = [0u8; 10];
     getrandom::fill(&mut b).expect("random");
