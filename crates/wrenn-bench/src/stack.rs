@@ -144,7 +144,7 @@ async fn start_agent(env: &mut Env, cp: &Cp, wrenn: &Path) -> anyhow::Result<Age
             .args(["--listen", &format!("127.0.0.1:{AGENT_PORT}")])
             .args(["--cp-url", &cp.url()])
             .args(["--net-prefix", &env.prefix, "--accel", "tcg"])
-            .args(["--max-sandboxes", "32"])
+            .args(["--max-sandboxes", "64"])
             .env(
                 "AGENT_REGISTER_TOKEN",
                 str_field(&tok, "/registration_token")?,

@@ -574,6 +574,21 @@ fn pause_resume_keep_memory_and_survive_an_agent_sigkill() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let c1 = count(&c, &id, bg.pid).await;
         assert!(c1 > 0);
+        // A streaming exec in flight when the sandbox pauses ends with a clear error.
+        let mut stream = c
+            .exec_stream(pb::ExecRequest {
+                sandbox_id: id.clone(),
+                cmd: "sleep".into(),
+                args: vec!["300".into()],
+                ..Default::default()
+            })
+            .await
+            .expect("exec stream");
+        stream
+            .message()
+            .await
+            .expect("start event")
+            .expect("an event");
 
         let paused = c
             .pause_sandbox(pb::PauseSandboxRequest {
@@ -586,6 +601,21 @@ fn pause_resume_keep_memory_and_survive_an_agent_sigkill() {
         let info = paused.sandbox.as_option().expect("info");
         assert_eq!(status_of(info), pb::SandboxStatus::SANDBOX_STATUS_PAUSED);
         assert!(info.host_ip.is_empty(), "a paused sandbox holds no slot");
+        let cut = loop {
+            match tokio::time::timeout(Duration::from_secs(30), stream.message())
+                .await
+                .expect("the stream ends after the pause")
+            {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended as if the command had"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(cut.code, connectrpc::ErrorCode::Aborted, "{cut:?}");
+        assert!(
+            cut.message.as_deref().unwrap_or("").contains("paused"),
+            "{cut:?}"
+        );
         (bg.pid, c1)
     });
     // The VM is gone and its network with it; its state and disk stay on disk.

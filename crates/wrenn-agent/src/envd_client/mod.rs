@@ -60,6 +60,9 @@ pub enum EnvdError {
     /// A local byte stream fed to an upload failed.
     #[error("upload source: {0}")]
     Source(String),
+    /// The VM went away on purpose (the sandbox was paused): what was in flight ended.
+    #[error("{0}")]
+    Gone(String),
 }
 
 impl From<reqwest::Error> for EnvdError {
@@ -104,6 +107,11 @@ struct Inner {
     http: reqwest::Client,
     /// The token envd currently requires; set by a successful `init`.
     token: RwLock<Option<HeaderValue>>,
+    /// Why this envd went away on purpose ([`EnvdClient::mark_gone`]).
+    gone: RwLock<Option<String>>,
+    /// Cancelled by [`EnvdClient::mark_gone`]: a VM that is gone never closes its
+    /// connections, so streams wait on this instead of on a TCP timeout.
+    gone_signal: tokio_util::sync::CancellationToken,
 }
 
 /// A pooled client for one sandbox's envd. Clones share connections and the token.
@@ -161,12 +169,40 @@ impl EnvdClient {
                 http,
                 base_url,
                 token: RwLock::new(token),
+                gone: RwLock::new(None),
+                gone_signal: tokio_util::sync::CancellationToken::new(),
             }),
         })
     }
 
     pub fn base_url(&self) -> &str {
         &self.inner.base_url
+    }
+
+    /// Says that this envd's VM is gone on purpose (paused): streams still open end now with
+    /// `reason`, and calls that break from now on report it instead of a broken connection.
+    pub fn mark_gone(&self, reason: &str) {
+        *self.inner.gone.write().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
+        self.inner.gone_signal.cancel();
+    }
+
+    /// Resolves once [`EnvdClient::mark_gone`] was called.
+    pub async fn gone(&self) {
+        self.inner.gone_signal.cancelled().await
+    }
+
+    /// `e`, or why the VM went away when it did on purpose.
+    pub fn explain(&self, e: EnvdError) -> EnvdError {
+        match self
+            .inner
+            .gone
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            Some(reason) => EnvdError::Gone(reason.clone()),
+            None => e,
+        }
     }
 
     fn token(&self) -> Option<HeaderValue> {

@@ -56,6 +56,7 @@ fn code_of(e: &EnvdError) -> ErrorCode {
         EnvdError::Timeout(_) => ErrorCode::DeadlineExceeded,
         EnvdError::Protocol(_) => ErrorCode::Internal,
         EnvdError::Source(_) => ErrorCode::Aborted,
+        EnvdError::Gone(_) => ErrorCode::Aborted,
     }
 }
 

@@ -7,7 +7,8 @@ use wrenn_proto::hostagent::v1::exec_event::data::Output;
 
 use super::errors::envd_error;
 use crate::envd_client::{
-    ExecOutput, ExecSpec, ProcessEvent, ProcessEvents, ProcessInfo, PtySpec, Selector, Signal,
+    EnvdClient, EnvdError, ExecOutput, ExecSpec, ProcessEvent, ProcessEvents, ProcessInfo, PtySpec,
+    Selector, Signal,
 };
 
 /// Terminal size when a PTY request gives none.
@@ -108,22 +109,50 @@ fn exec_event(ev: ProcessEvent) -> pb::ExecEvent {
 }
 
 /// envd's process events as `ExecEvent`s.
+/// `events` until they end, or until the sandbox's VM is gone on purpose (paused), which
+/// ends the stream with that reason: a stopped VM never closes its connections.
+fn until_gone(
+    sandbox_id: String,
+    envd: EnvdClient,
+    events: ProcessEvents,
+) -> impl Stream<Item = Result<ProcessEvent, ConnectError>> + Send + 'static {
+    async_stream::stream! {
+        let mut events = events;
+        loop {
+            tokio::select! {
+                ev = events.next() => match ev {
+                    Some(r) => yield r.map_err(|e| envd_error(&sandbox_id, envd.explain(e))),
+                    None => break,
+                },
+                () = envd.gone() => {
+                    let cut = EnvdError::Transport("the VM is gone".into());
+                    yield Err(envd_error(&sandbox_id, envd.explain(cut)));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// envd's process events as `ExecEvent`s.
 pub fn exec_events(
     sandbox_id: String,
+    envd: EnvdClient,
     events: ProcessEvents,
 ) -> impl Stream<Item = Result<pb::ExecEvent, ConnectError>> + Send + 'static {
-    events.map(move |r| r.map(exec_event).map_err(|e| envd_error(&sandbox_id, e)))
+    until_gone(sandbox_id, envd, events).map(|r| r.map(exec_event))
 }
 
 /// envd's PTY process events as `PtyEvent`s: `started{pid,tag}`, `output`, `exited`.
 pub fn pty_events(
     sandbox_id: String,
+    envd: EnvdClient,
     tag: String,
     events: ProcessEvents,
 ) -> impl Stream<Item = Result<pb::PtyEvent, ConnectError>> + Send + 'static {
     use pb::pty_event::{Event, Exited, Started};
-    events.map(move |r| {
-        let ev = r.map_err(|e| envd_error(&sandbox_id, e))?;
+    until_gone(sandbox_id, envd, events).map(move |r| {
+        let ev = r?;
         let event: Event = match ev {
             ProcessEvent::Start { pid } => Started {
                 pid,

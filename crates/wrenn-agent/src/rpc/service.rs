@@ -257,7 +257,7 @@ impl HostAgentService for AgentService {
                 .start(&spec, None, None, timeout)
                 .await
                 .map_err(|e| envd_error(&req.sandbox_id, e))?;
-            Response::stream_ok(process::exec_events(req.sandbox_id.clone(), events))
+            Response::stream_ok(process::exec_events(req.sandbox_id.clone(), envd, events))
         }
         .instrument(span)
         .await
@@ -343,7 +343,7 @@ impl HostAgentService for AgentService {
                 .attach(sel)
                 .await
                 .map_err(|e| envd_error(&req.sandbox_id, e))?;
-            Response::stream_ok(process::exec_events(req.sandbox_id.clone(), events))
+            Response::stream_ok(process::exec_events(req.sandbox_id.clone(), envd, events))
         }
         .instrument(span)
         .await
@@ -370,7 +370,12 @@ impl HostAgentService for AgentService {
                 .pty(&tag, spec.as_ref(), process::pty_size(req.cols, req.rows))
                 .await
                 .map_err(|e| envd_error(&req.sandbox_id, e))?;
-            Response::stream_ok(process::pty_events(req.sandbox_id.clone(), tag, events))
+            Response::stream_ok(process::pty_events(
+                req.sandbox_id.clone(),
+                envd,
+                tag,
+                events,
+            ))
         }
         .instrument(span)
         .await

@@ -83,6 +83,9 @@ impl Manager {
             return Err(internal("pause", &e));
         }
         self.live.write().await.remove(id);
+        // Streams into the VM would wait for a connection nobody will close: end them.
+        live.envd
+            .mark_gone("the sandbox was paused: resume it and start or attach again");
         if let Err(e) = self.net.teardown(live.net.slot).await {
             warn!(error = %e, "network teardown after pause");
         }
