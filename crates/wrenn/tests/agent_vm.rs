@@ -803,10 +803,10 @@ async fn status(c: &agent::Client, id: &str) -> (pb::SandboxStatus, String) {
 fn crashes_mid_pause_or_resume_settle_and_a_corrupt_state_is_an_error() {
     let mut env = AgentEnv::new();
     let before = env.host_state();
-    let (a, b) = (sandbox_id(), sandbox_id());
+    let (a, b, r) = (sandbox_id(), sandbox_id(), sandbox_id());
     rt().block_on(async {
         let c = env.client();
-        for id in [&a, &b] {
+        for id in [&a, &b, &r] {
             c.create_sandbox(create_req(id)).await.expect("create");
         }
         c.pause_sandbox(pb::PauseSandboxRequest {
@@ -820,9 +820,12 @@ fn crashes_mid_pause_or_resume_settle_and_a_corrupt_state_is_an_error() {
     let dir = |id: &str| sandboxes.join(id);
     // a: killed after `pausing` was recorded, before any state was written: it runs on.
     // b: killed mid-resume, its new slot recorded: it is paused again, slot released.
+    // r: killed mid-resume after its VM was restored: it goes on running.
     env.kill_agent();
     set_record_state(&dir(&a), "pausing", None);
     set_record_state(&dir(&b), "resuming", Some(7));
+    set_record_state(&dir(&r), "resuming", None);
+    std::fs::write(dir(&r).join("vm.state"), b"spent").expect("a spent state");
     env.start_agent();
     rt().block_on(async {
         let c = env.client();
@@ -838,6 +841,16 @@ fn crashes_mid_pause_or_resume_settle_and_a_corrupt_state_is_an_error() {
         assert_eq!(
             status(&c, &b).await.0,
             pb::SandboxStatus::SANDBOX_STATUS_PAUSED
+        );
+        assert_eq!(
+            status(&c, &r).await.0,
+            pb::SandboxStatus::SANDBOX_STATUS_RUNNING
+        );
+        let (_, _, code) = sh(&c, &r, "true").await;
+        assert_eq!(code, 0, "the sandbox whose resume had restored its VM runs");
+        assert!(
+            !dir(&r).join("vm.state").exists(),
+            "its spent state is removed"
         );
         c.resume_sandbox(pb::ResumeSandboxRequest {
             sandbox_id: b.clone(),
@@ -875,7 +888,7 @@ fn crashes_mid_pause_or_resume_settle_and_a_corrupt_state_is_an_error() {
             status(&c, &a).await.0,
             pb::SandboxStatus::SANDBOX_STATUS_RUNNING
         );
-        for id in [&a, &b] {
+        for id in [&a, &b, &r] {
             c.destroy_sandbox(pb::DestroySandboxRequest {
                 sandbox_id: id.clone(),
                 ..Default::default()

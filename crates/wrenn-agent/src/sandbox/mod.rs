@@ -879,6 +879,38 @@ impl Manager {
             let dir = entry.path();
             let rec = record::load(&dir).ok();
             let pausing = rec.as_ref().is_some_and(|r| r.state == State::Pausing);
+            let resuming = rec.as_ref().is_some_and(|r| r.state == State::Resuming);
+            // A resume cut after its VM was restored: the guest has run and its disk moved on
+            // from the saved state, so the sandbox goes on running rather than back to it.
+            if resuming && let Some(live) = self.adopt(&dir).await {
+                let mut entropy = [0u8; 64];
+                let refreshed = match getrandom::fill(&mut entropy) {
+                    Ok(()) => live
+                        .envd
+                        .refresh_after_restore(&entropy)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = refreshed {
+                    warn!(error = %e, "clock and entropy of a resume cut short");
+                }
+                {
+                    let mut rec = live.rec.lock().unwrap_or_else(|e| e.into_inner());
+                    rec.state = State::Running;
+                    rec.paused_at_ms = 0;
+                    let _ = record::save(&live.dir, &rec);
+                }
+                let _ = std::fs::remove_file(live.dir.join(pause::STATE_FILE));
+                keep.insert(live.net.slot);
+                info!(sandbox_id = %live.vm.sandbox_id, "finished a resume cut short");
+                self.watch_events(live.clone());
+                self.live
+                    .write()
+                    .await
+                    .insert(live.vm.sandbox_id.clone(), live);
+                continue;
+            }
             if let Some(rec) = rec
                 && (matches!(rec.state, State::Pausing | State::Paused | State::Resuming)
                     || (rec.state == State::Error && dir.join(pause::STATE_FILE).is_file()))

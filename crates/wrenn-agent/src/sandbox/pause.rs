@@ -1,8 +1,10 @@
 //! Pause and resume. A paused sandbox has no VM, network or slot: its device state and memory
 //! are in `vm.state` beside its disk overlay, and its record says `paused`. The record's
 //! `pausing` / `resuming` states mark the two operations in flight, so that a restart after a
-//! crash finishes or undoes them (see `Manager::recover_parked`), never leaving a sandbox half
-//! running and half paused.
+//! crash finishes or undoes them, never leaving a sandbox half running and half paused: a pause
+//! whose state file was renamed into place is paused, else its VM goes on; a resume whose VM
+//! was restored goes on running (its guest ran, so its disk moved on from the saved state),
+//! else it is paused again (see `Manager::recover` and `Manager::recover_parked`).
 
 use std::path::Path;
 use std::sync::Arc;
