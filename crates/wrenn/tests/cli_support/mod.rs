@@ -236,6 +236,21 @@ pub async fn sandbox_flow(url: &str, key: &str) {
     assert_eq!(out.code, 5, "{out:?}");
     assert!(out.stdout.contains("hi"), "{out:?}");
 
+    // Pause and resume: the file written before is still there after.
+    let out = home.ok(&["sandbox", "pause", &id], None).await;
+    assert!(out.stderr.contains("is paused"), "{out:?}");
+    let out = home.wrenn(&["sandbox", "pause", &id], None).await;
+    assert_ne!(out.code, 0, "pausing a paused sandbox: {out:?}");
+    assert!(out.stderr.contains("invalid_state"), "{out:?}");
+    let out = home.wrenn(&["exec", &id, "--", "true"], None).await;
+    assert_ne!(out.code, 0, "exec while paused: {out:?}");
+    let out = home.ok(&["sandbox", "resume", &id], None).await;
+    assert!(out.stderr.contains("is running"), "{out:?}");
+    let out = home
+        .ok(&["cp", &format!("{id}:/tmp/s.txt"), "-"], None)
+        .await;
+    assert_eq!(out.stdout, "hello\n");
+
     home.ok(&["rm", &id], None).await;
     let out = home.wrenn(&["sandbox", "get", &id, "--json"], None).await;
     if out.code == 0 {
