@@ -899,3 +899,112 @@ fn crashes_mid_pause_or_resume_settle_and_a_corrupt_state_is_an_error() {
     });
     assert_eq!(before, env.host_state(), "nothing is left behind");
 }
+
+#[test]
+fn sandboxes_from_a_snapshot_template_start_with_its_memory_and_diverge() {
+    let env = AgentEnv::new();
+    let before = env.host_state();
+    rt().block_on(async {
+        let c = env.client();
+        let src = sandbox_id();
+        let mut req = create_req(&src);
+        req.team_id = "team-a".into();
+        c.create_sandbox(req).await.expect("create the source");
+        let bg = c
+            .start_background(pb::StartBackgroundRequest {
+                sandbox_id: src.clone(),
+                cmd: "/usr/bin/python3".into(),
+                args: vec!["-c".into(), agent::COUNTER.into()],
+                tag: "counter".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("start the counter")
+            .into_owned();
+        let (_, err, code) = sh(&c, &src, "echo from-source > /dev/shm/keep").await;
+        assert_eq!(code, 0, "{err}");
+        let snap = |sandbox_id: &str, team: &str| pb::CreateSnapshotRequest {
+            sandbox_id: sandbox_id.to_owned(),
+            name: "snap1".into(),
+            team_id: team.into(),
+            ..Default::default()
+        };
+        let made = c
+            .create_snapshot(snap(&src, "team-a"))
+            .await
+            .expect("snapshot")
+            .into_owned();
+        let info = made.snapshot.as_option().expect("info");
+        assert_eq!((info.vcpus, info.memory_mb), (1, 256));
+        assert!(info.size_bytes > 0);
+        // The source was paused for the copy and runs again.
+        assert_eq!(
+            status(&c, &src).await.0,
+            pb::SandboxStatus::SANDBOX_STATUS_RUNNING
+        );
+        let e = c
+            .create_snapshot(snap(&src, "team-a"))
+            .await
+            .expect_err("the name is taken");
+        assert_eq!(e.code, connectrpc::ErrorCode::AlreadyExists);
+
+        let mut clones = Vec::new();
+        for n in 0..3 {
+            let id = sandbox_id();
+            let mut req = create_req(&id);
+            req.template = "snap1".into();
+            req.team_id = "team-a".into();
+            c.create_sandbox(req)
+                .await
+                .expect("create from the snapshot");
+            // The template's memory: its tmpfs file and its running process, counting on.
+            let (out, _, _) = sh(&c, &id, "cat /dev/shm/keep").await;
+            assert_eq!(out.trim(), "from-source", "clone {n}");
+            assert!(
+                count(&c, &id, bg.pid).await > 0,
+                "clone {n}: the counter runs"
+            );
+            let (_, err, code) = sh(&c, &id, &format!("echo {n} > /dev/shm/mine")).await;
+            assert_eq!(code, 0, "{err}");
+            clones.push(id);
+        }
+        // Each went its own way.
+        for (n, id) in clones.iter().enumerate() {
+            let (out, _, _) = sh(&c, id, "cat /dev/shm/mine").await;
+            assert_eq!(out.trim(), n.to_string());
+        }
+        let (_, _, code) = sh(&c, &src, "test ! -e /dev/shm/mine").await;
+        assert_eq!(code, 0, "the source is untouched by its clones");
+
+        // Its shape is fixed, and another team does not see it.
+        let mut req = create_req(&sandbox_id());
+        req.template = "snap1".into();
+        req.team_id = "team-a".into();
+        req.memory_mb = 512;
+        let e = c.create_sandbox(req).await.expect_err("other memory");
+        assert_eq!(e.code, connectrpc::ErrorCode::InvalidArgument, "{e:?}");
+        let mut req = create_req(&sandbox_id());
+        req.template = "snap1".into();
+        req.team_id = "team-b".into();
+        let e = c.create_sandbox(req).await.expect_err("another team's");
+        assert_eq!(e.code, connectrpc::ErrorCode::InvalidArgument, "{e:?}");
+
+        let del = pb::DeleteSnapshotRequest {
+            name: "snap1".into(),
+            team_id: "team-a".into(),
+            ..Default::default()
+        };
+        c.delete_snapshot(del.clone()).await.expect("delete");
+        let e = c.delete_snapshot(del).await.expect_err("already deleted");
+        assert_eq!(e.code, connectrpc::ErrorCode::NotFound);
+        for id in clones.iter().chain([&src]) {
+            c.destroy_sandbox(pb::DestroySandboxRequest {
+                sandbox_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("destroy");
+        }
+    });
+    assert_eq!(before, env.host_state(), "nothing is left behind");
+}

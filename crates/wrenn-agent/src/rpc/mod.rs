@@ -34,6 +34,14 @@ pub trait SandboxBackend: Send + Sync + 'static {
     async fn pause(&self, id: &str) -> Result<SandboxInfo, BackendError>;
     /// Restores a paused sandbox (`FailedPrecondition` unless paused).
     async fn resume(&self, id: &str) -> Result<SandboxInfo, BackendError>;
+    /// Freezes sandbox `id` into the team's snapshot template `name` on this host.
+    async fn snapshot(
+        &self,
+        id: &str,
+        name: &str,
+        team_id: &str,
+    ) -> Result<wrenn_proto::hostagent::v1::SnapshotInfo, BackendError>;
+    async fn delete_snapshot(&self, name: &str, team_id: &str) -> Result<(), BackendError>;
     async fn set_timeout(&self, id: &str, end_at_ms: i64) -> Result<SandboxInfo, BackendError>;
     /// The envd client of a running sandbox (`NotFound` / `FailedPrecondition` otherwise);
     /// also marks the sandbox active.

@@ -152,6 +152,45 @@ impl HostAgentService for AgentService {
         .await
     }
 
+    async fn create_snapshot(
+        &self,
+        _ctx: RequestContext,
+        request: ServiceRequest<'_, CreateSnapshotRequest>,
+    ) -> ServiceResult<CreateSnapshotResponse> {
+        let req = request.to_owned_message();
+        async {
+            let snapshot = self
+                .backend
+                .snapshot(
+                    required("sandbox_id", &req.sandbox_id)?,
+                    required("name", &req.name)?,
+                    required("team_id", &req.team_id)?,
+                )
+                .await?;
+            Response::ok(CreateSnapshotResponse {
+                snapshot: snapshot.into(),
+                ..Default::default()
+            })
+        }
+        .instrument(span("CreateSnapshot", &req.sandbox_id))
+        .await
+    }
+
+    async fn delete_snapshot(
+        &self,
+        _ctx: RequestContext,
+        request: ServiceRequest<'_, DeleteSnapshotRequest>,
+    ) -> ServiceResult<DeleteSnapshotResponse> {
+        let req = request.to_owned_message();
+        self.backend
+            .delete_snapshot(
+                required("name", &req.name)?,
+                required("team_id", &req.team_id)?,
+            )
+            .await?;
+        Response::ok(DeleteSnapshotResponse::default())
+    }
+
     async fn ping_sandbox(
         &self,
         _ctx: RequestContext,

@@ -10,6 +10,7 @@
 mod pause;
 pub mod record;
 pub mod rollback;
+mod snapshot;
 pub mod template;
 mod warm;
 
@@ -270,17 +271,68 @@ impl Manager {
         req: pb::CreateSandboxRequest,
     ) -> Result<(pb::SandboxInfo, String), BackendError> {
         self.validate(&req)?;
-        let template = template::load(&self.cfg.root, &req.template).map_err(|e| match e {
-            template::TemplateError::Broken { .. } => BackendError::Internal(e.to_string()),
-            _ => BackendError::InvalidArgument(e.to_string()),
-        })?;
+        let loaded = template::load(&self.cfg.root, &req.template);
+        // Not an image template: maybe one of the team's snapshot templates on this host.
+        let snapshot = match &loaded {
+            Err(template::TemplateError::Unknown(_)) => {
+                self.snapshot_template(&req.team_id, &req.template)
+            }
+            _ => None,
+        };
+        let template = match (loaded, &snapshot) {
+            (_, Some(s)) => {
+                let shape = s.info.shape;
+                if (req.vcpus, req.memory_mb) != (shape.vcpus, shape.memory_mb) {
+                    return Err(BackendError::InvalidArgument(format!(
+                        "snapshot template {} is fixed at {} vCPUs and {} MiB",
+                        req.template, shape.vcpus, shape.memory_mb
+                    )));
+                }
+                template::Template {
+                    name: req.template.clone(),
+                    kernel: s.info.spec.kernel.clone(),
+                    initrd: s.info.spec.initrd.clone(),
+                    rootfs: s.disk(),
+                    default_user: s.info.default_user.clone().unwrap_or_default(),
+                    kernel_release: String::new(),
+                    envd_version: s.info.envd_version.clone(),
+                }
+            }
+            (Ok(t), None) => t,
+            (Err(e), None) => {
+                return Err(match e {
+                    template::TemplateError::Broken { .. } => BackendError::Internal(e.to_string()),
+                    _ => BackendError::InvalidArgument(e.to_string()),
+                });
+            }
+        };
         let id = req.sandbox_id.clone();
         if self.live.read().await.contains_key(&id) || !self.claim(&id) {
             return Err(BackendError::AlreadyExists(format!(
                 "sandbox {id} already exists"
             )));
         }
-        let result = self.create_steps(req, template).await;
+        let result = match &snapshot {
+            // A snapshot cannot be booted: only cloned.
+            Some(base) => {
+                let dir = self.cfg.sandboxes_dir().join(&id);
+                let mut undo = Rollback::default();
+                match self
+                    .create_with(&req, &template, Some(base), &dir, &mut undo)
+                    .await
+                {
+                    Ok(live) => {
+                        undo.disarm();
+                        Ok(self.started(live).await)
+                    }
+                    Err(e) => {
+                        undo.run().await;
+                        Err(e)
+                    }
+                }
+            }
+            None => self.create_steps(req, template).await,
+        };
         self.release_claim(&id);
         result
     }
@@ -502,6 +554,8 @@ impl Manager {
                 envd_version: template.envd_version.clone(),
                 made_at_ms: now_ms(),
                 spec,
+                envd_token: None,
+                default_user: None,
             };
             w.publish(key, &info).map_err(|e| format!("publish: {e}"))
         });
@@ -656,8 +710,7 @@ impl Manager {
         steps.mark(if base.is_some() { "restore" } else { "boot" });
 
         // 5. envd health.
-        let envd =
-            EnvdClient::new(&envd_url(&net), None).map_err(|e| internal("envd client", &e))?;
+        let envd = self.envd_for(&net, base)?;
         let waited = envd
             .wait_healthy(std::time::Instant::now() + self.cfg.envd_health_timeout())
             .instrument(info_span!("envd_health", sandbox_id = %req.sandbox_id))
@@ -1054,6 +1107,19 @@ impl SandboxBackend for Manager {
 
     async fn resume(&self, id: &str) -> Result<pb::SandboxInfo, BackendError> {
         self.resume_sandbox(id).await
+    }
+
+    async fn snapshot(
+        &self,
+        id: &str,
+        name: &str,
+        team_id: &str,
+    ) -> Result<pb::SnapshotInfo, BackendError> {
+        self.snapshot_sandbox(id, name, team_id).await
+    }
+
+    async fn delete_snapshot(&self, name: &str, team_id: &str) -> Result<(), BackendError> {
+        Manager::delete_snapshot(self, name, team_id).await
     }
 
     async fn set_timeout(&self, id: &str, end_at_ms: i64) -> Result<pb::SandboxInfo, BackendError> {

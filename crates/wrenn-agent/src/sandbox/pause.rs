@@ -48,7 +48,7 @@ impl Manager {
         r
     }
 
-    async fn pause_claimed(&self, id: &str) -> Result<pb::SandboxInfo, BackendError> {
+    pub(super) async fn pause_claimed(&self, id: &str) -> Result<pb::SandboxInfo, BackendError> {
         let live = match self.live(id).await {
             Ok(l) => l,
             Err(e) => {
@@ -129,7 +129,7 @@ impl Manager {
         r
     }
 
-    async fn resume_claimed(&self, id: &str) -> Result<pb::SandboxInfo, BackendError> {
+    pub(super) async fn resume_claimed(&self, id: &str) -> Result<pb::SandboxInfo, BackendError> {
         let parked = self.parked.read().await.get(id).cloned();
         let Some(Parked { dir, mut rec }) = parked else {
             if self.live.read().await.contains_key(id) {

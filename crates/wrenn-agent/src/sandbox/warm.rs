@@ -51,6 +51,12 @@ pub(crate) struct BaseInfo {
     pub made_at_ms: i64,
     /// The spec the base ran with (its paths are the build's; clones keep the machine).
     pub spec: VmSpec,
+    /// A snapshot template's envd already has a token (its source sandbox's): a clone's
+    /// `/init` must present it to set its own.
+    #[serde(default)]
+    pub envd_token: Option<String>,
+    #[serde(default)]
+    pub default_user: Option<String>,
 }
 
 /// A finished warm base.
@@ -139,13 +145,7 @@ impl WarmBases {
 
     /// The finished base of `key`, if there is one with all its files.
     pub fn get(&self, key: &str) -> Option<WarmBase> {
-        let dir = self.path(key);
-        let info: BaseInfo = serde_json::from_slice(&std::fs::read(dir.join(INFO)).ok()?).ok()?;
-        let base = WarmBase { dir, info };
-        [base.memory(), base.state(), base.disk()]
-            .iter()
-            .all(|p| p.is_file())
-            .then_some(base)
+        load(&self.path(key))
     }
 
     /// The lock a build of `key` holds.
@@ -161,20 +161,38 @@ impl WarmBases {
     /// Publishes a finished build: `base.json` written and synced, then the directory renamed
     /// into place (a crash leaves only a `.building` directory, removed by the next build).
     pub fn publish(&self, key: &str, info: &BaseInfo) -> std::io::Result<WarmBase> {
-        let building = self.building_path(key);
-        for f in [MEMORY, STATE, DISK] {
-            std::fs::File::open(building.join(f))?.sync_all()?;
-        }
-        let bytes = serde_json::to_vec_pretty(info).map_err(std::io::Error::other)?;
-        std::fs::write(building.join(INFO), bytes)?;
-        std::fs::File::open(building.join(INFO))?.sync_all()?;
-        let _ = std::fs::remove_dir_all(building.join("run"));
-        let dest = self.path(key);
-        std::fs::rename(&building, &dest)?;
-        std::fs::File::open(&self.dir)?.sync_all()?;
-        Ok(WarmBase {
-            dir: dest,
-            info: info.clone(),
-        })
+        publish(&self.building_path(key), &self.path(key), info)
     }
+}
+
+/// The base in `dir` (a warm base or a snapshot template), if it has all its files.
+pub(crate) fn load(dir: &Path) -> Option<WarmBase> {
+    let info: BaseInfo = serde_json::from_slice(&std::fs::read(dir.join(INFO)).ok()?).ok()?;
+    let base = WarmBase {
+        dir: dir.to_path_buf(),
+        info,
+    };
+    [base.memory(), base.state(), base.disk()]
+        .iter()
+        .all(|p| p.is_file())
+        .then_some(base)
+}
+
+/// Syncs the files `building` holds, writes `info` last and renames the directory to `dest`.
+pub(crate) fn publish(building: &Path, dest: &Path, info: &BaseInfo) -> std::io::Result<WarmBase> {
+    for f in [MEMORY, STATE, DISK] {
+        std::fs::File::open(building.join(f))?.sync_all()?;
+    }
+    let bytes = serde_json::to_vec_pretty(info).map_err(std::io::Error::other)?;
+    std::fs::write(building.join(INFO), bytes)?;
+    std::fs::File::open(building.join(INFO))?.sync_all()?;
+    let _ = std::fs::remove_dir_all(building.join("run"));
+    std::fs::rename(building, dest)?;
+    if let Some(parent) = dest.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(WarmBase {
+        dir: dest.to_path_buf(),
+        info: info.clone(),
+    })
 }

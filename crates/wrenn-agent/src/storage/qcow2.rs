@@ -66,6 +66,31 @@ pub async fn create_overlay(
     Ok(())
 }
 
+/// Writes `src` and its whole backing chain into one standalone qcow2 at `dst` (a temp name,
+/// then a rename): what a snapshot template keeps, so chains never grow.
+pub async fn flatten(src: &Path, dst: &Path) -> Result<(), StorageError> {
+    let mut tmp = dst.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let out = Command::new(qemu_img())
+        .args(["convert", "-q", "-O", "qcow2"])
+        .arg(src)
+        .arg(&tmp)
+        .output()
+        .await
+        .map_err(StorageError::Spawn)?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StorageError::QemuImg {
+            command: "convert",
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    std::fs::rename(&tmp, dst)?;
+    Ok(())
+}
+
 /// Bytes the file really occupies on the host (`st_blocks * 512`), not its apparent size.
 pub fn allocated_bytes(path: &Path) -> std::io::Result<u64> {
     Ok(std::fs::metadata(path)?.blocks() * 512)

@@ -262,6 +262,13 @@ pub trait Vmm: Send + Sync {
         state: &Path,
         kind: StateKind,
     ) -> Result<VmHandle, VmmError>;
+    /// [`Vmm::restore`], but the VM stays stopped: for saving it again in another form.
+    async fn restore_stopped(
+        &self,
+        spec: &VmSpec,
+        state: &Path,
+        kind: StateKind,
+    ) -> Result<VmHandle, VmmError>;
     /// QMP events from now on (subscribe right after boot/adopt). Each VM has its own
     /// channel; it reports `Closed` once the QMP connection ends, i.e. when QEMU exited.
     fn events(&self, vm: &VmHandle) -> tokio::sync::broadcast::Receiver<VmEvent>;

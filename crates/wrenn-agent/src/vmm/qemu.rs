@@ -158,6 +158,53 @@ impl QemuVmm {
 }
 
 impl QemuVmm {
+    /// A QEMU for `spec` loaded from `state`; running when `run`, else left stopped.
+    async fn load(
+        &self,
+        spec: &VmSpec,
+        state: &Path,
+        kind: StateKind,
+        run: bool,
+    ) -> Result<VmHandle, VmmError> {
+        let meta = std::fs::metadata(state).map_err(|e| VmmError::BadState {
+            path: state.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        if !meta.is_file() || meta.len() == 0 {
+            return Err(VmmError::BadState {
+                path: state.to_path_buf(),
+                reason: "not a saved VM state".into(),
+            });
+        }
+        let state = std::path::absolute(state)?;
+        // -S: the guest does not start by itself once the state is in.
+        let vm = self.start(spec, &["-S", "-incoming", "defer"]).await?;
+        let span = tracing::info_span!("vm_restore", sandbox_id = %vm.sandbox_id, pid = vm.pid);
+        let loaded = async {
+            let started = std::time::Instant::now();
+            migrate::load(&vm.qmp, &state, vm.spec.memory_mb, kind).await?;
+            if run {
+                vm.qmp.execute("cont", None).await?;
+            }
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "VM restored"
+            );
+            Ok::<(), VmmError>(())
+        }
+        .instrument(span)
+        .await;
+        if let Err(e) = loaded {
+            let _ = self.destroy(&vm).await;
+            // QEMU exits when it cannot load a stream: whatever broke, the file did not restore.
+            return Err(VmmError::BadState {
+                path: state,
+                reason: e.to_string(),
+            });
+        }
+        Ok(vm)
+    }
+
     /// Starts QEMU for `spec` with `extra` arguments and connects to its QMP socket.
     async fn start(&self, spec: &VmSpec, extra: &[&str]) -> Result<VmHandle, VmmError> {
         let spec = normalize(spec)?;
@@ -244,44 +291,16 @@ impl Vmm for QemuVmm {
         state: &Path,
         kind: StateKind,
     ) -> Result<VmHandle, VmmError> {
-        let meta = std::fs::metadata(state).map_err(|e| VmmError::BadState {
-            path: state.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        if !meta.is_file() || meta.len() == 0 {
-            return Err(VmmError::BadState {
-                path: state.to_path_buf(),
-                reason: "not a saved VM state".into(),
-            });
-        }
-        let state = std::path::absolute(state)?;
-        let vm = self.start(spec, &["-incoming", "defer"]).await?;
-        let span = tracing::info_span!("vm_restore", sandbox_id = %vm.sandbox_id, pid = vm.pid);
-        let loaded = async {
-            let started = std::time::Instant::now();
-            migrate::load(&vm.qmp, &state, vm.spec.memory_mb, kind).await?;
-            // QEMU starts the guest after an incoming migration unless told not to; `cont`
-            // makes sure whichever way it went.
-            if self.status(&vm).await? != VmStatus::Running {
-                vm.qmp.execute("cont", None).await?;
-            }
-            tracing::info!(
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "VM restored"
-            );
-            Ok::<(), VmmError>(())
-        }
-        .instrument(span)
-        .await;
-        if let Err(e) = loaded {
-            let _ = self.destroy(&vm).await;
-            // QEMU exits when it cannot load a stream: whatever broke, the file did not restore.
-            return Err(VmmError::BadState {
-                path: state,
-                reason: e.to_string(),
-            });
-        }
-        Ok(vm)
+        self.load(spec, state, kind, true).await
+    }
+
+    async fn restore_stopped(
+        &self,
+        spec: &VmSpec,
+        state: &Path,
+        kind: StateKind,
+    ) -> Result<VmHandle, VmmError> {
+        self.load(spec, state, kind, false).await
     }
 
     async fn destroy(&self, vm: &VmHandle) -> Result<(), VmmError> {

@@ -169,6 +169,21 @@ impl SandboxBackend for TestBackend {
         }
     }
 
+    async fn snapshot(
+        &self,
+        id: &str,
+        _name: &str,
+        _team_id: &str,
+    ) -> Result<wrenn_proto::hostagent::v1::SnapshotInfo, BackendError> {
+        Err(BackendError::FailedPrecondition(format!(
+            "sandbox {id}: the test backend cannot snapshot"
+        )))
+    }
+
+    async fn delete_snapshot(&self, name: &str, _team_id: &str) -> Result<(), BackendError> {
+        Err(BackendError::NotFound(format!("template {name} not found")))
+    }
+
     // The RPC tests drive envd processes, not VMs: nothing to save.
     async fn pause(&self, id: &str) -> Result<SandboxInfo, BackendError> {
         Err(BackendError::FailedPrecondition(format!(
