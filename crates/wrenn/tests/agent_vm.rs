@@ -535,6 +535,21 @@ fn restart_cleans_up_a_create_cut_short_by_sigkill() {
     );
 }
 
+/// Starts [`agent::COUNTER`] in the background; its pid.
+async fn start_counter(c: &agent::Client, id: &str) -> u32 {
+    c.start_background(pb::StartBackgroundRequest {
+        sandbox_id: id.to_owned(),
+        cmd: "/usr/bin/python3".into(),
+        args: vec!["-c".into(), agent::COUNTER.into()],
+        tag: "counter".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("start the counter")
+    .into_owned()
+    .pid
+}
+
 /// The counter's value, read through its signal handler.
 async fn count(
     c: &wrenn_proto::hostagent::v1::HostAgentServiceClient<connectrpc::client::HttpClient>,
@@ -558,21 +573,11 @@ fn pause_resume_keep_memory_and_survive_an_agent_sigkill() {
     let (pid, c1) = rt().block_on(async {
         let c = env.client();
         c.create_sandbox(create_req(&id)).await.expect("create");
-        let bg = c
-            .start_background(pb::StartBackgroundRequest {
-                sandbox_id: id.clone(),
-                cmd: "/usr/bin/python3".into(),
-                args: vec!["-c".into(), agent::COUNTER.into()],
-                tag: "counter".into(),
-                ..Default::default()
-            })
-            .await
-            .expect("start the counter")
-            .into_owned();
+        let pid = start_counter(&c, &id).await;
         let (_, err, code) = sh(&c, &id, "echo kept-in-tmpfs > /dev/shm/keep").await;
         assert_eq!(code, 0, "{err}");
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let c1 = count(&c, &id, bg.pid).await;
+        let c1 = count(&c, &id, pid).await;
         assert!(c1 > 0);
         // A streaming exec in flight when the sandbox pauses ends with a clear error.
         let mut stream = c
@@ -616,7 +621,7 @@ fn pause_resume_keep_memory_and_survive_an_agent_sigkill() {
             cut.message.as_deref().unwrap_or("").contains("paused"),
             "{cut:?}"
         );
-        (bg.pid, c1)
+        (pid, c1)
     });
     // The VM is gone and its network with it; its state and disk stay on disk.
     assert!(env.qemu_pids().is_empty(), "QEMU runs after the pause");
@@ -910,17 +915,7 @@ fn sandboxes_from_a_snapshot_template_start_with_its_memory_and_diverge() {
         let mut req = create_req(&src);
         req.team_id = "team-a".into();
         c.create_sandbox(req).await.expect("create the source");
-        let bg = c
-            .start_background(pb::StartBackgroundRequest {
-                sandbox_id: src.clone(),
-                cmd: "/usr/bin/python3".into(),
-                args: vec!["-c".into(), agent::COUNTER.into()],
-                tag: "counter".into(),
-                ..Default::default()
-            })
-            .await
-            .expect("start the counter")
-            .into_owned();
+        let pid = start_counter(&c, &src).await;
         let (_, err, code) = sh(&c, &src, "echo from-source > /dev/shm/keep").await;
         assert_eq!(code, 0, "{err}");
         let snap = |sandbox_id: &str, team: &str| pb::CreateSnapshotRequest {
@@ -960,10 +955,7 @@ fn sandboxes_from_a_snapshot_template_start_with_its_memory_and_diverge() {
             // The template's memory: its tmpfs file and its running process, counting on.
             let (out, _, _) = sh(&c, &id, "cat /dev/shm/keep").await;
             assert_eq!(out.trim(), "from-source", "clone {n}");
-            assert!(
-                count(&c, &id, bg.pid).await > 0,
-                "clone {n}: the counter runs"
-            );
+            assert!(count(&c, &id, pid).await > 0, "clone {n}: the counter runs");
             let (_, err, code) = sh(&c, &id, &format!("echo {n} > /dev/shm/mine")).await;
             assert_eq!(code, 0, "{err}");
             clones.push(id);
