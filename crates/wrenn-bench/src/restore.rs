@@ -7,6 +7,8 @@
 //!   idle raw cold boots of the same template and size.
 //! - *idle cost curve*: N idle sandboxes (N = 10, 25, 50): host memory in use and `exec true`
 //!   through the API, beside `exec true` with one sandbox.
+//! - *snapshot spawn*: sandboxes created from a snapshot template of a running sandbox through
+//!   the agent's `CreateSandbox`, beside the cold boot.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -200,4 +202,68 @@ pub(crate) async fn idle_curve(cp: &Cp, steps: &[usize], execs: usize) -> anyhow
         delete(cp, id).await?;
     }
     result.map(|()| rows)
+}
+
+/// Sandboxes spawned from a snapshot template through the agent's `CreateSandbox` (the
+/// control plane's snapshot routes do not exist yet), beside the cold boot.
+pub(crate) async fn snapshot_spawn(
+    cp: &Cp,
+    agent: &wrenn_cp::agents::Agent,
+    cold: &[f64],
+    rounds: usize,
+) -> anyhow::Result<Vec<Row>> {
+    use anyhow::Context;
+    use wrenn_proto::hostagent::v1 as pb;
+    let src = create(cp, 256).await?;
+    let spawned = async {
+        sh(cp, &src, "echo warm > /dev/shm/state").await?;
+        agent
+            .rpc()
+            .create_snapshot_with_options(
+                pb::CreateSnapshotRequest {
+                    sandbox_id: src.clone(),
+                    name: "benchsnap".into(),
+                    team_id: cp.team_id.clone(),
+                    ..Default::default()
+                },
+                agent.opts_timeout(Duration::from_secs(300)),
+            )
+            .await
+            .context("CreateSnapshot")?;
+        let mut ms_each = Vec::new();
+        for i in 0..rounds {
+            let id = format!("benchsnap{i:011}");
+            let mut req = crate::stack::create_request(&id, &cp.team_id);
+            req.template = "benchsnap".into();
+            let t = Instant::now();
+            agent
+                .rpc()
+                .create_sandbox_with_options(req, agent.opts_timeout(Duration::from_secs(300)))
+                .await
+                .context("CreateSandbox from the snapshot")?;
+            ms_each.push(ms(t));
+            crate::stack::destroy(agent, &id).await?;
+        }
+        anyhow::Ok(ms_each)
+    }
+    .await;
+    let _ = agent
+        .rpc()
+        .delete_snapshot_with_options(
+            pb::DeleteSnapshotRequest {
+                name: "benchsnap".into(),
+                team_id: cp.team_id.clone(),
+                ..Default::default()
+            },
+            agent.opts(),
+        )
+        .await;
+    delete(cp, &src).await?;
+    Ok(vec![Row::paired(
+        "spawn from a snapshot template via agent CreateSandbox RPC (TCG)",
+        "ms",
+        "cold boot: same qemu argv, netns/TAP/overlay premade",
+        &spawned?,
+        cold,
+    )])
 }

@@ -296,6 +296,10 @@ async fn with_cp(
             "pause / resume",
             crate::restore::pause_resume(cp, &cold, plan.pauses).await,
         );
+        out.take(
+            "snapshot spawn",
+            crate::restore::snapshot_spawn(cp, &agent, &cold, plan.pauses).await,
+        );
     }
     out.take(
         "clone memory",
@@ -363,7 +367,7 @@ fn console_tails(root: &Path) {
     }
 }
 
-fn create_request(id: &str, team_id: &str) -> pb::CreateSandboxRequest {
+pub(crate) fn create_request(id: &str, team_id: &str) -> pb::CreateSandboxRequest {
     pb::CreateSandboxRequest {
         sandbox_id: id.to_owned(),
         template: "base".into(),
@@ -376,7 +380,7 @@ fn create_request(id: &str, team_id: &str) -> pb::CreateSandboxRequest {
     }
 }
 
-async fn destroy(agent: &Agent, id: &str) -> anyhow::Result<()> {
+pub(crate) async fn destroy(agent: &Agent, id: &str) -> anyhow::Result<()> {
     agent
         .rpc()
         .destroy_sandbox_with_options(

@@ -83,7 +83,7 @@ async fn quick_run_without_vms_reports_every_row_beside_its_baseline() {
         .map(|r| r["scenario"].as_str().unwrap_or_default())
         .collect();
     assert!(
-        unavailable.iter().any(|s| s.contains("snapshot template")),
+        unavailable.iter().any(|s| s.contains("E2B proxy")),
         "features that do not exist yet are listed as not available: {unavailable:?}"
     );
 }
