@@ -24,7 +24,7 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-async fn create(cp: &Cp, memory_mb: u32) -> anyhow::Result<String> {
+pub(crate) async fn create(cp: &Cp, memory_mb: u32) -> anyhow::Result<String> {
     let sb = cp
         .call(
             Method::POST,
@@ -37,7 +37,7 @@ async fn create(cp: &Cp, memory_mb: u32) -> anyhow::Result<String> {
     Ok(str_field(&sb, "/id")?.to_owned())
 }
 
-async fn delete(cp: &Cp, id: &str) -> anyhow::Result<()> {
+pub(crate) async fn delete(cp: &Cp, id: &str) -> anyhow::Result<()> {
     cp.call(
         Method::DELETE,
         &format!("/v1/sandboxes/{id}"),

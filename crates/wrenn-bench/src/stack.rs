@@ -199,23 +199,8 @@ async fn with_cp(
     )?;
     let mut out = Outcome::default();
     // The first create of a shape makes its warm base: not what a create costs afterwards.
-    let first = cp
-        .call(
-            Method::POST,
-            "/v1/sandboxes",
-            None,
-            Some(json!({"memory_mb": 256, "timeout_sec": 600})),
-            201,
-        )
-        .await?;
-    cp.call(
-        Method::DELETE,
-        &format!("/v1/sandboxes/{}", str_field(&first, "/id")?),
-        None,
-        None,
-        204,
-    )
-    .await?;
+    let first = crate::restore::create(cp, 256).await?;
+    crate::restore::delete(cp, &first).await?;
     let mut cold = Vec::new();
     out.take(
         "create",
@@ -279,14 +264,7 @@ async fn with_cp(
     if !out.failed.is_empty() {
         console_tails(env.root.path());
     }
-    cp.call(
-        Method::DELETE,
-        &format!("/v1/sandboxes/{id}"),
-        None,
-        None,
-        204,
-    )
-    .await?;
+    crate::restore::delete(cp, &id).await?;
     out.take(
         "10 concurrent creates",
         concurrent_creates(cp, &agent).await,

@@ -137,6 +137,11 @@ impl std::fmt::Display for StepTimes {
     }
 }
 
+/// An internal failure of step `what`.
+fn internal(what: &str, e: &dyn std::fmt::Display) -> BackendError {
+    BackendError::Internal(format!("{what}: {e}"))
+}
+
 /// A fresh envd access token from the OS CSPRNG; an error rather than a weak token.
 fn random_token() -> Result<String, getrandom::Error> {
     let mut b = [0u8; 24];
@@ -381,6 +386,28 @@ impl Manager {
         }
     }
 
+    /// A network slot and its network for a VM that is no sandbox (a warm base or a snapshot
+    /// being made); [`Manager::drop_scratch_net`] gives it back.
+    async fn scratch_net(&self) -> Result<SandboxNet, BackendError> {
+        let slot = self.slots.alloc().ok_or_else(|| {
+            BackendError::ResourceExhausted("no free network slot on this host".into())
+        })?;
+        match self.net.setup(slot, false).await {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                self.slots.release(slot);
+                Err(internal("network", &e))
+            }
+        }
+    }
+
+    async fn drop_scratch_net(&self, slot: u32) {
+        if let Err(e) = self.net.teardown(slot).await {
+            warn!(slot, error = %e, "network teardown of a scratch VM");
+        }
+        self.slots.release(slot);
+    }
+
     fn undo_slot(&self, undo: &mut Rollback, slot: u32) {
         let slots = self.slots.clone();
         undo.push("slot", move || {
@@ -436,7 +463,6 @@ impl Manager {
         let Some(w) = &self.warm else {
             return Err("warm bases are off (--warm-bases=false)".into());
         };
-        self.validate(req).map_err(|e| e.to_string())?;
         let shape = warm::Shape {
             vcpus: req.vcpus,
             memory_mb: req.memory_mb,
@@ -484,17 +510,7 @@ impl Manager {
             )
             .await
             .map_err(|e| format!("disk: {e}"))?;
-            let slot = self
-                .slots
-                .alloc()
-                .ok_or_else(|| "no free network slot".to_string())?;
-            let net = match self.net.setup(slot, false).await {
-                Ok(n) => n,
-                Err(e) => {
-                    self.slots.release(slot);
-                    return Err(format!("network: {e}"));
-                }
-            };
+            let net = self.scratch_net().await.map_err(|e| e.to_string())?;
             let spec = VmSpec {
                 sandbox_id: format!("warm-{}", &key[..8.min(key.len())]),
                 vcpus: shape.vcpus,
@@ -538,10 +554,7 @@ impl Manager {
                 ready
             }
             .await;
-            if let Err(e) = self.net.teardown(slot).await {
-                warn!(slot, error = %e, "network teardown after the warm base");
-            }
-            self.slots.release(slot);
+            self.drop_scratch_net(net.slot).await;
             saved?;
             Ok(spec)
         }
@@ -573,8 +586,6 @@ impl Manager {
         dir: &Path,
         undo: &mut Rollback,
     ) -> Result<Arc<Live>, BackendError> {
-        let internal =
-            |what: &str, e: &dyn std::fmt::Display| BackendError::Internal(format!("{what}: {e}"));
         std::fs::create_dir(dir).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => {
                 BackendError::AlreadyExists(format!("sandbox {} already exists", req.sandbox_id))

@@ -14,7 +14,7 @@ use wrenn_proto::hostagent::v1 as pb;
 
 use super::record::{self, SandboxRecord, State};
 use super::rollback::Rollback;
-use super::{Live, Manager, Parked, envd_url, now_ms};
+use super::{Live, Manager, Parked, envd_url, internal, now_ms};
 use crate::envd_client::EnvdClient;
 use crate::rpc::BackendError;
 use crate::vmm::{StateKind, VmSpec, VmmError, spec_file};
@@ -27,10 +27,6 @@ const RESUMED_ENVD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 
 /// Random bytes a restored guest reseeds its generator with.
 const ENTROPY_BYTES: usize = 64;
-
-fn internal(what: &str, e: &dyn std::fmt::Display) -> BackendError {
-    BackendError::Internal(format!("{what}: {e}"))
-}
 
 impl Manager {
     /// Pauses a running sandbox to disk. On failure it keeps running.

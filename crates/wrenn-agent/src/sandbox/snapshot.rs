@@ -12,15 +12,11 @@ use wrenn_proto::hostagent::v1 as pb;
 
 use super::record::State;
 use super::warm::{self, Shape};
-use super::{Manager, envd_url, now_ms, pause::STATE_FILE, template};
+use super::{Manager, envd_url, internal, now_ms, pause::STATE_FILE, template};
 use crate::envd_client::EnvdClient;
 use crate::rpc::BackendError;
 use crate::storage;
 use crate::vmm::{MemoryFile, StateKind, VmSpec, spec_file};
-
-fn internal(what: &str, e: &dyn std::fmt::Display) -> BackendError {
-    BackendError::Internal(format!("{what}: {e}"))
-}
 
 /// Team IDs name a directory: the same characters as template names.
 fn valid_team(team: &str) -> bool {
@@ -121,16 +117,7 @@ impl Manager {
             storage::flatten(&parked.dir.join("rootfs.qcow2"), &disk)
                 .await
                 .map_err(|e| internal("flatten the disk", &e))?;
-            let slot = self.slots.alloc().ok_or_else(|| {
-                BackendError::ResourceExhausted("no free network slot on this host".into())
-            })?;
-            let net = match self.net.setup(slot, false).await {
-                Ok(n) => n,
-                Err(e) => {
-                    self.slots.release(slot);
-                    return Err(internal("network", &e));
-                }
-            };
+            let net = self.scratch_net().await?;
             let spec = VmSpec {
                 sandbox_id: format!("snap-{name}"),
                 root_disk: disk,
@@ -160,10 +147,7 @@ impl Manager {
                     })
             }
             .await;
-            if let Err(e) = self.net.teardown(slot).await {
-                warn!(slot, error = %e, "network teardown after the snapshot");
-            }
-            self.slots.release(slot);
+            self.drop_scratch_net(net.slot).await;
             converted?;
             let rec = &parked.rec;
             let info = warm::BaseInfo {

@@ -610,6 +610,15 @@ async fn host_agent(st: &AppState, host_id: &str) -> Result<Option<Agent>, ApiEr
     }
 }
 
+/// The agent of the host `sb` is on (409 when it has none).
+async fn agent_of(st: &AppState, sb: &Sandbox) -> Result<Agent, ApiError> {
+    match sb.host_id.as_deref() {
+        Some(h) => host_agent(st, h).await?,
+        None => None,
+    }
+    .ok_or_else(|| ApiError::invalid_state("sandbox has no host"))
+}
+
 /// For the sandbox I/O routes: the team's sandbox if it is `running`, and its host's agent.
 /// 404 for an unknown sandbox or another team's, 409 `invalid_state` in any other status.
 /// Records activity (debounced).
@@ -631,11 +640,7 @@ pub(crate) async fn running(
             sb.status
         )));
     }
-    let agent = match sb.host_id.as_deref() {
-        Some(h) => host_agent(st, h).await?,
-        None => None,
-    }
-    .ok_or_else(|| ApiError::invalid_state("sandbox has no host"))?;
+    let agent = agent_of(st, &sb).await?;
     if let Err(e) = st.db.touch_sandbox(&sb.id).await {
         tracing::warn!(sandbox = %sb.id, error = %e, "could not record sandbox activity");
     }
@@ -840,11 +845,7 @@ async fn in_status(
             sb.status
         )));
     }
-    let agent = match sb.host_id.as_deref() {
-        Some(h) => host_agent(st, h).await?,
-        None => None,
-    }
-    .ok_or_else(|| ApiError::invalid_state("sandbox has no host"))?;
+    let agent = agent_of(st, &sb).await?;
     Ok((sb, agent))
 }
 
@@ -882,19 +883,14 @@ pub async fn pause(
         )
         .await
         .map_err(|e| ApiError::from(agent.err(e)))?;
-    let paused = settled(&st, &sb, SandboxStatus::Paused).await?;
     // A paused sandbox has no deadline; resume starts its timeout afresh.
     st.db
         .set_sandbox_deadline(&sb.id, sb.timeout_sec, None)
         .await
         .map_err(db_err_for("sandbox"))?;
+    let paused = settled(&st, &sb, SandboxStatus::Paused).await?;
     audit(&st, &Actor::from(&auth), "sandbox.pause", &paused).await;
-    let sb = st
-        .db
-        .get_sandbox(auth.team_id(), &sb.id)
-        .await
-        .map_err(db_err_for("sandbox"))?;
-    Ok(ApiJson(sb.into()))
+    Ok(ApiJson(paused.into()))
 }
 
 /// Resumes a paused sandbox on its host where it stopped: processes, open files and memory
