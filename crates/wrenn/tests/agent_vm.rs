@@ -986,9 +986,59 @@ fn sandboxes_from_a_snapshot_template_start_with_its_memory_and_diverge() {
             team_id: "team-a".into(),
             ..Default::default()
         };
+        // Deleted while clone 0 is paused and the others run: none of them loses anything
+        // (their disks hold the template's by a link, their RAM is mapped or saved).
+        c.pause_sandbox(pb::PauseSandboxRequest {
+            sandbox_id: clones[0].clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("pause clone 0");
         c.delete_snapshot(del.clone()).await.expect("delete");
         let e = c.delete_snapshot(del).await.expect_err("already deleted");
         assert_eq!(e.code, connectrpc::ErrorCode::NotFound);
+        c.resume_sandbox(pb::ResumeSandboxRequest {
+            sandbox_id: clones[0].clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("resume a clone of a deleted template");
+        for (n, id) in clones.iter().enumerate() {
+            // Caches dropped first, so the base disk is really read.
+            let r = c
+                .exec(pb::ExecRequest {
+                    sandbox_id: id.clone(),
+                    cmd: "/bin/bash".into(),
+                    args: vec![
+                        "-c".into(),
+                        "echo 3 > /proc/sys/vm/drop_caches && md5sum /usr/bin/python3* >/dev/null"
+                            .into(),
+                    ],
+                    user: "root".into(),
+                    timeout_sec: 180,
+                    ..Default::default()
+                })
+                .await
+                .expect("exec")
+                .into_owned();
+            assert_eq!(
+                r.exit_code,
+                0,
+                "clone {n}: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+            let (out, err, code) = sh(
+                &c,
+                id,
+                "cat /dev/shm/mine && echo disk > ~/d && sync && cat ~/d",
+            )
+            .await;
+            assert_eq!(code, 0, "clone {n}: {err}");
+            assert_eq!(
+                out.split_whitespace().collect::<Vec<_>>(),
+                [n.to_string().as_str(), "disk"]
+            );
+        }
         for id in clones.iter().chain([&src]) {
             c.destroy_sandbox(pb::DestroySandboxRequest {
                 sandbox_id: id.clone(),

@@ -641,6 +641,7 @@ impl Manager {
                 (req.disk_size_mb > 0).then_some(req.disk_size_mb),
             ),
         };
+        let backing = storage::pin_base(&backing, dir);
         storage::create_overlay(&backing, &overlay, size)
             .await
             .map_err(|e| match e {

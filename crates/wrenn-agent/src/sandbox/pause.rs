@@ -227,6 +227,9 @@ impl Manager {
             tap: Some(net.tap.clone()),
             guest_mac: Some(net.guest_mac.clone()),
             run_dir: run_dir.clone(),
+            // The full state carries every page: a clone no longer needs its base's RAM file
+            // (which may be gone: a snapshot template deleted, a warm base collected).
+            memory_file: None,
             ..saved
         };
         let vm = {

@@ -5,7 +5,7 @@
 
 pub mod qcow2;
 
-pub use qcow2::{allocated_bytes, create_overlay, flatten, virtual_size};
+pub use qcow2::{allocated_bytes, create_overlay, flatten, pin_base, virtual_size};
 
 use std::path::PathBuf;
 

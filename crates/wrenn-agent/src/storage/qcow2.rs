@@ -66,6 +66,27 @@ pub async fn create_overlay(
     Ok(())
 }
 
+/// Hard-links `base` into `dir` (as `base.qcow2` or `base.raw`) and returns the link, so a
+/// sandbox's overlay never depends on a path someone else owns: a snapshot template deleted
+/// with `force`, a warm base collected or an image rebuilt leaves the sandbox its base. Falls
+/// back to `base` itself when a link cannot be made (another filesystem).
+pub fn pin_base(base: &Path, dir: &Path) -> PathBuf {
+    let ext = if base.extension().is_some_and(|e| e == "qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    };
+    let link = dir.join(format!("base.{ext}"));
+    let _ = std::fs::remove_file(&link);
+    match std::fs::hard_link(base, &link) {
+        Ok(()) => link,
+        Err(e) => {
+            tracing::warn!(base = %base.display(), error = %e, "cannot hard-link the base image; the overlay uses its path");
+            base.to_path_buf()
+        }
+    }
+}
+
 /// Writes `src` and its whole backing chain into one standalone qcow2 at `dst` (a temp name,
 /// then a rename): what a snapshot template keeps, so chains never grow.
 pub async fn flatten(src: &Path, dst: &Path) -> Result<(), StorageError> {

@@ -545,10 +545,9 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
             "max",
         ),
     };
-    let machine = match &spec.memory_file {
-        Some(_) => format!("{machine},memory-backend=mem"),
-        None => machine.to_string(),
-    };
+    // RAM is always the backend `mem`, file or anonymous: a state saved by one restores into
+    // the other (a paused clone resumes without its base's file).
+    let machine = format!("{machine},memory-backend=mem");
     let mut append = BASE_KERNEL_ARGS.to_string();
     if !spec.kernel_args.trim().is_empty() {
         append.push(' ');
@@ -591,15 +590,16 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         a.push("-accel".into());
         a.push(accel);
     }
-    if let Some(m) = &spec.memory_file {
-        a.push("-object".into());
-        a.push(format!(
+    a.push("-object".into());
+    a.push(match &spec.memory_file {
+        Some(m) => format!(
             "memory-backend-file,id=mem,mem-path={},size={}M,share={}",
             opt(&m.path),
             spec.memory_mb,
             if m.shared { "on" } else { "off" }
-        ));
-    }
+        ),
+        None => format!("memory-backend-ram,id=mem,size={}M", spec.memory_mb),
+    });
     if let Some(tap) = &spec.tap {
         a.push("-netdev".into());
         a.push(format!("tap,id=net0,ifname={tap},script=no,downscript=no"));
@@ -656,7 +656,14 @@ mod tests {
     #[test]
     fn tcg_argv() {
         let a = qemu_args(&spec(Accel::Tcg));
-        assert_eq!(after(&a, "-M"), ["microvm,pit=on,pic=on,rtc=on"]);
+        assert_eq!(
+            after(&a, "-M"),
+            ["microvm,pit=on,pic=on,rtc=on,memory-backend=mem"]
+        );
+        assert_eq!(
+            after(&a, "-object"),
+            ["memory-backend-ram,id=mem,size=256M"]
+        );
         assert_eq!(after(&a, "-accel"), ["tcg,tb-size=64"]);
         assert_eq!(after(&a, "-cpu"), ["max"]);
         assert_eq!(after(&a, "-m"), ["256"]);
@@ -704,7 +711,10 @@ mod tests {
         s.tap = None;
         s.kernel_args = String::new();
         let a = qemu_args(&s);
-        assert_eq!(after(&a, "-M"), ["microvm,accel=kvm,pit=on,pic=on,rtc=on"]);
+        assert_eq!(
+            after(&a, "-M"),
+            ["microvm,accel=kvm,pit=on,pic=on,rtc=on,memory-backend=mem"]
+        );
         assert_eq!(after(&a, "-cpu"), ["host"]);
         assert!(
             after(&a, "-accel").is_empty(),
