@@ -52,6 +52,7 @@ pub const SECURITY_BEARER: &str = "bearer";
         (name = "admin", description = "Platform administration"),
         (name = "hosts", description = "Host agents: registration, credentials, heartbeats"),
         (name = "sandboxes", description = "Sandboxes (microVMs) and templates"),
+        (name = "snapshots", description = "Snapshot templates: sandboxes frozen, memory and disk, to start new ones from"),
     )
 )]
 struct ApiDoc;

@@ -166,4 +166,103 @@ impl Db {
         .fetch_all(&self.pool)
         .await?)
     }
+
+    /// Creates the team's template `spec.name`; `AlreadyExists` when the team has one by that
+    /// name. A snapshot's row is written before the host makes it, so the name is taken once.
+    pub async fn insert_team_template(
+        &self,
+        team_id: &str,
+        spec: &TemplateSpec,
+    ) -> Result<Template, DbError> {
+        let sql = format!(
+            "INSERT INTO templates (id, team_id, name, default_user, default_env, vcpus, \
+             memory_mb, disk_size_mb, is_snapshot, size_bytes, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING {COLS}"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(crate::ids::TemplateId::generate().into_string())
+            .bind(team_id)
+            .bind(&spec.name)
+            .bind(&spec.default_user)
+            .bind(spec.default_env.to_string())
+            .bind(spec.vcpus)
+            .bind(spec.memory_mb)
+            .bind(spec.disk_size_mb)
+            .bind(spec.is_snapshot)
+            .bind(spec.size_bytes)
+            .bind(now_ms())
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// The platform template `name`, if there is one.
+    pub async fn platform_template(&self, name: &str) -> Result<Template, DbError> {
+        let sql = format!("SELECT {COLS} FROM templates WHERE team_id IS NULL AND name = $1");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// The team's own snapshot template `name` (never a platform template).
+    pub async fn team_snapshot(&self, team_id: &str, name: &str) -> Result<Template, DbError> {
+        let sql = format!(
+            "SELECT {COLS} FROM templates WHERE team_id = $1 AND name = $2 AND is_snapshot = $3"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(team_id)
+            .bind(name)
+            .bind(true)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// The team's snapshot templates, by name.
+    pub async fn team_snapshots(&self, team_id: &str) -> Result<Vec<Template>, DbError> {
+        let sql = format!(
+            "SELECT {COLS} FROM templates WHERE team_id = $1 AND is_snapshot = $2 \
+             ORDER BY name, id"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(team_id)
+            .bind(true)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn set_template_size(&self, id: &str, size_bytes: i64) -> Result<(), DbError> {
+        sqlx::query("UPDATE templates SET size_bytes = $2, updated_at = $3 WHERE id = $1")
+            .bind(id)
+            .bind(size_bytes)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the template row (its `template_hosts` rows go with it).
+    pub async fn delete_template(&self, id: &str) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM templates WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// IDs of the team's sandboxes that still use template `name`: every status but
+    /// `stopped` and `error`, oldest first.
+    pub async fn template_dependants(
+        &self,
+        team_id: &str,
+        name: &str,
+    ) -> Result<Vec<String>, DbError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM sandboxes WHERE team_id = $1 AND template = $2 \
+             AND status IN ('pending', 'running', 'paused', 'missing') ORDER BY created_at, id",
+        )
+        .bind(team_id)
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?)
+    }
 }

@@ -25,16 +25,27 @@ impl Scheduler {
     }
 
     /// The host for a new sandbox of `team`; 503 `no_hosts_available` when none is online.
-    pub async fn pick(&self, db: &Db, team: &Team) -> Result<Host, ApiError> {
+    /// `only`: the hosts that hold what the sandbox starts from (a snapshot template lives on
+    /// the host that made it); `None`: any host.
+    pub async fn pick(
+        &self,
+        db: &Db,
+        team: &Team,
+        only: Option<&[String]>,
+    ) -> Result<Host, ApiError> {
         let scope = team.is_byoc.then_some(team.id.as_str());
         let candidates = db
             .schedulable_hosts(scope)
             .await
             .map_err(ApiError::internal)?;
-        self.choose(candidates).ok_or_else(|| {
+        self.choose(restrict(candidates, only)).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::NoHostsAvailable,
-                "no host is available to run the sandbox",
+                if only.is_some() {
+                    "no host that holds the template is available to run the sandbox"
+                } else {
+                    "no host is available to run the sandbox"
+                },
             )
         })
     }
@@ -54,6 +65,17 @@ impl Scheduler {
             last.clear();
         }
         Some(host)
+    }
+}
+
+/// The candidates among `only` (all of them when `None`).
+fn restrict(candidates: Vec<(Host, i64)>, only: Option<&[String]>) -> Vec<(Host, i64)> {
+    match only {
+        None => candidates,
+        Some(ids) => candidates
+            .into_iter()
+            .filter(|(h, _)| ids.contains(&h.id))
+            .collect(),
     }
 }
 
@@ -101,5 +123,20 @@ mod tests {
         got.sort();
         got.dedup();
         assert_eq!(got.len(), 3, "a burst spreads over all hosts");
+    }
+
+    #[test]
+    fn a_template_restricts_the_candidates() {
+        let s = Scheduler::new();
+        let all = || vec![(host("a"), 0), (host("b"), 5), (host("c"), 9)];
+        let holders = ["b".to_owned(), "c".to_owned()];
+        // The least-loaded host does not hold it: the least-loaded holder wins.
+        assert_eq!(s.choose(restrict(all(), Some(&holders))).unwrap().id, "b");
+        assert!(s.choose(restrict(all(), Some(&[]))).is_none());
+        assert!(
+            s.choose(restrict(all(), Some(&["gone".to_owned()])))
+                .is_none()
+        );
+        assert_eq!(s.choose(restrict(all(), None)).unwrap().id, "a");
     }
 }

@@ -8,6 +8,7 @@ mod hosts;
 mod input;
 mod keys;
 mod sandboxes;
+mod snapshots;
 
 use std::sync::Arc;
 

@@ -16,6 +16,7 @@ pub mod guest;
 pub mod process;
 pub mod pty;
 mod reconcile;
+pub mod snapshots;
 pub mod ws;
 
 use std::collections::BTreeMap;
@@ -90,6 +91,8 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(pause))
         .routes(routes!(resume))
         .routes(routes!(list_templates))
+        .routes(routes!(snapshots::create, snapshots::list))
+        .routes(routes!(snapshots::delete))
         .routes(routes!(exec::exec))
         .routes(routes!(exec::exec_stream))
         .routes(routes!(process::start, process::list))
@@ -192,6 +195,8 @@ struct CreateSpec {
     env: BTreeMap<String, String>,
     metadata: BTreeMap<String, String>,
     allow_internet: bool,
+    /// The snapshot template's ID when the sandbox starts from one (placed on its hosts).
+    snapshot: Option<String>,
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -314,6 +319,24 @@ async fn validate_create(
             DbError::NotFound => bad(format!("template {template:?} does not exist")),
             e => db_err(e),
         })?;
+    if tpl.is_snapshot {
+        // A snapshot's memory and devices are of one machine: clones are exactly that machine.
+        let fixed = [
+            ("vcpus", req.vcpus, tpl.vcpus),
+            ("memory_mb", req.memory_mb, tpl.memory_mb),
+            ("disk_size_mb", req.disk_size_mb, tpl.disk_size_mb),
+        ];
+        if let Some((field, _, want)) = fixed
+            .iter()
+            .find(|(_, got, want)| got.is_some_and(|g| g != *want))
+        {
+            return Err(bad(format!(
+                "{field} of snapshot template {template:?} is fixed at {want} \
+                 ({} vCPUs, {} MiB memory, {} MiB disk)",
+                tpl.vcpus, tpl.memory_mb, tpl.disk_size_mb
+            )));
+        }
+    }
     let disk_size_mb = req.disk_size_mb.unwrap_or(tpl.disk_size_mb);
     if disk_size_mb < tpl.disk_size_mb {
         return Err(bad(format!(
@@ -332,6 +355,7 @@ async fn validate_create(
         env,
         metadata,
         allow_internet: req.allow_internet.unwrap_or(false),
+        snapshot: tpl.is_snapshot.then_some(tpl.id),
     })
 }
 
@@ -412,7 +436,11 @@ pub async fn create(
         .team_by_id(&spec.team_id)
         .await
         .map_err(db_err_for("team"))?;
-    let host = st.scheduler.pick(&st.db, &team).await?;
+    let holders = match &spec.snapshot {
+        Some(t) => Some(st.db.template_hosts(t).await.map_err(db_err)?),
+        None => None,
+    };
+    let host = st.scheduler.pick(&st.db, &team, holders.as_deref()).await?;
     let agent = st.agents.agent(&host).map_err(ApiError::from)?;
     let state = st.0.clone();
     let actor = Actor::from(&auth);
@@ -1090,7 +1118,26 @@ pub struct TemplateView {
     pub platform: bool,
     pub vcpus: i64,
     pub memory_mb: i64,
+    pub disk_size_mb: i64,
+    /// Bytes a snapshot occupies on its host (memory, device state, disk); 0 for images.
+    pub size_bytes: i64,
+    /// Unix ms.
     pub created_at: i64,
+}
+
+impl From<Template> for TemplateView {
+    fn from(t: Template) -> Self {
+        TemplateView {
+            platform: t.team_id.is_none(),
+            kind: if t.is_snapshot { "snapshot" } else { "base" }.to_owned(),
+            name: t.name,
+            vcpus: t.vcpus,
+            memory_mb: t.memory_mb,
+            disk_size_mb: t.disk_size_mb,
+            size_bytes: t.size_bytes,
+            created_at: t.created_at,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -1114,14 +1161,7 @@ pub async fn list_templates(st: State, auth: TeamAuth) -> Result<ApiJson<Templat
         .await
         .map_err(db_err)?
         .into_iter()
-        .map(|t| TemplateView {
-            platform: t.team_id.is_none(),
-            kind: if t.is_snapshot { "snapshot" } else { "base" }.to_owned(),
-            name: t.name,
-            vcpus: t.vcpus,
-            memory_mb: t.memory_mb,
-            created_at: t.created_at,
-        })
+        .map(TemplateView::from)
         .collect();
     Ok(ApiJson(TemplateList { templates }))
 }
