@@ -26,11 +26,17 @@ pub struct ApiError {
     pub status: u16,
     pub code: String,
     pub message: String,
+    /// The sandboxes a refused delete names (`error.sandbox_ids`).
+    pub sandbox_ids: Vec<String>,
 }
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.message, self.code)
+        write!(f, "{} ({})", self.message, self.code)?;
+        if !self.sandbox_ids.is_empty() {
+            write!(f, "\n  sandboxes: {}", self.sandbox_ids.join(" "))?;
+        }
+        Ok(())
     }
 }
 
@@ -49,6 +55,17 @@ impl ApiError {
                 status,
                 code,
                 message,
+                sandbox_ids: v
+                    .as_ref()
+                    .and_then(|v| v["error"]["sandbox_ids"].as_array())
+                    .map(|ids| {
+                        ids.iter()
+                            .filter_map(Value::as_str)
+                            .take(1000)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             },
             _ => {
                 let text = String::from_utf8_lossy(body);
@@ -65,6 +82,7 @@ impl ApiError {
                     status,
                     code: format!("http_{status}"),
                     message,
+                    sandbox_ids: Vec::new(),
                 }
             }
         }

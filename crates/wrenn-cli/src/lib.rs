@@ -14,6 +14,7 @@ mod login;
 mod output;
 mod sandbox;
 mod shell;
+mod snapshot;
 mod templates;
 mod term;
 
@@ -54,6 +55,9 @@ pub enum Command {
     Cp(cp::CpArgs),
     /// List the templates sandboxes can be created from.
     Templates(templates::TemplatesArgs),
+    /// Snapshot templates: freeze a sandbox (memory and disk) to start new ones from.
+    #[command(alias = "snapshots")]
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 /// Runs one client command to completion and returns the exit code. Errors are printed to
@@ -93,6 +97,7 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Shell(a) => shell::run(a).await,
         Command::Cp(a) => cp::run(a).await.map(|()| 0),
         Command::Templates(a) => templates::run(a).await.map(|()| 0),
+        Command::Snapshot(a) => snapshot::run(a).await.map(|()| 0),
     }
 }
 

@@ -367,3 +367,120 @@ e2e_test! {
         });
     }
 }
+
+e2e_test! {
+    fn snapshot_templates_through_the_api(sys) {
+        sys.block_on(async {
+            let key = sys.api_key().to_owned();
+            let src = id_of(&sys.create_sandbox(json!({"memory_mb": 256, "timeout_sec": 600})).await);
+            let (s, bg) = sys
+                .call(Method::POST, &format!("/v1/sandboxes/{src}/processes"), Some(&key),
+                      Some(json!({"cmd": "python3", "args": ["-c", agent::COUNTER], "tag": "counter"})))
+                .await;
+            assert_eq!(s, StatusCode::ACCEPTED, "{bg}");
+            let pid = bg["pid"].as_i64().expect("pid");
+            let (s, v) = sh(sys, &src, "echo from-source > /dev/shm/keep").await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+
+            let t = Instant::now();
+            let (s, tpl) = sys
+                .call(Method::POST, "/v1/snapshots", Some(&key), Some(json!({"sandbox_id": src, "name": "snap"})))
+                .await;
+            eprintln!("snapshot of a running sandbox via API: {} ms", t.elapsed().as_millis());
+            assert_eq!(s, StatusCode::CREATED, "{tpl}");
+            assert_eq!((tpl["type"].as_str(), tpl["memory_mb"].as_i64()), (Some("snapshot"), Some(256)));
+            assert!(tpl["size_bytes"].as_i64().unwrap_or(0) > 0, "{tpl}");
+            // The source runs on, and its address is still right.
+            let (_, v) = sys.call(Method::GET, &format!("/v1/sandboxes/{src}"), Some(&key), None).await;
+            assert_eq!(v["status"], "running", "{v}");
+            let (s, v) = sh(sys, &src, "true").await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            let (_, list) = sys.call(Method::GET, "/v1/templates", Some(&key), None).await;
+            assert!(list["templates"].as_array().unwrap().iter().any(|t| t["name"] == "snap" && t["type"] == "snapshot"), "{list}");
+            let (s, v) = sys
+                .call(Method::POST, "/v1/snapshots", Some(&key), Some(json!({"sandbox_id": src, "name": "snap"})))
+                .await;
+            assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")), "{v}");
+
+            // Three sandboxes from it: each starts with its memory, then goes its own way.
+            let mut clones = Vec::new();
+            for n in 0..3 {
+                let t = Instant::now();
+                let sb = sys.create_sandbox(json!({"template": "snap", "timeout_sec": 600})).await;
+                eprintln!("create from the snapshot via API: {} ms", t.elapsed().as_millis());
+                assert_eq!((sb["template"].as_str(), sb["memory_mb"].as_i64()), (Some("snap"), Some(256)));
+                assert_eq!(sb["host_id"].as_str(), Some(sys.host_id.as_str()), "placed on the holder");
+                let id = id_of(&sb);
+                let (_, v) = sh(sys, &id, "cat /dev/shm/keep").await;
+                assert_eq!(v["stdout"].as_str().map(str::trim), Some("from-source"), "clone {n}: {v}");
+                assert!(counter_value(sys, &id, pid).await > 0, "clone {n}: the counter runs");
+                let (s, v) = sh(sys, &id, &format!("echo {n} > /dev/shm/mine")).await;
+                assert_eq!(s, StatusCode::OK, "{v}");
+                clones.push(id);
+            }
+            for (n, id) in clones.iter().enumerate() {
+                let (_, v) = sh(sys, id, "cat /dev/shm/mine").await;
+                assert_eq!(v["stdout"].as_str().map(str::trim), Some(n.to_string().as_str()), "{v}");
+            }
+            let (s, v) = sys.call(Method::POST, "/v1/sandboxes", Some(&key), Some(json!({"template": "snap", "memory_mb": 512}))).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+            // Another team neither sees nor uses it, nor deletes it.
+            let (_, key_b, _) = sys.signup("mallory@example.com").await;
+            let (_, v) = sys.call(Method::GET, "/v1/snapshots", Some(&key_b), None).await;
+            assert_eq!(v["templates"], json!([]), "{v}");
+            let (s, v) = sys.call(Method::POST, "/v1/sandboxes", Some(&key_b), Some(json!({"template": "snap"}))).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+            let (s, _) = sys.call(Method::DELETE, "/v1/snapshots/snap?force=true", Some(&key_b), None).await;
+            assert_eq!(s, StatusCode::NOT_FOUND);
+
+            // A paused clone counts as a user; the refusal lists every one.
+            let (s, v) = sys.call(Method::POST, &format!("/v1/sandboxes/{}/pause", clones[0]), Some(&key), None).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            let (s, v) = sys.call(Method::DELETE, "/v1/snapshots/snap", Some(&key), None).await;
+            assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")), "{v}");
+            let mut listed: Vec<String> = serde_json::from_value(v["error"]["sandbox_ids"].clone()).unwrap();
+            listed.sort();
+            let mut want = clones.clone();
+            want.sort();
+            assert_eq!(listed, want);
+            let files = sys.env.root.path().join("snapshots");
+            assert!(std::fs::read_dir(&files).map(|d| d.count()).unwrap_or(0) > 0, "the host holds it");
+            let (s, v) = sys.call(Method::DELETE, "/v1/snapshots/snap?force=true", Some(&key), None).await;
+            assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+            assert!(
+                walk_files(&files).is_empty(),
+                "the host's copy is gone: {:?}", walk_files(&files)
+            );
+            // Its sandboxes did not notice.
+            let (s, v) = sys.call(Method::POST, &format!("/v1/sandboxes/{}/resume", clones[0]), Some(&key), None).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            for (n, id) in clones.iter().enumerate() {
+                let (_, v) = sh(sys, id, "cat /dev/shm/mine").await;
+                assert_eq!(v["stdout"].as_str().map(str::trim), Some(n.to_string().as_str()), "{v}");
+            }
+            let (s, v) = sys.call(Method::POST, "/v1/sandboxes", Some(&key), Some(json!({"template": "snap"}))).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "deleted: {v}");
+            for id in clones.iter().chain([&src]) {
+                let (s, _) = sys.call(Method::DELETE, &format!("/v1/sandboxes/{id}"), Some(&key), None).await;
+                assert_eq!(s, StatusCode::NO_CONTENT);
+            }
+        });
+    }
+}
+
+/// Every regular file under `dir`.
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -251,6 +251,34 @@ pub async fn sandbox_flow(url: &str, key: &str) {
         .await;
     assert_eq!(out.stdout, "hello\n");
 
+    // A snapshot template of it: listed, started from (with the file), refused while used.
+    let out = home
+        .ok(&["snapshot", "create", &id, "cli-snap"], None)
+        .await;
+    assert_eq!(out.stdout.trim(), "cli-snap", "{out:?}");
+    let out = home.ok(&["snapshot", "ls"], None).await;
+    assert!(out.stdout.contains("cli-snap"), "{out:?}");
+    let out = home
+        .ok(&["sandbox", "create", "--template", "cli-snap"], None)
+        .await;
+    let clone = out.stdout.trim().to_owned();
+    let out = home
+        .ok(&["cp", &format!("{clone}:/tmp/s.txt"), "-"], None)
+        .await;
+    assert_eq!(out.stdout, "hello\n");
+    let out = home.wrenn(&["snapshot", "rm", "cli-snap"], None).await;
+    assert_ne!(out.code, 0, "deleting a used snapshot: {out:?}");
+    assert!(
+        out.stderr.contains("conflict") && out.stderr.contains(&clone),
+        "names the sandbox using it: {out:?}"
+    );
+    home.ok(&["snapshot", "rm", "--force", "cli-snap"], None)
+        .await;
+    let out = home.ok(&["snapshot", "ls"], None).await;
+    assert!(!out.stdout.contains("cli-snap"), "{out:?}");
+    home.ok(&["exec", &clone, "--", "true"], None).await;
+    home.ok(&["rm", &clone], None).await;
+
     home.ok(&["rm", &id], None).await;
     let out = home.wrenn(&["sandbox", "get", &id, "--json"], None).await;
     if out.code == 0 {
