@@ -177,16 +177,20 @@ impl Manager {
         std::fs::create_dir_all(cfg.sandboxes_dir())?;
         let warm = if cfg.warm_bases {
             std::fs::create_dir_all(cfg.warm_dir())?;
-            // Builds a crash cut short.
-            for e in std::fs::read_dir(cfg.warm_dir())?.flatten() {
-                if e.file_name().to_string_lossy().ends_with(".building") {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-            Some(warm::WarmBases::new(
+            let w = warm::WarmBases::new(
                 cfg.warm_dir(),
                 &crate::preflight::path(crate::preflight::Tool::Qemu),
-            ))
+            );
+            // Builds a crash cut short, and bases of images, kernels or QEMUs since replaced.
+            let stale = w.collect(|info| {
+                template::load(&cfg.root, &info.template)
+                    .ok()
+                    .map(|t| w.key(&t, info.shape, accel))
+            });
+            if !stale.is_empty() {
+                info!(removed = ?stale, "stale warm bases removed");
+            }
+            Some(w)
         } else {
             None
         };
@@ -470,11 +474,13 @@ impl Manager {
         };
         let key = w.key(template, shape, self.accel);
         if let Some(b) = w.get(&key) {
+            w.touch(&b);
             return Ok(b);
         }
         let lock = w.lock(&key).await;
         let _building = lock.lock().await;
         if let Some(b) = w.get(&key) {
+            w.touch(&b);
             return Ok(b);
         }
         let started = std::time::Instant::now();
@@ -483,7 +489,13 @@ impl Manager {
             .instrument(info_span!("warm_base", key = %key, template = %template.name))
             .await;
         match &built {
-            Ok(_) => info!(key = %key, ms = started.elapsed().as_millis() as u64, "warm base made"),
+            Ok(_) => {
+                info!(key = %key, ms = started.elapsed().as_millis() as u64, "warm base made");
+                let evicted = w.evict(warm::MAX_BASES, &key);
+                if !evicted.is_empty() {
+                    info!(removed = ?evicted, "least recently used warm bases removed");
+                }
+            }
             Err(e) => warn!(key = %key, error = %e, "warm base not made"),
         }
         built

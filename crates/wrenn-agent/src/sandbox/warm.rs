@@ -27,6 +27,11 @@ use crate::vmm::{Accel, VmSpec};
 /// Bumped when what a warm base holds or how it is made changes.
 const FORMAT: u32 = 1;
 
+/// Warm bases kept at most (each is about its memory size on disk). Shapes are chosen by
+/// tenants, so without a bound they could fill the files root with bases; the least recently
+/// used goes first.
+pub(crate) const MAX_BASES: usize = 8;
+
 pub(crate) const MEMORY: &str = "memory";
 pub(crate) const STATE: &str = "vm.state";
 pub(crate) const DISK: &str = "disk.qcow2";
@@ -158,6 +163,62 @@ impl WarmBases {
             .clone()
     }
 
+    /// Removes what no create will use again: unfinished builds, bases whose key is no longer
+    /// the current one for their template and shape (`current` gives it; `None`: the template
+    /// is gone), e.g. after an image rebuild or a QEMU upgrade. Safe while clones of them run
+    /// or are paused: each clone holds its base's disk by a hard link, its RAM by a mapping
+    /// or its own saved state. Returns the keys removed.
+    pub fn collect(&self, current: impl Fn(&BaseInfo) -> Option<String>) -> Vec<String> {
+        let mut removed = Vec::new();
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return removed;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let keep = !name.ends_with(".building")
+                && load(&e.path()).is_some_and(|b| current(&b.info).as_deref() == Some(&name));
+            if !keep && std::fs::remove_dir_all(e.path()).is_ok() {
+                removed.push(name);
+            }
+        }
+        removed
+    }
+
+    /// Keeps at most `max` finished bases, `keep` among them, removing the least recently
+    /// used (by [`WarmBases::touch`]). Returns the keys removed.
+    pub fn evict(&self, max: usize, keep: &str) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut bases: Vec<(std::time::SystemTime, String)> = rd
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let used = std::fs::metadata(e.path().join(INFO))
+                    .and_then(|m| m.modified())
+                    .ok()?;
+                (!name.ends_with(".building")).then_some((used, name))
+            })
+            .collect();
+        bases.sort();
+        let excess = bases.len().saturating_sub(max);
+        bases
+            .into_iter()
+            .filter(|(_, name)| name != keep)
+            .take(excess)
+            .filter(|(_, name)| std::fs::remove_dir_all(self.path(name)).is_ok())
+            .map(|(_, name)| name)
+            .collect()
+    }
+
+    /// Records a use of `base` (its `base.json`'s modification time), for [`WarmBases::evict`].
+    pub fn touch(&self, base: &WarmBase) {
+        let _ = std::fs::File::options()
+            .write(true)
+            .open(base.dir.join(INFO))
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    }
+
     /// Publishes a finished build: `base.json` written and synced, then the directory renamed
     /// into place (a crash leaves only a `.building` directory, removed by the next build).
     pub fn publish(&self, key: &str, info: &BaseInfo) -> std::io::Result<WarmBase> {
@@ -195,4 +256,98 @@ pub(crate) fn publish(building: &Path, dest: &Path, info: &BaseInfo) -> std::io:
         dir: dest.to_path_buf(),
         info: info.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(key: &str, template: &str) -> BaseInfo {
+        BaseInfo {
+            key: key.into(),
+            template: template.into(),
+            shape: Shape {
+                vcpus: 1,
+                memory_mb: 256,
+                disk_size_mb: 0,
+            },
+            envd_version: "1".into(),
+            made_at_ms: 0,
+            spec: VmSpec {
+                sandbox_id: "warm".into(),
+                vcpus: 1,
+                memory_mb: 256,
+                kernel: "/k".into(),
+                initrd: "/i".into(),
+                kernel_args: String::new(),
+                root_disk: "/d".into(),
+                netns: None,
+                tap: None,
+                guest_mac: None,
+                run_dir: "/r".into(),
+                accel: Accel::Tcg,
+                memory_file: None,
+            },
+            envd_token: None,
+            default_user: None,
+        }
+    }
+
+    fn make(w: &WarmBases, key: &str, template: &str) {
+        let b = w.building_path(key);
+        std::fs::create_dir_all(&b).unwrap();
+        for f in [MEMORY, STATE, DISK] {
+            std::fs::write(b.join(f), b"x").unwrap();
+        }
+        w.publish(key, &info(key, template)).unwrap();
+    }
+
+    fn keys(w: &WarmBases) -> Vec<String> {
+        let mut k: Vec<String> = std::fs::read_dir(&w.dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        k.sort();
+        k
+    }
+
+    #[test]
+    fn collect_keeps_only_current_finished_bases() {
+        let tmp = tempfile::tempdir().unwrap();
+        let w = WarmBases::new(tmp.path().to_owned(), Path::new("/nonexistent-qemu"));
+        make(&w, "aaa", "base");
+        make(&w, "old", "base");
+        make(&w, "gone", "removed-template");
+        std::fs::create_dir_all(w.building_path("half")).unwrap();
+        std::fs::create_dir_all(w.path("broken")).unwrap();
+        let mut removed = w.collect(|i| (i.template == "base").then(|| "aaa".to_owned()));
+        removed.sort();
+        assert_eq!(removed, ["broken", "gone", "half.building", "old"]);
+        assert_eq!(keys(&w), ["aaa"]);
+        assert!(w.get("aaa").is_some());
+    }
+
+    #[test]
+    fn evict_removes_the_least_recently_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let w = WarmBases::new(tmp.path().to_owned(), Path::new("/nonexistent-qemu"));
+        let t0 = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+        for (n, k) in ["a", "b", "c", "d"].iter().enumerate() {
+            make(&w, k, "base");
+            let f = std::fs::File::options()
+                .write(true)
+                .open(w.path(k).join(INFO))
+                .unwrap();
+            f.set_modified(t0 + std::time::Duration::from_secs(n as u64))
+                .unwrap();
+        }
+        // "a" is the oldest but just used; "b" is kept whatever its age (the new base).
+        w.touch(&w.get("a").unwrap());
+        let mut removed = w.evict(2, "b");
+        removed.sort();
+        assert_eq!(removed, ["c", "d"]);
+        assert_eq!(keys(&w), ["a", "b"]);
+        assert!(w.evict(2, "a").is_empty());
+    }
 }
