@@ -1050,3 +1050,101 @@ fn sandboxes_from_a_snapshot_template_start_with_its_memory_and_diverge() {
     });
     assert_eq!(before, env.host_state(), "nothing is left behind");
 }
+
+/// A tmpfs of `size` mounted on `dir` for the guard's life (lazily unmounted on drop, so a
+/// failing test never leaves it behind).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        std::fs::create_dir_all(dir).expect("mount point");
+        let target = CString::new(dir.as_os_str().as_bytes()).expect("path");
+        let opts = CString::new(format!("size={size},mode=0755")).expect("opts");
+        // SAFETY: valid NUL-terminated strings; a tmpfs needs no source.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        use std::os::unix::ffi::OsStrExt;
+        if let Ok(target) = std::ffi::CString::new(self.0.as_os_str().as_bytes()) {
+            // SAFETY: unmounting the tmpfs this guard mounted.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+#[test]
+fn a_pause_that_fills_the_disk_fails_cleanly_and_the_sandbox_runs_on() {
+    let mut env = AgentEnv::without_agent(&[]);
+    // Sandbox directories on a 48 MiB filesystem: room for overlays, not for the memory of a
+    // guest holding 96 MiB of random data.
+    let sandboxes = env.root.path().join("sandboxes");
+    let mount = Tmpfs::mount(&sandboxes, "48m");
+    env.start_agent();
+    let before = env.host_state();
+    let id = sandbox_id();
+    rt().block_on(async {
+        let c = env.client();
+        c.create_sandbox(create_req(&id)).await.expect("create");
+        let pid = start_counter(&c, &id).await;
+        let (sum, err, code) = sh(
+            &c,
+            &id,
+            "head -c 96M /dev/urandom > /dev/shm/fill && md5sum < /dev/shm/fill",
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+        let e = c
+            .pause_sandbox(pb::PauseSandboxRequest {
+                sandbox_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("the state does not fit");
+        assert_eq!(e.code, connectrpc::ErrorCode::ResourceExhausted, "{e:?}");
+        let msg = e.message.clone().unwrap_or_default();
+        assert!(msg.contains("not enough disk space"), "{msg}");
+        // Still running, memory intact, nothing half-written left.
+        assert_eq!(
+            status(&c, &id).await.0,
+            pb::SandboxStatus::SANDBOX_STATUS_RUNNING
+        );
+        let c1 = count(&c, &id, pid).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(count(&c, &id, pid).await > c1, "its processes run on");
+        let (again, _, _) = sh(&c, &id, "md5sum < /dev/shm/fill").await;
+        assert_eq!(again, sum);
+        let left: Vec<String> = std::fs::read_dir(sandboxes.join(&id))
+            .expect("sandbox dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("state"))
+            .collect();
+        assert!(left.is_empty(), "partial state files left: {left:?}");
+        let (_, err, code) = sh(&c, &id, "echo ok > ~/after").await;
+        assert_eq!(code, 0, "{err}");
+        c.destroy_sandbox(pb::DestroySandboxRequest {
+            sandbox_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("destroy");
+    });
+    assert_eq!(before, env.host_state(), "nothing is left behind");
+    env.stop_agent();
+    drop(mount);
+}

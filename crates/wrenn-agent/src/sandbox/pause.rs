@@ -76,8 +76,19 @@ impl Manager {
                 .store(false, std::sync::atomic::Ordering::SeqCst);
             rec.state = State::Running;
             let _ = record::save(&live.dir, &rec);
+            let memory_mb = rec.memory_mb;
             *live.rec.lock().unwrap_or_else(|e| e.into_inner()) = rec;
             warn!(error = %e, "pause failed; the sandbox keeps running");
+            // QEMU only sees its pipe break: name the likely cause when the disk is full.
+            let free = free_bytes(&live.dir);
+            if free.is_some_and(|f| f < u64::from(memory_mb) << 20) {
+                return Err(BackendError::ResourceExhausted(format!(
+                    "not enough disk space on the host to save the sandbox's memory \
+                     ({} MiB free, up to {} MiB needed); it keeps running",
+                    free.unwrap_or(0) >> 20,
+                    memory_mb
+                )));
+            }
             return Err(internal("pause", &e));
         }
         self.live.write().await.remove(id);
@@ -320,4 +331,10 @@ impl Manager {
             rec,
         })
     }
+}
+
+/// Bytes free for unprivileged writers on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(st.blocks_available().saturating_mul(st.fragment_size()))
 }
