@@ -476,17 +476,29 @@ async fn connect_timeout_kills_the_process() {
     let p = envd.process();
     let t = Instant::now();
     let opts = CallOptions::default().with_header("connect-timeout-ms", "1000");
-    let s = p
+    let mut s = p
         .start_with_options(start_req("sleep", &["60"]), opts)
         .await
         .unwrap();
-    let r = collect(s).await;
+    let pid = first_pid(&mut s).await;
+    // The stream ends with deadline_exceeded (what the SDKs raise as a timeout)...
+    let err = loop {
+        match s.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("stream ended without the deadline error"),
+            Err(e) => break e,
+        }
+    };
     let elapsed = t.elapsed();
-    assert_eq!(r.end().status, "signal: killed");
-    assert_eq!(r.end().exit_code, -1);
-    assert!(!r.end().exited);
+    assert_eq!(err.code, ErrorCode::DeadlineExceeded, "{err:?}");
     assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
     assert!(elapsed < Duration::from_millis(2500), "{elapsed:?}");
+    // ...and the process is gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "process {pid} still alive");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

@@ -131,12 +131,13 @@ enum Next {
 }
 
 /// A follower's event stream: `start{pid}`, then output and keepalives, then `end`.
-/// With `deadline`, the stream (not the process) ends with `deadline_exceeded` then.
+/// With `deadline`, the stream ends with `deadline_exceeded` (saying `why`) then.
 fn process_events(
     pid: u32,
     mut rx: mpsc::Receiver<Event>,
     keepalive: Duration,
     deadline: Option<Instant>,
+    why: &'static str,
 ) -> impl Stream<Item = Result<ProcessEvent, ConnectError>> + Send + 'static {
     async_stream::stream! {
         yield Ok(start_event(pid));
@@ -167,7 +168,7 @@ fn process_events(
                 }
                 Next::Keepalive => yield Ok(keepalive_event()),
                 Next::Deadline => {
-                    yield Err(ConnectError::deadline_exceeded("deadline exceeded; the process keeps running"));
+                    yield Err(ConnectError::deadline_exceeded(why));
                     break;
                 }
             }
@@ -232,7 +233,14 @@ impl Process for ProcessService {
         })?;
         let keepalive = keepalive_interval(ctx.headers(), self.state.keepalive);
         let deadline = ctx.deadline().map(to_tokio);
-        let stream = process_events(handle.pid, rx, keepalive, deadline).map(|r| {
+        let stream = process_events(
+            handle.pid,
+            rx,
+            keepalive,
+            deadline,
+            "deadline exceeded; the process keeps running",
+        )
+        .map(|r| {
             r.map(|event| ConnectResponse {
                 event: event.into(),
                 ..Default::default()
@@ -276,10 +284,11 @@ impl Process for ProcessService {
         let (handle, rx) = self.state.processes.start(&spec, tag, config.clone())?;
         tracing::debug!(pid = handle.pid, cmd = %config.cmd, user = %user.name, "process started");
 
-        // Connect-Timeout-Ms on Start is the command's timeout: the process is killed at
-        // the deadline and the stream still reports its end. The library does not enforce
-        // deadlines on streams, so the stream itself carries no deadline.
-        if let Some(deadline) = ctx.deadline().map(to_tokio) {
+        // Connect-Timeout-Ms on Start is the command's timeout: at the deadline the process
+        // is killed and the stream ends with `deadline_exceeded` (as upstream envd's does:
+        // its handler's context expires), which the SDKs raise as a timeout.
+        let deadline = ctx.deadline().map(to_tokio);
+        if let Some(deadline) = deadline {
             let handle = handle.clone();
             tokio::spawn(async move {
                 let done = handle.done();
@@ -294,7 +303,14 @@ impl Process for ProcessService {
         }
 
         let keepalive = keepalive_interval(ctx.headers(), self.state.keepalive);
-        let stream = process_events(handle.pid, rx, keepalive, None).map(|r| {
+        let stream = process_events(
+            handle.pid,
+            rx,
+            keepalive,
+            deadline,
+            "command timed out; the process was killed",
+        )
+        .map(|r| {
             r.map(|event| StartResponse {
                 event: event.into(),
                 ..Default::default()

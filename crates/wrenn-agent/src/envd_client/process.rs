@@ -214,7 +214,16 @@ impl EnvdClient {
             let mut events = self.start(spec, None, None, timeout).await?;
             let mut out = ExecOutput::default();
             while let Some(ev) = events.next().await {
-                match ev? {
+                let ev = match (ev, timeout) {
+                    // envd killed the command at its deadline.
+                    (Err(EnvdError::Rpc(e)), Some(t))
+                        if e.code == connectrpc::ErrorCode::DeadlineExceeded =>
+                    {
+                        return Err(EnvdError::Timeout(t));
+                    }
+                    (ev, _) => ev?,
+                };
+                match ev {
                     ProcessEvent::Start { pid } => out.pid = pid,
                     ProcessEvent::Stdout(b) | ProcessEvent::Pty(b) => {
                         append(&mut out.stdout, &b, &mut out.truncated)
