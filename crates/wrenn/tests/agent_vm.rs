@@ -1148,3 +1148,251 @@ fn a_pause_that_fills_the_disk_fails_cleanly_and_the_sandbox_runs_on() {
     env.stop_agent();
     drop(mount);
 }
+
+/// A tunnel request to `path` on the agent (`GET`, the upgrade headers when `upgrade`), with
+/// `Authorization: Bearer <token>` when a token is given.
+fn tunnel_request(
+    env: &AgentEnv,
+    path: &str,
+    token: Option<&str>,
+    upgrade: bool,
+) -> reqwest::RequestBuilder {
+    let mut b = reqwest::Client::new().get(format!("http://127.0.0.1:{}{path}", env.port));
+    if let Some(t) = token {
+        b = b.bearer_auth(t);
+    }
+    if upgrade {
+        b = b
+            .header("connection", "upgrade")
+            .header("upgrade", "wrenn-tunnel");
+    }
+    b
+}
+
+/// A refused tunnel's status, Connect code and message.
+async fn tunnel_refusal(r: reqwest::Response) -> (u16, String, String) {
+    let status = r.status().as_u16();
+    assert_eq!(r.headers()["content-type"], "application/json", "{status}");
+    let v: serde_json::Value = r.json().await.expect("error JSON");
+    (
+        status,
+        v["code"].as_str().unwrap_or_default().to_owned(),
+        v["message"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// Opens a tunnel to `port` of sandbox `id`: the upgraded connection, or the refusal.
+async fn open_tunnel(
+    env: &AgentEnv,
+    id: &str,
+    port: u16,
+) -> Result<reqwest::Upgraded, (u16, String, String)> {
+    let r = tunnel_request(
+        env,
+        &format!("/v1/tunnel/{id}/{port}"),
+        Some(&env.token()),
+        true,
+    )
+    .send()
+    .await
+    .expect("tunnel request");
+    if r.status() != 101 {
+        return Err(tunnel_refusal(r).await);
+    }
+    assert_eq!(r.headers()["upgrade"], "wrenn-tunnel");
+    assert!(
+        r.headers()["connection"]
+            .to_str()
+            .unwrap()
+            .eq_ignore_ascii_case("upgrade")
+    );
+    Ok(r.upgrade().await.expect("upgrade"))
+}
+
+/// One plain HTTP/1.1 `GET path` over an open tunnel; the whole response (the server closes).
+async fn http_get(mut t: reqwest::Upgraded, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    t.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: sandbox\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("send the request");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), t.read_to_end(&mut out))
+        .await
+        .expect("the response in time")
+        .expect("read the response");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether an open tunnel ends (EOF or an error) within `within`.
+async fn tunnel_ends(t: &mut reqwest::Upgraded, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, t.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[test]
+fn tunnel_reaches_a_guest_server_and_ends_on_pause_and_destroy() {
+    let env = AgentEnv::new();
+    let before = env.host_state();
+    rt().block_on(async {
+        let c = env.client();
+        let id = sandbox_id();
+        c.create_sandbox(create_req(&id)).await.expect("create");
+        let body = "served from the guest through the tunnel\n";
+        let (_, err, code) = sh(
+            &c,
+            &id,
+            &format!("mkdir -p /home/user/www && printf '{body}' > /home/user/www/thefile"),
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+        c.start_background(pb::StartBackgroundRequest {
+            sandbox_id: id.clone(),
+            cmd: "/usr/bin/python3".into(),
+            args: ["-m", "http.server", "8000", "--bind", "0.0.0.0"]
+                .map(String::from)
+                .to_vec(),
+            cwd: "/home/user/www".into(),
+            tag: "web".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("start the server");
+
+        // The server takes a moment to listen: 502 until then.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let t = loop {
+            match open_tunnel(&env, &id, 8000).await {
+                Ok(t) => break t,
+                Err((502, ..)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(e) => panic!("tunnel to the server: {e:?}"),
+            }
+        };
+        let resp = http_get(t, "/thefile").await;
+        assert!(
+            resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200"),
+            "{resp}"
+        );
+        assert!(resp.ends_with(&format!("\r\n\r\n{body}")), "{resp}");
+
+        // Refusals: nothing on the port, no such sandbox, bad port, no upgrade, no token.
+        let e = open_tunnel(&env, &id, 8001)
+            .await
+            .expect_err("port 8001 is closed");
+        assert_eq!(
+            e,
+            (
+                502,
+                "unavailable".into(),
+                format!("port 8001 is not open in sandbox {id}")
+            )
+        );
+        let e = open_tunnel(&env, "no-such-sandbox", 8000)
+            .await
+            .expect_err("unknown");
+        assert_eq!(
+            e,
+            (
+                404,
+                "not_found".into(),
+                "sandbox no-such-sandbox was not found".into()
+            )
+        );
+        let e = open_tunnel(&env, &id, 0).await.expect_err("port 0");
+        assert_eq!((e.0, e.1.as_str()), (400, "invalid_argument"), "{e:?}");
+        let r = tunnel_request(
+            &env,
+            &format!("/v1/tunnel/{id}/8000"),
+            Some(&env.token()),
+            false,
+        )
+        .send()
+        .await
+        .unwrap();
+        let e = tunnel_refusal(r).await;
+        assert_eq!((e.0, e.1.as_str()), (400, "invalid_argument"), "{e:?}");
+        for token in [
+            None,
+            Some("not-a-token".to_string()),
+            Some(env.signer.sign("other-host", Duration::from_secs(60))),
+        ] {
+            let r = tunnel_request(
+                &env,
+                &format!("/v1/tunnel/{id}/8000"),
+                token.as_deref(),
+                true,
+            )
+            .send()
+            .await
+            .unwrap();
+            let e = tunnel_refusal(r).await;
+            assert_eq!(
+                (e.0, e.1.as_str()),
+                (401, "unauthenticated"),
+                "{token:?}: {e:?}"
+            );
+        }
+
+        // A pause ends an open tunnel promptly; a new one is refused while paused.
+        let mut open = open_tunnel(&env, &id, 8000)
+            .await
+            .expect("tunnel before the pause");
+        c.pause_sandbox(pb::PauseSandboxRequest {
+            sandbox_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("pause");
+        let paused_at = Instant::now();
+        assert!(
+            tunnel_ends(&mut open, Duration::from_secs(5)).await,
+            "the tunnel outlived the pause"
+        );
+        let ended_after = paused_at.elapsed();
+        assert!(
+            ended_after < Duration::from_secs(1),
+            "ended {ended_after:?} after the pause"
+        );
+        let e = open_tunnel(&env, &id, 8000).await.expect_err("paused");
+        assert_eq!((e.0, e.1.as_str()), (409, "failed_precondition"), "{e:?}");
+        assert!(e.2.contains("paused"), "{e:?}");
+
+        // After the resume the same server answers through a new tunnel.
+        c.resume_sandbox(pb::ResumeSandboxRequest {
+            sandbox_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("resume");
+        let t = open_tunnel(&env, &id, 8000)
+            .await
+            .expect("tunnel after the resume");
+        let resp = http_get(t, "/thefile").await;
+        assert!(resp.ends_with(&format!("\r\n\r\n{body}")), "{resp}");
+
+        // Destroy ends open tunnels too.
+        let mut open = open_tunnel(&env, &id, 8000)
+            .await
+            .expect("tunnel before destroy");
+        c.destroy_sandbox(pb::DestroySandboxRequest {
+            sandbox_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("destroy");
+        assert!(
+            tunnel_ends(&mut open, Duration::from_secs(5)).await,
+            "the tunnel outlived the destroy"
+        );
+        let e = open_tunnel(&env, &id, 8000).await.expect_err("destroyed");
+        assert_eq!(e.0, 404, "{e:?}");
+    });
+    assert_eq!(before, env.host_state(), "nothing is left behind");
+}

@@ -1,11 +1,13 @@
 //! The `hostagent.v1.HostAgentService` the control plane drives, over a [`SandboxBackend`]
 //! (the sandbox manager): lifecycle calls go to the backend, sandbox I/O is relayed to the
-//! sandbox's envd. Every call needs a control-plane token ([`crate::auth`]).
+//! sandbox's envd; `GET /v1/tunnel/{sandbox_id}/{port}` opens a TCP tunnel to a guest port
+//! ([`tunnel`]). Every request needs a control-plane token ([`crate::auth`]).
 
 mod errors;
 mod files;
 mod process;
 mod service;
+pub mod tunnel;
 
 use std::sync::Arc;
 
@@ -46,12 +48,26 @@ pub trait SandboxBackend: Send + Sync + 'static {
     /// The envd client of a running sandbox (`NotFound` / `FailedPrecondition` otherwise);
     /// also marks the sandbox active.
     async fn envd(&self, id: &str) -> Result<EnvdClient, BackendError>;
+    /// Where a tunnel into running sandbox `id` connects (`NotFound` / `FailedPrecondition`
+    /// otherwise); also marks the sandbox active, as [`SandboxBackend::envd`] does.
+    async fn tunnel_target(&self, id: &str) -> Result<TunnelTarget, BackendError>;
     /// Allocated bytes of the sandbox's root-disk overlay.
     async fn disk_allocated(&self, id: &str) -> Result<u64, BackendError>;
     fn host_facts(&self) -> PingResponse;
 }
 
-/// The agent's HTTP application: the Connect service behind the control-plane token check.
+/// A running sandbox's guest as the host reaches it.
+#[derive(Debug, Clone)]
+pub struct TunnelTarget {
+    /// The sandbox's host-side address: every TCP port of it is the guest's (DNAT).
+    pub ip: std::net::IpAddr,
+    /// Cancelled when the guest goes away (pause, destroy, VM exit): a gone VM never closes
+    /// its connections, so tunnels end on this instead of hanging.
+    pub closed: tokio_util::sync::CancellationToken,
+}
+
+/// The agent's HTTP application: the tunnel route and the Connect service, both behind the
+/// control-plane token check.
 /// The audience tokens must carry is the backend's host ID; `generation` is the host's
 /// credential generation once it registered (see [`AuthState`]).
 pub fn router(
@@ -60,6 +76,7 @@ pub fn router(
     generation: Option<u64>,
 ) -> axum::Router {
     let host_id: Arc<str> = backend.host_facts().host_id.into();
+    let tunnels = tunnel::router(backend.clone());
     let connect = connectrpc::Router::new().add_service(Arc::new(AgentService::new(backend)));
     // No response compression: file and process output is often incompressible, and gzip
     // of a 10 MiB ReadFile cost seconds of CPU on a host whose cores belong to the VMs.
@@ -67,7 +84,7 @@ pub fn router(
     let connect = connect
         .into_axum_service()
         .with_compression_policy(connectrpc::CompressionPolicy::disabled());
-    axum::Router::new()
+    tunnels
         .fallback_service(connect)
         .layer(axum::middleware::from_fn_with_state(
             AuthState {

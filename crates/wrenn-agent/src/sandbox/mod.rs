@@ -27,7 +27,7 @@ use wrenn_proto::hostagent::v1 as pb;
 use crate::config::AgentConfig;
 use crate::envd_client::EnvdClient;
 use crate::network::{Network, SandboxNet, SlotAllocator};
-use crate::rpc::{BackendError, SandboxBackend};
+use crate::rpc::{BackendError, SandboxBackend, TunnelTarget};
 use crate::storage;
 use crate::vmm::{Accel, MemoryFile, StateKind, VmEvent, VmHandle, VmSpec, Vmm};
 use record::{SandboxRecord, State};
@@ -53,6 +53,8 @@ struct Live {
     vm: VmHandle,
     net: SandboxNet,
     envd: EnvdClient,
+    /// Cancelled when the VM goes away (pause, destroy, exit): ends the tunnels into it.
+    closed: tokio_util::sync::CancellationToken,
 }
 
 /// A paused sandbox (or one whose saved state could not be restored): no VM, no slot.
@@ -147,6 +149,17 @@ fn random_token() -> Result<String, getrandom::Error> {
     let mut b = [0u8; 24];
     getrandom::fill(&mut b)?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn state_name(s: State) -> &'static str {
+    match s {
+        State::Creating => "creating",
+        State::Running => "running",
+        State::Error => "in error",
+        State::Pausing => "pausing",
+        State::Paused => "paused",
+        State::Resuming => "resuming",
+    }
 }
 
 /// Where the host reaches a sandbox's envd.
@@ -772,6 +785,7 @@ impl Manager {
             vm,
             net,
             envd,
+            closed: Default::default(),
         }))
     }
 
@@ -800,6 +814,8 @@ impl Manager {
                         }
                     }
                     VmEvent::Shutdown { guest } => {
+                        // Nothing answers in the guest any more.
+                        live.closed.cancel();
                         if guest {
                             "the guest shut down".to_string()
                         } else {
@@ -874,6 +890,7 @@ impl Manager {
     async fn teardown(&self, live: &Live) {
         live.destroying
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        live.closed.cancel();
         let span = info_span!("destroy", sandbox_id = %live.vm.sandbox_id);
         async {
             if let Err(e) = self.vmm.destroy(&live.vm).await {
@@ -1053,6 +1070,7 @@ impl Manager {
             vm,
             net,
             envd,
+            closed: Default::default(),
         }))
     }
 
@@ -1182,6 +1200,50 @@ impl SandboxBackend for Manager {
             )));
         }
         Ok(l.envd.clone())
+    }
+
+    async fn tunnel_target(&self, id: &str) -> Result<TunnelTarget, BackendError> {
+        if let Some(p) = self.parked.read().await.get(id) {
+            return Err(BackendError::FailedPrecondition(match p.rec.state {
+                State::Error => format!(
+                    "sandbox {id} is in error: {}",
+                    p.rec.error.as_deref().unwrap_or("unknown")
+                ),
+                state => format!("sandbox {id} is {}: resume it first", state_name(state)),
+            }));
+        }
+        let l = match self.live(id).await {
+            Ok(l) => l,
+            // Not yet in the live map while its create runs.
+            Err(e) => {
+                if self
+                    .busy
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(id)
+                {
+                    return Err(BackendError::FailedPrecondition(format!(
+                        "sandbox {id} is creating, not running yet"
+                    )));
+                }
+                return Err(e);
+            }
+        };
+        let rec = l.record();
+        match rec.state {
+            State::Running => Ok(TunnelTarget {
+                ip: l.net.host_ip.into(),
+                closed: l.closed.clone(),
+            }),
+            State::Error => Err(BackendError::FailedPrecondition(format!(
+                "sandbox {id} is in error: {}",
+                rec.error.as_deref().unwrap_or("unknown")
+            ))),
+            state => Err(BackendError::FailedPrecondition(format!(
+                "sandbox {id} is {}, not running",
+                state_name(state)
+            ))),
+        }
     }
 
     async fn disk_allocated(&self, id: &str) -> Result<u64, BackendError> {

@@ -95,6 +95,7 @@ impl Manager {
         // Streams into the VM would wait for a connection nobody will close: end them.
         live.envd
             .mark_gone("the sandbox was paused: resume it and start or attach again");
+        live.closed.cancel();
         if let Err(e) = self.net.teardown(live.net.slot).await {
             warn!(error = %e, "network teardown after pause");
         }
@@ -285,6 +286,7 @@ impl Manager {
             vm,
             net,
             envd,
+            closed: Default::default(),
         }))
     }
 

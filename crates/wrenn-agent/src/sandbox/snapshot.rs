@@ -118,13 +118,16 @@ impl Manager {
                 .await
                 .map_err(|e| internal("flatten the disk", &e))?;
             let net = self.scratch_net().await?;
+            // Not under `building`: a team ID and a 64-character name would push the QMP
+            // socket past the 108 bytes a Unix socket path may have.
+            let run_dir = scratch_run_dir(&self.cfg.root, dest);
             let spec = VmSpec {
                 sandbox_id: format!("snap-{name}"),
                 root_disk: disk,
                 netns: Some(net.netns.clone()),
                 tap: Some(net.tap.clone()),
                 guest_mac: Some(net.guest_mac.clone()),
-                run_dir: building.join("run"),
+                run_dir: run_dir.clone(),
                 memory_file: Some(MemoryFile {
                     path: building.join(warm::MEMORY),
                     shared: true,
@@ -148,6 +151,7 @@ impl Manager {
             }
             .await;
             self.drop_scratch_net(net.slot).await;
+            let _ = std::fs::remove_dir_all(&run_dir);
             converted?;
             let rec = &parked.rec;
             let info = warm::BaseInfo {
@@ -214,5 +218,32 @@ impl Manager {
     ) -> Result<EnvdClient, BackendError> {
         let token = base.and_then(|b| b.info.envd_token.as_deref());
         EnvdClient::new(&envd_url(net), token).map_err(|e| internal("envd client", &e))
+    }
+}
+
+/// A short run directory (QMP socket, pid file) for the VM that converts a snapshot into
+/// `dest`: `<root>/tmp/snap-<hash of dest>`.
+fn scratch_run_dir(root: &Path, dest: &Path) -> PathBuf {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(dest.as_os_str().as_encoded_bytes());
+    let short: String = h.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    root.join("tmp").join(format!("snap-{short}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scratch_run_dirs_are_short_and_distinct() {
+        let root = std::path::Path::new("/var/lib/wrenn");
+        let long = root
+            .join("snapshots")
+            .join("t".repeat(64))
+            .join("n".repeat(64));
+        let a = super::scratch_run_dir(root, &long);
+        assert!(a.join("qmp.sock").as_os_str().len() < 60, "{}", a.display());
+        assert_ne!(
+            a,
+            super::scratch_run_dir(root, &root.join("snapshots/t/other"))
+        );
     }
 }

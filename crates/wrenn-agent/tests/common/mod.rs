@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use connectrpc::client::{ClientConfig, HttpClient};
 use wrenn_agent::auth::{CpSigner, CpVerifier};
 use wrenn_agent::envd_client::EnvdClient;
-use wrenn_agent::rpc::{BackendError, SandboxBackend};
+use wrenn_agent::rpc::{BackendError, SandboxBackend, TunnelTarget};
 use wrenn_proto::hostagent::v1::*;
 
 pub const HOST_ID: &str = "host-test";
@@ -101,6 +101,8 @@ struct Sandbox {
     _envd: Envd,
     client: EnvdClient,
     info: SandboxInfo,
+    /// Cancelled on destroy: ends the sandbox's tunnels.
+    closed: tokio_util::sync::CancellationToken,
 }
 
 /// Fake sandbox manager: `create` starts an envd and initialises it with a fresh token.
@@ -153,6 +155,7 @@ impl SandboxBackend for TestBackend {
                 _envd: envd,
                 client,
                 info: info.clone(),
+                closed: Default::default(),
             },
         );
         Ok((info, token))
@@ -161,7 +164,8 @@ impl SandboxBackend for TestBackend {
     async fn destroy(&self, id: &str) -> Result<(), BackendError> {
         let sb = self.sandboxes.lock().unwrap().remove(id);
         match sb {
-            Some(_) => {
+            Some(sb) => {
+                sb.closed.cancel();
                 self.reaped.lock().unwrap().push(id.to_string());
                 Ok(())
             }
@@ -235,6 +239,19 @@ impl SandboxBackend for TestBackend {
             .unwrap()
             .get(id)
             .map(|s| s.client.clone())
+            .ok_or_else(|| BackendError::NotFound(format!("sandbox {id} not found")))
+    }
+
+    /// The "guest" is this host's loopback: the test's own listeners stand in for its ports.
+    async fn tunnel_target(&self, id: &str) -> Result<TunnelTarget, BackendError> {
+        self.sandboxes
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|s| TunnelTarget {
+                ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                closed: s.closed.clone(),
+            })
             .ok_or_else(|| BackendError::NotFound(format!("sandbox {id} not found")))
     }
 
