@@ -193,6 +193,8 @@ async fn seed(db: &Db, team_id: &str) -> anyhow::Result<Arc<Vec<String>>> {
                     on_timeout: OnTimeout::Kill,
                     metadata,
                     envd_token: Some("bench-envd-token"),
+                    auto_resume: false,
+                    idempotency_key: None,
                 })
                 .await?;
             db.transition_sandbox(&sb.id, SandboxStatus::Running, None)

@@ -244,6 +244,22 @@ impl ApiError {
         self.code
     }
 
+    /// When a 429 tells the client to come back.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// Logs a server-side failure with its private cause (what `into_response` does for the
+    /// `/v1` envelope; other envelopes call it themselves).
+    pub fn log(&self) {
+        let cause = self.source.as_deref().map(|e| chain(e));
+        if self.status().is_server_error() {
+            tracing::error!(code = %self.code, message = %self.message, cause = cause.as_deref(), "request failed");
+        } else if let Some(cause) = &cause {
+            tracing::debug!(code = %self.code, message = %self.message, cause = %cause, "request refused");
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         self.code.status()
     }
@@ -284,12 +300,7 @@ fn chain(err: &(dyn StdError + 'static)) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let cause = self.source.as_deref().map(|e| chain(e));
-        if status.is_server_error() {
-            tracing::error!(code = %self.code, message = %self.message, cause = cause.as_deref(), "request failed");
-        } else if let Some(cause) = &cause {
-            tracing::debug!(code = %self.code, message = %self.message, cause = %cause, "request refused");
-        }
+        self.log();
         let mut resp = (status, axum::Json(self.body())).into_response();
         if let Some(after) = self.retry_after {
             let secs = after.as_secs().max(1);

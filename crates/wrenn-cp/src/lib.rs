@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod hostmonitor;
 pub mod ids;
+pub mod proxy;
 pub mod scheduler;
 pub mod server;
 pub mod telemetry;

@@ -148,7 +148,13 @@ impl HostStore for AppState {
 
 /// The whole HTTP surface (API, `/openapi.json`, `/docs`, `/metrics`).
 pub fn router(state: Arc<AppState>) -> Router {
-    crate::api::router().with_state(state)
+    // The proxy goes first: a request that names a sandbox is the sandbox's, whatever its path.
+    crate::api::router()
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::proxy::intercept,
+        ))
+        .with_state(state)
 }
 
 /// Opens the database, loads (or creates) the secrets, and serves until Ctrl-C / SIGTERM.

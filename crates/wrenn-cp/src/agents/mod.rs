@@ -196,6 +196,10 @@ impl AgentPool {
     /// The agent of `host`. Cheap: the client is cached per host (and rebuilt when the
     /// host's address changed); connections are pooled.
     pub fn agent(&self, host: &Host) -> Result<Agent, AgentError> {
+        let base = base_uri(&host.address).ok_or_else(|| AgentError::BadAddress {
+            host_id: host.id.clone(),
+            address: host.address.clone(),
+        })?;
         let client = {
             let mut clients = self
                 .clients
@@ -204,10 +208,7 @@ impl AgentPool {
             match clients.get(&host.id) {
                 Some((addr, c)) if *addr == host.address => c.clone(),
                 _ => {
-                    let uri = base_uri(&host.address).ok_or_else(|| AgentError::BadAddress {
-                        host_id: host.id.clone(),
-                        address: host.address.clone(),
-                    })?;
+                    let uri = base.clone();
                     // Binary protobuf: the agent relays file chunks and process output.
                     let cfg = ClientConfig::new(uri).proto();
                     let c = RpcClient::new(self.http.clone(), cfg);
@@ -221,6 +222,7 @@ impl AgentPool {
             generation: u64::try_from(host.credential_gen).unwrap_or(0),
             client,
             tokens: self.tokens.clone(),
+            base,
         })
     }
 }
@@ -248,6 +250,8 @@ pub struct Agent {
     generation: u64,
     client: RpcClient,
     tokens: Arc<Tokens>,
+    /// Where the agent listens (`http://ip:port/`).
+    base: Uri,
 }
 
 impl std::fmt::Debug for Agent {
@@ -284,6 +288,16 @@ impl Agent {
             http::header::AUTHORIZATION,
             self.tokens.bearer(&self.host_id, self.generation),
         )
+    }
+
+    /// Where the agent listens, for the raw HTTP of the sandbox proxy's tunnels.
+    pub fn base(&self) -> &Uri {
+        &self.base
+    }
+
+    /// `Authorization` for a call to this agent outside the Connect client.
+    pub fn bearer(&self) -> String {
+        self.tokens.bearer(&self.host_id, self.generation)
     }
 
     /// Maps a Connect error of this agent.

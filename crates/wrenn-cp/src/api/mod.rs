@@ -5,6 +5,7 @@
 mod admin;
 mod api_keys;
 mod auth;
+pub mod e2b;
 mod health;
 mod hosts;
 pub mod sandboxes;
@@ -121,6 +122,7 @@ pub fn router() -> Router<Arc<AppState>> {
     telemetry::handle();
     api.merge(docs)
         .route("/metrics", get(telemetry::metrics_handler))
+        .merge(e2b::routes())
         .fallback(not_found_fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -81,6 +81,7 @@ mod tests {
             started_at: None,
             last_active_at: 0,
             updated_at: 0,
+            auto_resume: false,
             metadata: Default::default(),
         }
     }

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 
 use super::page::{self, Keyed, Page, PageRequest};
-use super::row::Placeholders;
+use super::row::{Flag, Placeholders};
 use super::status::SandboxStatus;
 use super::{Db, DbError, ids, now_ms};
 
@@ -58,6 +58,9 @@ pub struct Sandbox {
     pub started_at: Option<i64>,
     pub last_active_at: i64,
     pub updated_at: i64,
+    /// A request to it while paused resumes it first (E2B `autoResume`).
+    #[sqlx(try_from = "Flag")]
+    pub auto_resume: bool,
     #[sqlx(skip)]
     pub metadata: BTreeMap<String, String>,
 }
@@ -81,6 +84,9 @@ pub struct NewSandbox<'a> {
     pub metadata: BTreeMap<String, String>,
     /// Plaintext; stored encrypted.
     pub envd_token: Option<&'a str>,
+    pub auto_resume: bool,
+    /// A create's `Idempotency-Key`: unique per team ([`DbError::AlreadyExists`] otherwise).
+    pub idempotency_key: Option<&'a str>,
 }
 
 /// Filters for listing; empty means no filter. Metadata pairs must all match.
@@ -104,7 +110,7 @@ pub struct SandboxPatch<'a> {
 
 const COLS: &str = "id, team_id, host_id, template, status, vcpus, memory_mb, disk_size_mb, \
     timeout_sec, end_at, on_timeout, envd_version, host_ip, error, created_at, started_at, \
-    last_active_at, updated_at";
+    last_active_at, updated_at, auto_resume";
 
 /// A value bound into dynamically built SQL.
 enum Arg {
@@ -137,14 +143,15 @@ impl Db {
             started_at: None,
             last_active_at: now,
             updated_at: now,
+            auto_resume: new.auto_resume,
             metadata: new.metadata,
         };
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, \
              disk_size_mb, timeout_sec, end_at, on_timeout, envd_token_enc, created_at, \
-             last_active_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             last_active_at, updated_at, auto_resume, idempotency_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(&sb.id)
         .bind(&sb.team_id)
@@ -161,6 +168,8 @@ impl Db {
         .bind(sb.created_at)
         .bind(sb.last_active_at)
         .bind(sb.updated_at)
+        .bind(sb.auto_resume)
+        .bind(new.idempotency_key)
         .execute(&mut *tx)
         .await?;
         for (k, v) in &sb.metadata {
@@ -185,6 +194,22 @@ impl Db {
             .await?
             .pop()
             .ok_or(DbError::NotFound)
+    }
+
+    /// The team's sandbox a create with this `Idempotency-Key` made, with its metadata.
+    pub async fn sandbox_by_idempotency_key(
+        &self,
+        team_id: &str,
+        key: &str,
+    ) -> Result<Sandbox, DbError> {
+        let id: String = sqlx::query_scalar(
+            "SELECT id FROM sandboxes WHERE team_id = $1 AND idempotency_key = $2",
+        )
+        .bind(team_id)
+        .bind(key)
+        .fetch_one(&self.pool)
+        .await?;
+        self.get_sandbox(team_id, &id).await
     }
 
     /// The row alone, without its metadata: for the hot path of the sandbox I/O routes,

@@ -22,6 +22,8 @@ pub struct Template {
     pub size_bytes: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The sandbox a snapshot template was made from.
+    pub source_sandbox_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -37,7 +39,7 @@ pub struct TemplateSpec {
 }
 
 const COLS: &str = "id, team_id, name, default_user, default_env, vcpus, memory_mb, \
-    disk_size_mb, is_snapshot, size_bytes, created_at, updated_at";
+    disk_size_mb, is_snapshot, size_bytes, created_at, updated_at, source_sandbox_id";
 
 impl Db {
     /// Creates the template, or updates the one with the same name in the same scope
@@ -230,13 +232,23 @@ impl Db {
             .await?)
     }
 
-    pub async fn set_template_size(&self, id: &str, size_bytes: i64) -> Result<(), DbError> {
-        sqlx::query("UPDATE templates SET size_bytes = $2, updated_at = $3 WHERE id = $1")
-            .bind(id)
-            .bind(size_bytes)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
+    /// Records what a host made: the snapshot's size and the sandbox it came from.
+    pub async fn record_snapshot(
+        &self,
+        id: &str,
+        size_bytes: i64,
+        source_sandbox_id: &str,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE templates SET size_bytes = $2, source_sandbox_id = $3, updated_at = $4 \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(size_bytes)
+        .bind(source_sandbox_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

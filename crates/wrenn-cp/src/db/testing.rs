@@ -119,6 +119,8 @@ pub fn new_sandbox<'a>(team_id: &'a str, host_id: Option<&'a str>) -> super::New
         on_timeout: super::OnTimeout::Kill,
         metadata: Default::default(),
         envd_token: None,
+        auto_resume: false,
+        idempotency_key: None,
     }
 }
 

@@ -4,6 +4,7 @@
 mod access;
 mod accounts;
 mod docs;
+mod e2b;
 mod hosts;
 mod input;
 mod keys;

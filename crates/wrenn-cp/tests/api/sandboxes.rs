@@ -38,6 +38,8 @@ impl App {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect::<BTreeMap<_, _>>(),
                 envd_token: Some("secret-envd-token"),
+                auto_resume: false,
+                idempotency_key: None,
             })
             .await
             .unwrap()
@@ -224,7 +226,7 @@ db_test! {
         assert_eq!(s, StatusCode::OK, "{v}");
         let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["created_at", "disk_size_mb", "end_at", "envd_version", "error", "host_id", "host_ip", "id", "last_active_at", "memory_mb", "metadata", "on_timeout", "started_at", "status", "template", "timeout_sec", "vcpus"]);
+        assert_eq!(keys, ["auto_resume", "created_at", "disk_size_mb", "end_at", "envd_version", "error", "host_id", "host_ip", "id", "last_active_at", "memory_mb", "metadata", "on_timeout", "started_at", "status", "template", "timeout_sec", "vcpus"]);
         assert!(!v.to_string().contains("secret-envd-token"));
         assert_eq!(v["status"], "running");
         assert_eq!(v["metadata"], json!({"env": "ci", "n": "0"}));

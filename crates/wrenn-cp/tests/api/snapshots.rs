@@ -56,6 +56,8 @@ async fn sandbox(db: &Db, team: &str, template: &str, host: Option<&str>) -> San
         on_timeout: OnTimeout::Kill,
         metadata: Default::default(),
         envd_token: Some("t"),
+        auto_resume: false,
+        idempotency_key: None,
     })
     .await
     .unwrap()

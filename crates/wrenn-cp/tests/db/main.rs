@@ -35,6 +35,8 @@ pub async fn sandbox(db: &Db, team_id: &str, meta: &[(&str, &str)]) -> Sandbox {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>(),
         envd_token: Some("envd-secret"),
+        auto_resume: false,
+        idempotency_key: None,
     })
     .await
     .unwrap()

@@ -130,6 +130,8 @@ pub struct SandboxView {
     /// Why the sandbox is in `error`.
     pub error: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    /// A request through the sandbox proxy resumes it when paused.
+    pub auto_resume: bool,
     /// Unix ms.
     pub created_at: i64,
     pub started_at: Option<i64>,
@@ -153,6 +155,7 @@ impl From<Sandbox> for SandboxView {
             envd_version: s.envd_version,
             error: s.error,
             metadata: s.metadata,
+            auto_resume: s.auto_resume,
             created_at: s.created_at,
             started_at: s.started_at,
             last_active_at: s.last_active_at,
@@ -180,6 +183,9 @@ pub struct CreateSandbox {
     pub metadata: Option<BTreeMap<String, String>>,
     /// Default false: the sandbox reaches nothing outside its host.
     pub allow_internet: Option<bool>,
+    /// Default false. True: a request that reaches it while paused (through the sandbox
+    /// proxy or an E2B `connect`) resumes it first.
+    pub auto_resume: Option<bool>,
 }
 
 /// A create request after validation.
@@ -197,6 +203,9 @@ struct CreateSpec {
     allow_internet: bool,
     /// The snapshot template's ID when the sandbox starts from one (placed on its hosts).
     snapshot: Option<String>,
+    auto_resume: bool,
+    /// The E2B `Idempotency-Key` of the request, if any.
+    idempotency_key: Option<String>,
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -356,6 +365,8 @@ async fn validate_create(
         metadata,
         allow_internet: req.allow_internet.unwrap_or(false),
         snapshot: tpl.is_snapshot.then_some(tpl.id),
+        auto_resume: req.auto_resume.unwrap_or(false),
+        idempotency_key: None,
     })
 }
 
@@ -430,7 +441,68 @@ pub async fn create(
     auth: TeamAuth,
     ApiJson(req): ApiJson<CreateSandbox>,
 ) -> Result<(StatusCode, ApiJson<SandboxView>), ApiError> {
-    let spec = validate_create(&st.db, auth.team_id(), req).await?;
+    let (sb, _) = create_sandbox(&st, &auth, req, None).await?;
+    Ok((StatusCode::CREATED, ApiJson(sb.into())))
+}
+
+/// The whole create: validation, placement, the host's boot; the running row and its envd
+/// access token (for the E2B routes, which hand it to the SDK).
+/// With an `idempotency_key`, a create retried with the same key answers with the sandbox the
+/// first attempt made (waiting while it boots) instead of making a second one.
+pub(crate) async fn create_sandbox(
+    st: &Arc<AppState>,
+    auth: &TeamAuth,
+    req: CreateSandbox,
+    idempotency_key: Option<String>,
+) -> Result<(Sandbox, String), ApiError> {
+    let mut spec = validate_create(&st.db, auth.team_id(), req).await?;
+    if let Some(key) = &idempotency_key
+        && let Some(found) = idempotent(st, &spec.team_id, key).await?
+    {
+        return Ok(found);
+    }
+    spec.idempotency_key = idempotency_key.clone();
+    let made = create_placed(st, auth, spec).await;
+    match (made, &idempotency_key) {
+        // A concurrent request with the same key inserted its row first.
+        (Err(e), Some(key)) if e.code() == crate::error::ErrorCode::Conflict => {
+            idempotent(st, auth.team_id(), key).await?.ok_or(e)
+        }
+        (made, _) => made,
+    }
+}
+
+/// The sandbox an earlier create with `key` made, once it left `pending`, with its token.
+async fn idempotent(
+    st: &AppState,
+    team_id: &str,
+    key: &str,
+) -> Result<Option<(Sandbox, String)>, ApiError> {
+    let deadline = tokio::time::Instant::now() + CREATE_TIMEOUT;
+    loop {
+        let sb = match st.db.sandbox_by_idempotency_key(team_id, key).await {
+            Ok(sb) => sb,
+            Err(DbError::NotFound) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        if sb.status != SandboxStatus::Pending || tokio::time::Instant::now() > deadline {
+            let token = st
+                .db
+                .sandbox_envd_token(&sb.id)
+                .await
+                .map_err(db_err)?
+                .unwrap_or_default();
+            return Ok(Some((sb, token)));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn create_placed(
+    st: &Arc<AppState>,
+    auth: &TeamAuth,
+    spec: CreateSpec,
+) -> Result<(Sandbox, String), ApiError> {
     let team = st
         .db
         .team_by_id(&spec.team_id)
@@ -442,14 +514,14 @@ pub async fn create(
     };
     let host = st.scheduler.pick(&st.db, &team, holders.as_deref()).await?;
     let agent = st.agents.agent(&host).map_err(ApiError::from)?;
-    let state = st.0.clone();
-    let actor = Actor::from(&auth);
+    let state = st.clone();
+    let actor = Actor::from(auth);
     // Detached from the request: runs to the end (row settled, VM kept or removed) even if
     // the client disconnects and this handler's future is dropped.
     let task =
         tokio::spawn(async move { create_on_host(&state, spec, &host, &agent, &actor).await });
     match task.await {
-        Ok(r) => r.map(|sb| (StatusCode::CREATED, ApiJson(sb.into()))),
+        Ok(r) => r,
         Err(e) => Err(ApiError::internal(e)),
     }
 }
@@ -460,7 +532,7 @@ async fn create_on_host(
     host: &Host,
     agent: &Agent,
     actor: &Actor,
-) -> Result<Sandbox, ApiError> {
+) -> Result<(Sandbox, String), ApiError> {
     let end_at = (spec.timeout_sec > 0).then(|| now_ms() + spec.timeout_sec * 1000);
     let sb = st
         .db
@@ -476,6 +548,8 @@ async fn create_on_host(
             on_timeout: spec.on_timeout,
             metadata: spec.metadata.clone(),
             envd_token: None,
+            auto_resume: spec.auto_resume,
+            idempotency_key: spec.idempotency_key.as_deref(),
         })
         .await
         .map_err(db_err)?;
@@ -548,7 +622,7 @@ async fn create_on_host(
         Ok(sb) => {
             tracing::info!(sandbox = %sb.id, host = %host.id, ms = started.elapsed().as_millis() as u64, "sandbox created");
             audit(st, actor, "sandbox.create", &sb).await;
-            Ok(sb)
+            Ok((sb, resp.envd_access_token))
         }
         Err(DbError::Conflict { current, .. }) => {
             // Deleted while booting: the delete only flipped the row; the VM is ours to remove.
@@ -944,6 +1018,27 @@ pub async fn resume(
     ApiPath(id): ApiPath<SandboxId>,
 ) -> Result<ApiJson<SandboxView>, ApiError> {
     let (sb, agent) = in_status(&st, auth.team_id(), &id, SandboxStatus::Paused).await?;
+    let resumed = resume_on(&st, sb, &agent, &Actor::from(&auth)).await?;
+    Ok(ApiJson(resumed.into()))
+}
+
+/// Resumes a paused sandbox that wants it (`auto_resume`) for a request that reached it
+/// through the sandbox proxy; the audit log names the system as the actor.
+pub(crate) async fn auto_resume(st: &AppState, sb: Sandbox) -> Result<Sandbox, ApiError> {
+    let agent = agent_of(st, &sb).await?;
+    let actor = Actor {
+        kind: ActorType::System,
+        id: "auto-resume".into(),
+    };
+    resume_on(st, sb, &agent, &actor).await
+}
+
+async fn resume_on(
+    st: &AppState,
+    sb: Sandbox,
+    agent: &Agent,
+    actor: &Actor,
+) -> Result<Sandbox, ApiError> {
     let r = agent
         .rpc()
         .resume_sandbox_with_options(
@@ -1010,9 +1105,9 @@ pub async fn resume(
         .set_sandbox_deadline(&sb.id, sb.timeout_sec, end_at)
         .await
         .map_err(db_err_for("sandbox"))?;
-    let resumed = settled(&st, &sb, SandboxStatus::Running).await?;
-    audit(&st, &Actor::from(&auth), "sandbox.resume", &resumed).await;
-    Ok(ApiJson(resumed.into()))
+    let resumed = settled(st, &sb, SandboxStatus::Running).await?;
+    audit(st, actor, "sandbox.resume", &resumed).await;
+    Ok(resumed)
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -186,7 +186,7 @@ async fn make(
     let host_id = agent.host_id().to_owned();
     let size = i64::try_from(info.size_bytes).unwrap_or(i64::MAX);
     let recorded = async {
-        st.db.set_template_size(&tpl.id, size).await?;
+        st.db.record_snapshot(&tpl.id, size, &sb.id).await?;
         st.db.add_template_host(&tpl.id, &host_id).await
     }
     .await;
@@ -203,6 +203,7 @@ async fn make(
     tracing::info!(template = %tpl.id, sandbox = %sb.id, host = %host_id, ms = started.elapsed().as_millis() as u64, "snapshot template made");
     let tpl = Template {
         size_bytes: size,
+        source_sandbox_id: Some(sb.id.clone()),
         ..tpl
     };
     audit(

@@ -1,0 +1,95 @@
+//! `wrenn up` as a test starts it: in the test's network namespace, on the test image root,
+//! its summary (API URL, key, host) read from its output.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::agent::AgentEnv;
+
+pub const CP_PORT: u16 = 18080;
+
+pub struct Up {
+    child: Child,
+    pub url: String,
+    pub key: String,
+    #[allow(dead_code)]
+    pub host: String,
+}
+
+impl Up {
+    pub fn start(env: &AgentEnv) -> Up {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wrenn"));
+        cmd.arg("up")
+            .arg("--data-dir")
+            .arg(env.root.path())
+            .args(["--listen", &format!("127.0.0.1:{CP_PORT}")])
+            .args(["--agent-listen", &format!("127.0.0.1:{}", env.port)])
+            .arg(format!("--agent-arg=--net-prefix={}", env.prefix()))
+            .arg("--agent-arg=--accel=tcg")
+            .env_remove("DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // SAFETY: prctl only; `wrenn up` (and through it the agent) stops when the test dies.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawn wrenn up");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut url, mut key, mut host) = (None, None, None);
+        while url.is_none() || key.is_none() || host.is_none() {
+            let line = rx
+                .recv_timeout(Duration::from_secs(240))
+                .expect("wrenn up printed its summary");
+            if let Some(k) = line.trim().strip_prefix("API key") {
+                key = Some(k.trim().to_owned());
+                continue;
+            }
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("API"), Some(u)) => url = Some(u.to_owned()),
+                (Some("Host"), Some(h)) => host = Some(h.to_owned()),
+                _ => {}
+            }
+        }
+        Up {
+            child,
+            url: url.expect("url"),
+            key: key.expect("key"),
+            host: host.expect("host"),
+        }
+    }
+
+    #[allow(dead_code)]
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_wrenn"))
+            .args(args)
+            .env("WRENN_URL", &self.url)
+            .env("WRENN_API_KEY", &self.key)
+            // No saved login of the machine leaks in.
+            .env("WRENN_CONFIG", "/nonexistent/wrenn-config.json")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the CLI")
+    }
+
+    /// SIGTERM, as Ctrl-C would: stops the control plane and the agent.
+    pub fn stop(mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "wrenn up exited with {status}");
+    }
+}
