@@ -157,6 +157,35 @@ sys.exit(0 if m.version('e2b') == '$E2B_SDK_VERSION' and m.version('pytest') els
     export WRENN_VENV="$venv"
 }
 
+# The last E2B SDK that creates with `POST /sandboxes` (before 2.51 moved to /v2), for the
+# compatibility test of older clients.
+E2B_LEGACY_SDK_VERSION=2.50.0
+ensure_legacy_venv() {
+    local venv="$WRENN_CACHE/venv-e2b-$E2B_LEGACY_SDK_VERSION"
+    if ! "$venv/bin/python" -c "
+import importlib.metadata as m, sys
+sys.exit(0 if m.version('e2b') == '$E2B_LEGACY_SDK_VERSION' and m.version('pytest') else 1)
+" 2>/dev/null; then
+        log "creating Python venv with e2b==$E2B_LEGACY_SDK_VERSION"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q "e2b==$E2B_LEGACY_SDK_VERSION" "pytest==8.4.2"
+    fi
+    export WRENN_LEGACY_VENV="$venv"
+}
+
+# The JavaScript E2B SDK (npm), pinned, in its own directory under the cache.
+E2B_JS_SDK_VERSION=2.51.0
+ensure_js_sdk() {
+    local dir="$WRENN_CACHE/e2b-js-$E2B_JS_SDK_VERSION"
+    if [[ ! -f $dir/node_modules/e2b/package.json ]] ||
+        ! grep -q "\"version\": \"$E2B_JS_SDK_VERSION\"" "$dir/node_modules/e2b/package.json"; then
+        log "installing e2b@$E2B_JS_SDK_VERSION from npm"
+        mkdir -p "$dir"
+        (cd "$dir" && npm install --no-audit --no-fund --silent "e2b@$E2B_JS_SDK_VERSION")
+    fi
+    export WRENN_E2B_JS="$dir"
+}
+
 # start_test_postgres: a throwaway PostgreSQL cluster for the control-plane database tests.
 # Uses Debian's server binaries (installing `postgresql` when missing), initdb as the postgres
 # user (initdb refuses root) into a temp dir, listens on a free loopback port with its socket
