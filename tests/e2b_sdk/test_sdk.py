@@ -177,3 +177,125 @@ def test_idempotency_key_makes_one_sandbox():
         assert a.sandbox_id == b.sandbox_id
     finally:
         a.kill()
+
+
+def test_private_ports_want_the_traffic_token():
+    sbx = Sandbox.create(timeout=120, network={"allow_public_traffic": False})
+    try:
+        assert sbx.traffic_access_token
+        sbx.commands.run("mkdir -p /tmp/p && echo private > /tmp/p/f.txt")
+        sbx.commands.run("cd /tmp/p && python3 -m http.server 8000", background=True)
+        headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8000"}
+        authed = {**headers, "E2b-Traffic-Access-Token": sbx.traffic_access_token}
+        deadline = time.time() + 30
+        while True:
+            r = httpx.get(f"{API}/f.txt", headers=authed, timeout=10)
+            if r.status_code == 200 or time.time() > deadline:
+                break
+            time.sleep(0.3)
+        assert (r.status_code, r.text) == (200, "private\n")
+        assert httpx.get(f"{API}/f.txt", headers=headers, timeout=10).status_code == 401
+        bad = {**headers, "E2b-Traffic-Access-Token": "nope"}
+        assert httpx.get(f"{API}/f.txt", headers=bad, timeout=10).status_code == 403
+        # envd's port still takes the envd token alone: the SDK works as usual.
+        assert sbx.commands.run("echo ok").stdout == "ok\n"
+    finally:
+        sbx.kill()
+
+
+# A guest server for what http.server cannot show: an HTTP upgrade answered with 101 and then
+# an echo of raw bytes (uppercased) both ways, and a POST whose chunked body it decodes itself.
+UPGRADE_SERVER = r'''
+import base64, hashlib, socket, threading
+
+def handle(c):
+    f = c.makefile("rb")
+    f.readline()
+    h = {}
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        k, v = line.decode().split(":", 1)
+        h[k.strip().lower()] = v.strip()
+    if h.get("upgrade", "").lower() == "websocket":
+        accept = base64.b64encode(hashlib.sha1((h["sec-websocket-key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        c.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Accept: " + accept + "\r\n\r\n").encode())
+        while True:
+            d = f.read1(4096)
+            if not d:
+                break
+            c.sendall(d.upper())
+    else:
+        body = b""
+        if h.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                n = int(f.readline().split(b";")[0], 16)
+                if n == 0:
+                    f.readline()
+                    break
+                body += f.read(n)
+                f.readline()
+        else:
+            body = f.read(int(h.get("content-length", "0")))
+        out = ("%s %d %s" % (h.get("transfer-encoding", "-"), len(body), hashlib.sha256(body).hexdigest())).encode()
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(out) + out)
+    c.close()
+
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8002))
+s.listen()
+while True:
+    threading.Thread(target=handle, args=(s.accept()[0],), daemon=True).start()
+'''
+
+
+def test_upgrade_and_chunked_request_through_the_proxy(sbx):
+    import base64
+    import hashlib
+    import socket
+    from urllib.parse import urlparse
+
+    sbx.files.write("/tmp/upgrade_server.py", UPGRADE_SERVER)
+    sbx.commands.run("python3 /tmp/upgrade_server.py", background=True)
+    headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8002"}
+
+    # A chunked request body, streamed from a generator: arrives whole, still chunked.
+    parts = [os.urandom(3000) for _ in range(40)]
+    deadline = time.time() + 30
+    while True:
+        r = httpx.post(f"{API}/upload", headers=headers, content=iter(parts), timeout=30)
+        if r.status_code == 200 or time.time() > deadline:
+            break
+        time.sleep(0.3)
+    body = b"".join(parts)
+    assert r.status_code == 200, r.text
+    assert r.text == f"chunked {len(body)} {hashlib.sha256(body).hexdigest()}"
+
+    # A WebSocket upgrade: 101 with the guest's accept, then bytes both ways, message by
+    # message (each answer arrives before the next message is sent: nothing is buffered).
+    api = urlparse(API)
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.create_connection((api.hostname, api.port), timeout=10) as c:
+        req = (
+            f"GET /ws HTTP/1.1\r\nHost: {api.hostname}:{api.port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            + "\r\n"
+        )
+        c.sendall(req.encode())
+        f = c.makefile("rb")
+        status = f.readline()
+        assert status.startswith(b"HTTP/1.1 101"), status
+        got = {}
+        while (line := f.readline()) not in (b"\r\n", b""):
+            k, v = line.decode().split(":", 1)
+            got[k.strip().lower()] = v.strip()
+        want = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+        assert got["sec-websocket-accept"] == want.decode()
+        for i in range(20):
+            msg = f"message {i} ".encode() * 10
+            c.sendall(msg)
+            assert f.read(len(msg)) == msg.upper()

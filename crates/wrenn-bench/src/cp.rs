@@ -62,6 +62,7 @@ impl Cp {
             listen: "127.0.0.1:0".parse()?,
             data_dir: data_dir.path().to_path_buf(),
             database_url,
+            ..Default::default()
         })
         .await
         .context("start the control plane")?;

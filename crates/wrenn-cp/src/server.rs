@@ -5,6 +5,7 @@
 //! extractors alone. Routes live in [`crate::api`], one module per resource.
 
 pub mod secrets;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +34,28 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// `DATABASE_URL`: PostgreSQL when set.
     pub database_url: Option<String>,
+    /// With a certificate and key the listener serves HTTPS only.
+    pub tls: Option<tls::TlsFiles>,
+    /// `WRENN_DOMAIN`: what the E2B SDKs build URLs from (`api.<domain>`,
+    /// `<port>-<id>.<domain>`); returned as the sandboxes' `domain`.
+    pub domain: Option<String>,
+    /// A second, plain-HTTP listener (loopback) for local clients without TLS: `wrenn up`'s
+    /// agent and the CLI, whose HTTP client has no TLS.
+    pub plain_listen: Option<SocketAddr>,
+}
+
+/// [`DEFAULT_LISTEN`] and `/var/lib/wrenn`, plain HTTP, SQLite, no domain.
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("/var/lib/wrenn"),
+            database_url: None,
+            tls: None,
+            domain: None,
+            plain_listen: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +68,8 @@ pub enum ServerError {
     Jwt(#[from] JwtKeyError),
     #[error("agent signing key: {0}")]
     AgentKey(#[from] wrenn_rpcauth::AuthError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -63,6 +88,8 @@ pub struct AppState {
     pub agents: AgentPool,
     /// Picks the host of each new sandbox.
     pub scheduler: Scheduler,
+    /// The E2B domain, when configured (see [`ServerConfig::domain`]).
+    pub domain: Option<String>,
 }
 
 impl AppState {
@@ -71,12 +98,22 @@ impl AppState {
         jwt_secret: &[u8],
         agent_signer: CpSigner,
     ) -> Result<Arc<Self>, JwtKeyError> {
+        Self::with_domain(db, jwt_secret, agent_signer, None)
+    }
+
+    pub fn with_domain(
+        db: Db,
+        jwt_secret: &[u8],
+        agent_signer: CpSigner,
+        domain: Option<String>,
+    ) -> Result<Arc<Self>, JwtKeyError> {
         Ok(Arc::new(AppState {
             db,
             jwt: JwtKeys::from_secret(jwt_secret)?,
             key_cache: new_key_cache(),
             agents: AgentPool::new(Arc::new(agent_signer)),
             scheduler: Scheduler::new(),
+            domain,
         }))
     }
 }
@@ -167,24 +204,38 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
 /// A control plane serving in this process (`wrenn server`, `wrenn up`, tests).
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// The plain-HTTP listener's address, when [`ServerConfig::plain_listen`] asked for one.
+    pub plain_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    url: String,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningServer {
+    /// The API's URL: `https://api.<domain>:<port>` with TLS and a domain.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.url.clone()
+    }
+
+    /// `http://<plain listener>`, when there is one.
+    pub fn plain_url(&self) -> Option<String> {
+        self.plain_addr.map(|a| format!("http://{a}"))
     }
 
     /// Graceful stop: in-flight requests finish, then the database closes.
     pub async fn stop(self) -> Result<(), ServerError> {
-        let _ = self.stop.send(());
-        let served = self
-            .task
-            .await
-            .map_err(|e| ServerError::Serve(std::io::Error::other(e)))?;
+        let _ = self.stop.send(true);
+        let mut served = Ok(());
+        for t in self.tasks {
+            let r = t
+                .await
+                .map_err(|e| ServerError::Serve(std::io::Error::other(e)))?;
+            if served.is_ok() {
+                served = r;
+            }
+        }
         for t in self.background {
             t.abort();
         }
@@ -193,8 +244,50 @@ impl RunningServer {
     }
 }
 
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Serves `app` on `listener` until `stopped` turns true, then lets in-flight requests finish.
+fn spawn_serve<L>(
+    listener: L,
+    app: Router,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::io::Result<()>>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+    })
+}
+
+/// TCP_NODELAY: exec-stream and PTY WebSockets relay many small frames, and Nagle plus the
+/// client's delayed ACK would hold each one back ~40 ms (measured on envd: 43 ms → 4 ms).
+fn nodelay(listener: tokio::net::TcpListener) -> impl axum::serve::Listener<Addr = SocketAddr> {
+    axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+    })
+}
+
 /// Opens the database, loads (or creates) the secrets, binds and serves in the background.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    // Files first: a bad certificate fails the start before anything else happens.
+    let tls_config = config.tls.as_ref().map(tls::server_config).transpose()?;
+    let domain = config
+        .domain
+        .as_deref()
+        .map(tls::normalize_domain)
+        .transpose()?;
     let secrets = secrets::load_or_create(&config.data_dir)?;
     let db = Db::connect(DbConfig::new(
         &config.data_dir,
@@ -204,7 +297,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     .await?;
     crate::api::sandboxes::ensure_platform_templates(&db).await?;
     let signer = CpSigner::from_seed(&secrets.agent_signing_seed)?;
-    let state = AppState::new(db.clone(), &secrets.jwt_secret, signer)?;
+    let state = AppState::with_domain(db.clone(), &secrets.jwt_secret, signer, domain.clone())?;
     // Brings rows in line with what the agents did on their own (deadlines, crashes).
     let reconciler = tokio::spawn(crate::api::sandboxes::run_reconciler(
         state.clone(),
@@ -216,36 +309,44 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         crate::hostmonitor::CHECK_EVERY,
         crate::hostmonitor::STALE_AFTER,
     ));
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = bind(config.listen).await?;
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
-    tracing::info!(url = %format!("http://{addr}"), data_dir = %config.data_dir.display(), backend = ?db.backend(), "control plane listening");
+    let plain = match config.plain_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let plain_addr = plain
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()
+        .map_err(ServerError::Serve)?;
+    let url = match (&tls_config, &domain) {
+        (Some(_), Some(d)) => format!("https://api.{d}:{}", addr.port()),
+        (Some(_), None) => format!("https://{addr}"),
+        (None, _) => format!("http://{addr}"),
+    };
     let background = vec![crate::telemetry::spawn_upkeep(), reconciler, monitor];
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tracing::info!(%url, plain = ?plain_addr, data_dir = %config.data_dir.display(), backend = ?db.backend(), "control plane listening");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let app = router(state.clone());
-    // TCP_NODELAY: exec-stream and PTY WebSockets relay many small frames, and Nagle plus the
-    // client's delayed ACK would hold each one back ~40 ms (measured on envd: 43 ms → 4 ms).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY");
+    let mut tasks = Vec::new();
+    match tls_config {
+        Some(c) => {
+            let listener = tls::TlsListener::new(listener, c).map_err(ServerError::Serve)?;
+            tasks.push(spawn_serve(listener, app.clone(), stopped.clone()));
         }
-    });
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+        None => tasks.push(spawn_serve(nodelay(listener), app.clone(), stopped.clone())),
+    }
+    if let Some(p) = plain {
+        tasks.push(spawn_serve(nodelay(p), app, stopped));
+    }
     Ok(RunningServer {
         addr,
+        plain_addr,
         state,
+        url,
         stop,
-        task,
+        tasks,
         background,
     })
 }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use wrenn_cp::server::tls::TlsFiles;
 use wrenn_cp::server::{DEFAULT_LISTEN, ServerConfig};
 
 #[derive(Debug, clap::Args)]
@@ -17,17 +18,34 @@ pub struct ServerArgs {
     /// PostgreSQL URL (`postgres://...`); SQLite under the data dir when unset.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// PEM certificate chain (leaf first): the listener serves HTTPS only. Needs --tls-key.
+    #[arg(long, env = "WRENN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "WRENN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The E2B SDKs' `E2B_DOMAIN`: API at `api.<domain>`, sandboxes at `<port>-<id>.<domain>`
+    /// (the certificate must cover both; the SDKs use port 443).
+    #[arg(long, env = "WRENN_DOMAIN")]
+    pub domain: Option<String>,
 }
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        _ => None,
+    };
     runtime
         .block_on(wrenn_cp::server::serve(ServerConfig {
             listen: args.listen,
             data_dir: args.data_dir,
             database_url: args.database_url,
+            tls,
+            domain: args.domain,
+            plain_listen: None,
         }))
         .context("control plane")
 }

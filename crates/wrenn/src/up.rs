@@ -3,6 +3,10 @@
 //! creates the admin account, team and first API key (idempotently), and starts the host
 //! agent as a separate process that registers over HTTP with a one-time token — the same
 //! path a remote host takes. Prints the URL and the key; runs until Ctrl-C / SIGTERM.
+//!
+//! With `--domain D` the listener serves HTTPS for the E2B SDKs' `E2B_DOMAIN=D`, with a
+//! local CA and certificate made once under `<data-dir>/tls/`; the agent, whose HTTP client
+//! has no TLS, reaches the control plane on a plain loopback listener of its own.
 
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -15,6 +19,7 @@ use wrenn_agent::registration;
 use wrenn_cp::bootstrap;
 use wrenn_cp::db::HostStatus;
 use wrenn_cp::server::ServerConfig;
+use wrenn_cp::server::tls::{LocalCerts, ensure_local_certs, normalize_domain};
 
 /// How long the agent may take to register and come online (the first start probes the
 /// accelerator by booting a VM, ~5–30 s under TCG).
@@ -46,6 +51,11 @@ pub struct UpArgs {
     /// Extra flags for the agent, e.g. `--agent-arg=--accel=tcg` (repeatable).
     #[arg(long = "agent-arg", allow_hyphen_values = true)]
     pub agent_args: Vec<String>,
+    /// Serve HTTPS for the E2B SDKs' `E2B_DOMAIN`: the API at `api.<domain>`, sandboxes at
+    /// `<port>-<id>.<domain>` (the SDKs use port 443). Makes a local CA once under
+    /// `<data-dir>/tls/`.
+    #[arg(long, env = "WRENN_DOMAIN")]
+    pub domain: Option<String>,
 }
 
 /// The agent child: SIGTERM and reaped when dropped (its VMs keep running and are
@@ -64,7 +74,8 @@ impl Drop for AgentProcess {
     }
 }
 
-pub fn run(args: UpArgs) -> anyhow::Result<()> {
+pub fn run(mut args: UpArgs) -> anyhow::Result<()> {
+    args.domain = args.domain.as_deref().map(normalize_domain).transpose()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -102,14 +113,27 @@ fn build_image(args: &UpArgs) -> anyhow::Result<()> {
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let certs = match &args.domain {
+        Some(d) => Some(
+            ensure_local_certs(&args.data_dir.join("tls"), d).context("the local certificates")?,
+        ),
+        None => None,
+    };
     let server = wrenn_cp::server::start(ServerConfig {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
         database_url: args.database_url.clone(),
+        tls: certs.as_ref().map(|c| c.files.clone()),
+        domain: args.domain.clone(),
+        plain_listen: certs
+            .as_ref()
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], 0))),
     })
     .await
     .context("control plane")?;
     let url = server.url();
+    // What speaks plain HTTP (the agent, the CLI) uses the loopback listener under TLS.
+    let local_url = server.plain_url().unwrap_or_else(|| url.clone());
     let db = server.state.db.clone();
     let admin = bootstrap::ensure_admin(&db, &args.data_dir, &args.admin_email)
         .await
@@ -125,7 +149,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         None => Some(bootstrap::local_host_token(&db, &admin.user_id).await?),
     };
     let log_path = args.data_dir.join("agent.log");
-    let mut agent = spawn_agent(&args, &url, token.as_deref(), &log_path)?;
+    let mut agent = spawn_agent(&args, &local_url, token.as_deref(), &log_path)?;
     let host_id = wait_online(
         &db,
         &creds_path,
@@ -149,10 +173,19 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         None => println!("  Admin     {}", admin.email),
     }
     println!("  Host      {host_id} (agent log: {})", log_path.display());
+    if local_url != url {
+        println!("  Local     {local_url}   (plain HTTP, this machine only: the agent, the CLI)");
+    }
     println!();
     println!("Try it:");
-    println!("  export WRENN_URL={url} WRENN_API_KEY={}", admin.api_key);
+    println!(
+        "  export WRENN_URL={local_url} WRENN_API_KEY={}",
+        admin.api_key
+    );
     println!("  ID=$(wrenn sandbox create) && wrenn exec $ID -- echo hi && wrenn sandbox rm $ID");
+    if let (Some(domain), Some(certs)) = (&args.domain, &certs) {
+        print_e2b(domain, certs, &admin.api_key, server.addr.port());
+    }
     println!();
     println!("Ctrl-C stops the control plane and the agent; sandboxes keep running.");
 
@@ -166,6 +199,25 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         bail!("{}", agent_exited(status, &log_path));
     }
     Ok(())
+}
+
+/// How to point the E2B SDKs at this system by domain alone.
+fn print_e2b(domain: &str, certs: &LocalCerts, key: &str, port: u16) {
+    let ca = certs.ca.display();
+    println!();
+    println!("E2B SDKs (api.{domain} and *.{domain} must resolve to this machine):");
+    println!("  export E2B_DOMAIN={domain} E2B_API_KEY={key}");
+    let new = if certs.made { " (made now)" } else { "" };
+    println!("  Trust the CA {ca}{new}, one of:");
+    println!("    export SSL_CERT_FILE={ca}   # Python SDK (replaces its default CAs)");
+    println!("    export NODE_EXTRA_CA_CERTS={ca}   # JS SDK");
+    println!("    cp {ca} /usr/local/share/ca-certificates/wrenn.crt && update-ca-certificates");
+    if port != 443 {
+        println!(
+            "  The SDKs reach sandboxes at https://<port>-<id>.{domain} on port 443: listen there \
+             (--listen ADDR:443) or forward 443 to {port}."
+        );
+    }
 }
 
 /// Lines of the agent's log shown when it exits.

@@ -1396,3 +1396,116 @@ fn tunnel_reaches_a_guest_server_and_ends_on_pause_and_destroy() {
     });
     assert_eq!(before, env.host_state(), "nothing is left behind");
 }
+
+async fn metrics(c: &agent::Client, id: &str, start_ms: i64) -> pb::GetMetricsResponse {
+    c.get_metrics(pb::GetMetricsRequest {
+        sandbox_id: id.into(),
+        start_ms,
+        ..Default::default()
+    })
+    .await
+    .expect("metrics")
+    .into_owned()
+}
+
+#[test]
+fn metrics_are_sampled_over_time_kept_while_paused_and_dropped_on_destroy() {
+    let env = AgentEnv::new();
+    let before = env.host_state();
+    rt().block_on(async {
+        let c = env.client();
+        let id = sandbox_id();
+        c.create_sandbox(create_req(&id)).await.expect("create");
+        // The sampler runs every 5 s: two samples by ~12 s (more time if TCG slowed envd
+        // past the sampler's 2 s limit for a round).
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let m = loop {
+            let m = metrics(&c, &id, 0).await;
+            if m.samples.len() >= 2 || Instant::now() > deadline {
+                break m;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        assert!(m.samples.len() >= 2, "samples: {:?}", m.samples);
+        assert!(
+            m.samples
+                .windows(2)
+                .all(|w| w[0].timestamp_ms < w[1].timestamp_ms),
+            "increasing timestamps: {:?}",
+            m.samples
+        );
+        for s in &m.samples {
+            assert!(
+                s.mem_total_bytes > 0 && s.mem_used_bytes <= s.mem_total_bytes,
+                "{s:?}"
+            );
+            assert!(
+                s.cpu_count > 0 && s.disk_total_bytes > 0 && s.disk_allocated_bytes > 0,
+                "{s:?}"
+            );
+        }
+        // The current sample, as before the series existed.
+        assert!(m.mem_total_bytes > 0 && m.timestamp_ms >= m.samples[0].timestamp_ms);
+
+        // The range applies: from just after the first sample.
+        let first = m.samples[0].timestamp_ms;
+        let later = metrics(&c, &id, first + 1).await;
+        assert!(!later.samples.is_empty());
+        assert!(
+            later.samples.iter().all(|s| s.timestamp_ms > first),
+            "{:?}",
+            later.samples
+        );
+        assert_eq!(later.samples[0].timestamp_ms, m.samples[1].timestamp_ms);
+        let bad = c
+            .get_metrics(pb::GetMetricsRequest {
+                sandbox_id: id.clone(),
+                start_ms: -1,
+                ..Default::default()
+            })
+            .await
+            .expect_err("negative start");
+        assert_eq!(bad.code, connectrpc::ErrorCode::InvalidArgument);
+
+        // Paused: no live sample, the series from before the pause is kept.
+        c.pause_sandbox(pb::PauseSandboxRequest {
+            sandbox_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("pause");
+        let paused = metrics(&c, &id, 0).await;
+        assert!(
+            paused.samples.len() >= m.samples.len(),
+            "{:?}",
+            paused.samples
+        );
+        assert_eq!(paused.samples[0].timestamp_ms, first);
+        assert_eq!((paused.mem_total_bytes, paused.timestamp_ms), (0, 0));
+        let last = paused.samples.last().map(|s| s.timestamp_ms);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let still = metrics(&c, &id, 0).await;
+        assert_eq!(
+            still.samples.last().map(|s| s.timestamp_ms),
+            last,
+            "sampled while paused"
+        );
+
+        c.destroy_sandbox(pb::DestroySandboxRequest {
+            sandbox_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("destroy");
+        let gone = c
+            .get_metrics(pb::GetMetricsRequest {
+                sandbox_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("destroyed");
+        assert_eq!(gone.code, connectrpc::ErrorCode::NotFound);
+    });
+    assert_eq!(before, env.host_state(), "nothing is left behind");
+}

@@ -29,6 +29,7 @@ impl Cp {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: data.path().to_owned(),
             database_url: None,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -53,6 +53,16 @@ pub trait SandboxBackend: Send + Sync + 'static {
     async fn tunnel_target(&self, id: &str) -> Result<TunnelTarget, BackendError>;
     /// Allocated bytes of the sandbox's root-disk overlay.
     async fn disk_allocated(&self, id: &str) -> Result<u64, BackendError>;
+    /// The metrics samples recorded for sandbox `id` within `[start_ms, end_ms]` (0 =
+    /// unbounded), oldest first; none for an unknown sandbox or a backend that keeps none.
+    async fn metric_samples(
+        &self,
+        _id: &str,
+        _start_ms: i64,
+        _end_ms: i64,
+    ) -> Vec<wrenn_proto::hostagent::v1::MetricSample> {
+        Vec::new()
+    }
     fn host_facts(&self) -> PingResponse;
 }
 

@@ -15,6 +15,8 @@ use wrenn_proto::hostagent::v1::*;
 use super::errors::envd_error;
 use super::{SandboxBackend, files, process};
 use crate::envd_client::EnvdClient;
+use crate::sandbox::metrics::{Sample, in_range};
+use crate::sandbox::now_ms;
 
 /// The service; cheap to share.
 pub struct AgentService {
@@ -238,19 +240,47 @@ impl HostAgentService for AgentService {
         request: ServiceRequest<'_, GetMetricsRequest>,
     ) -> ServiceResult<GetMetricsResponse> {
         let id = request.sandbox_id.to_string();
+        let (start_ms, end_ms) = (request.start_ms, request.end_ms);
         async {
-            let envd = self.envd(&id).await?;
+            if start_ms < 0 || end_ms < 0 {
+                return Err(ConnectError::invalid_argument(
+                    "start_ms and end_ms must not be negative",
+                ));
+            }
+            let envd = match self.envd(&id).await {
+                Ok(envd) => envd,
+                // Paused: nothing to ask, but what was sampled before the pause is kept.
+                Err(e) if e.code == connectrpc::ErrorCode::FailedPrecondition => {
+                    let info = self.backend.get(&id).await?;
+                    if info.status.as_known() != Some(SandboxStatus::SANDBOX_STATUS_PAUSED) {
+                        return Err(e);
+                    }
+                    return Response::ok(GetMetricsResponse {
+                        samples: self.backend.metric_samples(&id, start_ms, end_ms).await,
+                        ..Default::default()
+                    });
+                }
+                Err(e) => return Err(e),
+            };
             let (m, allocated) = tokio::join!(envd.metrics(), self.backend.disk_allocated(&id));
             let m = m.map_err(|e| envd_error(&id, e))?;
+            let now = Sample::new(&m, allocated?, now_ms());
+            let mut samples = self.backend.metric_samples(&id, start_ms, end_ms).await;
+            // Nothing recorded in the range yet (e.g. a sandbox younger than one sampling
+            // interval): the current sample stands for the series.
+            if samples.is_empty() && in_range(now.timestamp_ms, start_ms, end_ms) {
+                samples.push(now.to_pb());
+            }
             Response::ok(GetMetricsResponse {
-                cpu_count: m.cpu_count,
-                cpu_used_pct: m.cpu_used_pct,
-                mem_total_bytes: m.mem_total,
-                mem_used_bytes: m.mem_used,
-                disk_used_bytes: m.disk_used,
-                disk_total_bytes: m.disk_total,
-                disk_allocated_bytes: allocated?,
-                timestamp_ms: m.ts.saturating_mul(1000),
+                cpu_count: now.cpu_count,
+                cpu_used_pct: now.cpu_used_pct,
+                mem_total_bytes: now.mem_total,
+                mem_used_bytes: now.mem_used,
+                disk_used_bytes: now.disk_used,
+                disk_total_bytes: now.disk_total,
+                disk_allocated_bytes: now.disk_allocated,
+                timestamp_ms: now.timestamp_ms,
+                samples,
                 ..Default::default()
             })
         }

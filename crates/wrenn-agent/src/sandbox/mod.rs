@@ -5,8 +5,9 @@
 //! persisted under `sandboxes/<id>/` so that a restarted agent re-adopts the VMs still running
 //! and removes what it was half-way through making. A deadline loop destroys (or, with
 //! `on_timeout = pause`, pauses) sandboxes whose absolute `end_at` has passed and reports them
-//! in the next list. Pause and resume live in `pause`.
+//! in the next list. Pause and resume live in `pause`; the metrics sampler in `metrics`.
 
+pub mod metrics;
 mod pause;
 pub mod record;
 pub mod rollback;
@@ -87,6 +88,16 @@ pub struct Manager {
     paused: Mutex<Vec<String>>,
     host_cpus: u32,
     host_mem_mb: u64,
+    /// Metrics samples per sandbox, taken by the sampler.
+    metrics: metrics::History,
+    /// Cancelled on drop: ends the sampler.
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 fn valid_sandbox_id(id: &str) -> bool {
@@ -226,6 +237,8 @@ impl Manager {
             paused: Mutex::default(),
             host_cpus,
             host_mem_mb: host_memory_mb(),
+            metrics: metrics::History::default(),
+            stop: tokio_util::sync::CancellationToken::new(),
         });
         mgr.recover().await;
         let weak = Arc::downgrade(&mgr);
@@ -237,6 +250,7 @@ impl Manager {
                 m.enforce_deadlines().await;
             }
         });
+        metrics::spawn_sampler(Arc::downgrade(&mgr), mgr.stop.clone());
         Ok(mgr)
     }
 
@@ -879,10 +893,13 @@ impl Manager {
             let Some(parked) = parked else {
                 return Err(BackendError::NotFound(format!("sandbox {id} not found")));
             };
+            self.metrics.remove(id);
             // Its saved memory and disk go with it.
             self.remove_leftover(&parked.dir).await;
             return Ok(());
         };
+        // After it left the live map: the sampler records nothing for it from now on.
+        self.metrics.remove(id);
         self.teardown(&live).await;
         Ok(())
     }
@@ -1250,6 +1267,10 @@ impl SandboxBackend for Manager {
         let l = self.live(id).await?;
         storage::allocated_bytes(&l.dir.join("rootfs.qcow2"))
             .map_err(|e| BackendError::Internal(format!("disk usage: {e}")))
+    }
+
+    async fn metric_samples(&self, id: &str, start_ms: i64, end_ms: i64) -> Vec<pb::MetricSample> {
+        self.metrics.range(id, start_ms, end_ms)
     }
 
     fn host_facts(&self) -> pb::PingResponse {

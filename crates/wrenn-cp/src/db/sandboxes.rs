@@ -106,6 +106,9 @@ pub struct SandboxPatch<'a> {
     pub timeout_sec: Option<i64>,
     /// Plaintext; stored encrypted.
     pub envd_token: Option<&'a str>,
+    /// Makes the sandbox's ports private: the proxy wants this token. Plaintext; stored
+    /// encrypted.
+    pub traffic_token: Option<&'a str>,
 }
 
 const COLS: &str = "id, team_id, host_id, template, status, vcpus, memory_mb, disk_size_mb, \
@@ -448,11 +451,15 @@ impl Db {
     /// Changes the given fields (not the status: that is [`Db::transition_sandbox`]).
     pub async fn update_sandbox(&self, id: &str, patch: SandboxPatch<'_>) -> Result<(), DbError> {
         let token = patch.envd_token.map(|t| self.cipher.encrypt(id, t));
+        let traffic = patch
+            .traffic_token
+            .map(|t| self.cipher.encrypt(&traffic_aad(id), t));
         let r = sqlx::query(
             "UPDATE sandboxes SET host_id = COALESCE($2, host_id), host_ip = COALESCE($3, host_ip), \
              envd_version = COALESCE($4, envd_version), end_at = COALESCE($5, end_at), \
              timeout_sec = COALESCE($6, timeout_sec), \
-             envd_token_enc = COALESCE($7, envd_token_enc), updated_at = $8 WHERE id = $1",
+             envd_token_enc = COALESCE($7, envd_token_enc), \
+             traffic_token_enc = COALESCE($9, traffic_token_enc), updated_at = $8 WHERE id = $1",
         )
         .bind(id)
         .bind(patch.host_id)
@@ -462,6 +469,7 @@ impl Db {
         .bind(patch.timeout_sec)
         .bind(token)
         .bind(now_ms())
+        .bind(traffic)
         .execute(&self.pool)
         .await?;
         self.hot.forget(id);
@@ -505,9 +513,26 @@ impl Db {
         enc.map(|e| self.cipher.decrypt(id, &e)).transpose()
     }
 
+    /// The sandbox's traffic access token, decrypted; `None` when its ports are public.
+    pub async fn sandbox_traffic_token(&self, id: &str) -> Result<Option<String>, DbError> {
+        let enc: Option<String> =
+            sqlx::query_scalar("SELECT traffic_token_enc FROM sandboxes WHERE id = $1")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await?;
+        enc.map(|e| self.cipher.decrypt(&traffic_aad(id), &e))
+            .transpose()
+    }
+
     /// Records activity on the sandbox, debounced (see [`super::debounce`]). Returns whether an
     /// UPDATE was sent.
     pub async fn touch_sandbox(&self, id: &str) -> Result<bool, DbError> {
         self.touch("sandboxes", "last_active_at", id).await
     }
+}
+
+/// The associated data of a traffic token's ciphertext: bound to the sandbox and the purpose,
+/// so an envd token's ciphertext can never be read as a traffic token.
+fn traffic_aad(id: &str) -> String {
+    format!("{id}/traffic")
 }

@@ -31,6 +31,7 @@ pub const ENVD_PORT: u16 = 49983;
 const SANDBOX_ID: &str = "e2b-sandbox-id";
 const SANDBOX_PORT: &str = "e2b-sandbox-port";
 const ACCESS_TOKEN: &str = "x-access-token";
+const TRAFFIC_TOKEN: &str = "e2b-traffic-access-token";
 
 /// Which sandbox and port a request is for.
 #[derive(Debug, PartialEq, Eq)]
@@ -148,6 +149,13 @@ async fn forward(st: &AppState, t: Target, mut req: Request) -> Response {
             "missing or invalid X-Access-Token",
         );
     }
+    // Every other port is public unless the sandbox was made private.
+    if t.port != ENVD_PORT {
+        let given = req.headers().get(TRAFFIC_TOKEN).cloned();
+        if let Some(refused) = traffic_refused(st, &sb.id, given).await {
+            return json(refused.0, Some(id.as_str()), refused.1);
+        }
+    }
     let Some(host_id) = sb.host_id.as_deref() else {
         return not_running(id.as_str());
     };
@@ -247,6 +255,31 @@ async fn token_matches(st: &AppState, id: &str, given: axum::http::HeaderValue) 
     }
 }
 
+/// Why a request to a private sandbox's port is refused: 401 without its traffic token, 403
+/// with another one. `None`: it may pass.
+async fn traffic_refused(
+    st: &AppState,
+    id: &str,
+    given: Option<axum::http::HeaderValue>,
+) -> Option<(StatusCode, &'static str)> {
+    let token = match st.db.sandbox_traffic_token(id).await {
+        Ok(None) => return None,
+        Ok(Some(t)) => t,
+        Err(e) => {
+            tracing::warn!(sandbox = %id, error = %e, "proxy: traffic token lookup");
+            return Some((StatusCode::SERVICE_UNAVAILABLE, "try again"));
+        }
+    };
+    match given {
+        None => Some((
+            StatusCode::UNAUTHORIZED,
+            "this sandbox's ports are private: send its traffic access token in E2b-Traffic-Access-Token",
+        )),
+        Some(g) if bool::from(g.as_bytes().ct_eq(token.as_bytes())) => None,
+        Some(_) => Some((StatusCode::FORBIDDEN, "invalid traffic access token")),
+    }
+}
+
 fn wants_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE)
         && h.get(header::CONNECTION)
@@ -291,6 +324,8 @@ fn outgoing(req: Request, upgrade: bool) -> hyper::Request<Body> {
     strip_hop_by_hop(&mut parts.headers, upgrade);
     parts.headers.remove(SANDBOX_ID);
     parts.headers.remove(SANDBOX_PORT);
+    // The guest's server has no business seeing the proxy's credential.
+    parts.headers.remove(TRAFFIC_TOKEN);
     let pq = parts
         .uri
         .path_and_query()

@@ -170,6 +170,8 @@ db_test! {
         assert_eq!(db.get_sandbox(&team_a, &id2).await.unwrap().status, SandboxStatus::Running);
         let (s, _, _) = e2b(&app, Method::POST, &format!("/sandboxes/{id1}/timeout"), Some(&key_a), &[], Some(r#"{"timeout":"x"}"#)).await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
+        let (s, v, _) = e2b(&app, Method::GET, &format!("/sandboxes/{id1}/metrics?start=abc"), Some(&key_a), &[], None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
         let (s, _, _) = e2b(&app, Method::POST, &format!("/sandboxes/{id1}/fork"), Some(&key_a), &[], Some(r#"{"count":21}"#)).await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         let (s, v, _) = e2b(&app, Method::GET, "/snapshots", Some(&key_a), &[], None).await;
@@ -208,6 +210,24 @@ db_test! {
             }
             let (s, v, _) = e2b(&app, Method::POST, "/process.Process/List", None, &h, Some("{}")).await;
             assert_eq!(s, StatusCode::UNAUTHORIZED, "{token:?}: {v}");
+        }
+        // Other ports are public unless the sandbox is private: then its traffic token.
+        app.db
+            .update_sandbox(&id, SandboxPatch { traffic_token: Some("traffic-secret"), ..Default::default() })
+            .await
+            .unwrap();
+        for (token, want) in [
+            (None, StatusCode::UNAUTHORIZED),
+            (Some("wrong"), StatusCode::FORBIDDEN),
+            // Past the check: this row has no host, so the SDK's "not found".
+            (Some("traffic-secret"), StatusCode::BAD_GATEWAY),
+        ] {
+            let mut h = vec![("e2b-sandbox-id", id.as_str()), ("e2b-sandbox-port", "8000")];
+            if let Some(t) = token {
+                h.push(("e2b-traffic-access-token", t));
+            }
+            let (s, v, _) = e2b(&app, Method::GET, "/", None, &h, None).await;
+            assert_eq!(s, want, "{token:?}: {v}");
         }
         // A stopped sandbox is not found either; the API itself is untouched by all this.
         db.transition_sandbox(&id, SandboxStatus::Stopped, None).await.unwrap();

@@ -262,7 +262,7 @@ db_test! {
         let sb = running_sandbox(&db, &t.id).await;
         db.update_sandbox(&sb.id, SandboxPatch {
             host_id: Some(&host.id), host_ip: Some("10.11.0.2"), envd_version: Some("0.1.0"),
-            end_at: Some(123), timeout_sec: Some(60), envd_token: None,
+            end_at: Some(123), timeout_sec: Some(60), envd_token: None, traffic_token: None,
         }).await.unwrap();
         let got = db.get_sandbox(&t.id, &sb.id).await.unwrap();
         assert_eq!(
@@ -270,6 +270,11 @@ db_test! {
             (Some(host.id.as_str()), Some("10.11.0.2"), Some("0.1.0"), Some(123), 60)
         );
         assert_eq!(db.sandbox_envd_token(&sb.id).await.unwrap().as_deref(), Some("envd-secret"), "None keeps the token");
+        // Ports are public until a traffic token is set; it is stored apart from envd's.
+        assert_eq!(db.sandbox_traffic_token(&sb.id).await.unwrap(), None);
+        db.update_sandbox(&sb.id, SandboxPatch { traffic_token: Some("tt"), ..Default::default() }).await.unwrap();
+        assert_eq!(db.sandbox_traffic_token(&sb.id).await.unwrap().as_deref(), Some("tt"));
+        assert_eq!(db.sandbox_envd_token(&sb.id).await.unwrap().as_deref(), Some("envd-secret"));
         assert!(matches!(db.update_sandbox("aaaaaaaaaaaaaaaaaaaa", SandboxPatch::default()).await, Err(DbError::NotFound)));
 
         // Debounced activity: one write, then none within the interval.

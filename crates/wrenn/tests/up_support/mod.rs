@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::agent::AgentEnv;
 
+#[allow(dead_code)]
 pub const CP_PORT: u16 = 18080;
 
 pub struct Up {
@@ -20,16 +21,24 @@ pub struct Up {
 }
 
 impl Up {
+    #[allow(dead_code)]
     pub fn start(env: &AgentEnv) -> Up {
+        Self::start_with(env, &format!("127.0.0.1:{CP_PORT}"), &[])
+    }
+
+    /// Listening on `listen`, with `extra` flags for `wrenn up` (e.g. `--domain`).
+    pub fn start_with(env: &AgentEnv, listen: &str, extra: &[&str]) -> Up {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wrenn"));
         cmd.arg("up")
             .arg("--data-dir")
             .arg(env.root.path())
-            .args(["--listen", &format!("127.0.0.1:{CP_PORT}")])
+            .args(["--listen", listen])
+            .args(extra)
             .args(["--agent-listen", &format!("127.0.0.1:{}", env.port)])
             .arg(format!("--agent-arg=--net-prefix={}", env.prefix()))
             .arg("--agent-arg=--accel=tcg")
             .env_remove("DATABASE_URL")
+            .env_remove("WRENN_DOMAIN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

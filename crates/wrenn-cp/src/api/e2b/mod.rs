@@ -119,6 +119,7 @@ async fn create(
         metadata: req.metadata,
         allow_internet: req.allow_internet_access,
         auto_resume: req.auto_resume.map(|a| a.enabled),
+        public_traffic: req.network.and_then(|n| n.allow_public_traffic),
         ..Default::default()
     };
     let made = sandboxes::create_sandbox(&st, &auth, body, key).await;
@@ -137,10 +138,17 @@ async fn create(
         // without an Idempotency-Key a retry must not make a second sandbox by accident.
         if retry_safe { e } else { e.no_retry() }
     })?;
+    let traffic = traffic_token(&st, &sb.id).await;
     Ok((
         StatusCode::CREATED,
-        axum::Json(SandboxOut::new(&sb, token)).into_response(),
+        axum::Json(SandboxOut::with_traffic(&sb, token, traffic).in_domain(st.domain.as_deref()))
+            .into_response(),
     ))
+}
+
+/// A private sandbox's traffic access token (`None` when its ports are public).
+async fn traffic_token(st: &AppState, id: &str) -> Option<String> {
+    st.db.sandbox_traffic_token(id).await.ok().flatten()
 }
 
 /// The team's sandbox, as E2B sees it: stopped and failed ones do not exist.
@@ -164,7 +172,9 @@ async fn detail(
     let id = sandbox_id(&id)?;
     let sb = visible(&st, auth.team_id(), &id).await?;
     let token = st.db.sandbox_envd_token(&sb.id).await.ok().flatten();
-    Ok(axum::Json(SandboxDetail::new(&sb, token)))
+    Ok(axum::Json(
+        SandboxDetail::new(&sb, token).in_domain(st.domain.as_deref()),
+    ))
 }
 
 async fn kill(
@@ -238,7 +248,11 @@ async fn connect(
         .await
         .map_err(|e| E2bError::from(crate::api::db_err(e)))?
         .unwrap_or_default();
-    Ok((status, axum::Json(SandboxOut::new(&sb, token))))
+    let traffic = traffic_token(&st, &sb.id).await;
+    Ok((
+        status,
+        axum::Json(SandboxOut::with_traffic(&sb, token, traffic).in_domain(st.domain.as_deref())),
+    ))
 }
 
 async fn pause(
@@ -262,27 +276,99 @@ async fn metrics(
     AxState(st): St,
     E2bAuth(auth): E2bAuth,
     Path(id): Path<String>,
+    q: Result<Query<MetricsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> E2bResult<axum::Json<Vec<SandboxMetric>>> {
+    let Query(q) = q.map_err(|e| E2bError::bad_request(e.body_text()))?;
+    // Unix seconds → the agent's milliseconds; `end` covers its whole second. 0 = unbounded.
+    let start_ms = metrics_bound("start", q.start.as_deref())?.saturating_mul(1000);
+    let end_ms = match metrics_bound("end", q.end.as_deref())? {
+        0 => 0,
+        s => s.saturating_mul(1000).saturating_add(999),
+    };
     let id = sandbox_id(&id)?;
     let sb = visible(&st, auth.team_id(), &id).await?;
-    if sb.status != SandboxStatus::Running {
-        // A paused sandbox uses nothing; E2B answers an empty series.
-        return Ok(axum::Json(Vec::new()));
+    let req = pb::GetMetricsRequest {
+        sandbox_id: sb.id.clone(),
+        start_ms,
+        end_ms,
+        ..Default::default()
+    };
+    match sb.status {
+        SandboxStatus::Running => {}
+        // What the agent sampled before the pause, if it still has it; else an empty series.
+        SandboxStatus::Paused => return Ok(axum::Json(paused_metrics(&st, &sb, req).await)),
+        // Nothing runs: E2B answers an empty series.
+        _ => return Ok(axum::Json(Vec::new())),
     }
     let (_, agent) = sandboxes::running(&st, auth.team_id(), &id).await?;
     let m = agent
         .rpc()
-        .get_metrics_with_options(
-            pb::GetMetricsRequest {
-                sandbox_id: sb.id.clone(),
-                ..Default::default()
-            },
-            agent.opts(),
-        )
+        .get_metrics_with_options(req, agent.opts())
         .await
         .map_err(|e| E2bError::from(ApiError::from(agent.err(e))))?
         .into_owned();
-    Ok(axum::Json(vec![SandboxMetric::new(&m)]))
+    if m.samples.is_empty() && start_ms == 0 && end_ms == 0 {
+        // An agent that keeps no series: its current sample.
+        return Ok(axum::Json(vec![SandboxMetric::new(&m)]));
+    }
+    Ok(axum::Json(
+        m.samples.iter().map(SandboxMetric::from_sample).collect(),
+    ))
+}
+
+/// A `start`/`end` query value: absent or empty is 0 (unbounded); anything but a
+/// non-negative integer is a 400.
+fn metrics_bound(name: &str, v: Option<&str>) -> E2bResult<i64> {
+    match v.map(str::trim) {
+        None | Some("") => Ok(0),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|s| *s >= 0)
+            .ok_or_else(|| E2bError::bad_request(format!("{name} must be Unix seconds"))),
+    }
+}
+
+/// The samples a paused sandbox's agent kept from before the pause; best effort: an empty
+/// series when its host or agent cannot tell.
+async fn paused_metrics(
+    st: &AppState,
+    sb: &Sandbox,
+    req: pb::GetMetricsRequest,
+) -> Vec<SandboxMetric> {
+    let Some(host_id) = sb.host_id.as_deref() else {
+        return Vec::new();
+    };
+    let host = match st.agents.cached_host(host_id) {
+        Some(h) => h,
+        None => match st.db.host_by_id(host_id).await {
+            Ok(h) => {
+                st.agents.remember_host(h.clone());
+                h
+            }
+            Err(_) => return Vec::new(),
+        },
+    };
+    if host.status != crate::db::HostStatus::Online {
+        return Vec::new();
+    }
+    let Ok(agent) = st.agents.agent(&host) else {
+        return Vec::new();
+    };
+    // Short: an empty series is an acceptable answer, a long wait is not.
+    let opts = agent.opts_timeout(std::time::Duration::from_secs(5));
+    match agent.rpc().get_metrics_with_options(req, opts).await {
+        Ok(m) => m
+            .into_owned()
+            .samples
+            .iter()
+            .map(SandboxMetric::from_sample)
+            .collect(),
+        Err(e) => {
+            tracing::debug!(sandbox = %sb.id, error = %e, "metrics of a paused sandbox");
+            Vec::new()
+        }
+    }
 }
 
 async fn create_snapshot(
@@ -443,7 +529,9 @@ async fn fork(
     let out = results
         .into_iter()
         .map(|r| match r {
-            Ok((sb, token)) => ForkResult::sandbox(SandboxOut::new(&sb, token)),
+            Ok((sb, token)) => {
+                ForkResult::sandbox(SandboxOut::new(&sb, token).in_domain(st.domain.as_deref()))
+            }
             Err(e) => ForkResult::error(&e),
         })
         .collect();

@@ -22,6 +22,14 @@ pub struct NewSandbox {
     pub allow_internet_access: Option<bool>,
     pub metadata: Option<StringMap>,
     pub env_vars: Option<StringMap>,
+    pub network: Option<NetworkConfig>,
+}
+
+/// Of E2B's network options, Wrenn applies whether the sandbox's ports are public.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkConfig {
+    pub allow_public_traffic: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +113,11 @@ fn ends(sb: &Sandbox) -> String {
 
 impl SandboxOut {
     pub fn new(sb: &Sandbox, token: String) -> Self {
+        Self::with_traffic(sb, token, None)
+    }
+
+    /// With the traffic access token of a sandbox whose ports are private.
+    pub fn with_traffic(sb: &Sandbox, token: String, traffic: Option<String>) -> Self {
         SandboxOut {
             template_id: sb.template.clone(),
             sandbox_id: sb.id.clone(),
@@ -112,9 +125,15 @@ impl SandboxOut {
             envd_version: envd_version(sb),
             alias: sb.template.clone(),
             envd_access_token: token,
-            traffic_access_token: None,
+            traffic_access_token: traffic,
             domain: None,
         }
+    }
+
+    /// The configured domain, from which the SDKs build `<port>-<id>.<domain>`.
+    pub fn in_domain(mut self, domain: Option<&str>) -> Self {
+        self.domain = domain.map(str::to_owned);
+        self
     }
 }
 
@@ -178,6 +197,12 @@ impl SandboxDetail {
             domain: None,
         }
     }
+
+    /// The configured domain, from which the SDKs build `<port>-<id>.<domain>`.
+    pub fn in_domain(mut self, domain: Option<&str>) -> Self {
+        self.domain = domain.map(str::to_owned);
+        self
+    }
 }
 
 /// `ListedSandbox`: an item of `GET /v2/sandboxes`.
@@ -238,7 +263,22 @@ pub struct SandboxMetric {
 }
 
 impl SandboxMetric {
+    /// The current sample of a response (an agent that reports no `samples`).
     pub fn new(m: &pb::GetMetricsResponse) -> Self {
+        Self::from_sample(&pb::MetricSample {
+            timestamp_ms: m.timestamp_ms,
+            cpu_count: m.cpu_count,
+            cpu_used_pct: m.cpu_used_pct,
+            mem_total_bytes: m.mem_total_bytes,
+            mem_used_bytes: m.mem_used_bytes,
+            disk_used_bytes: m.disk_used_bytes,
+            disk_total_bytes: m.disk_total_bytes,
+            ..Default::default()
+        })
+    }
+
+    /// One sample of the agent's series.
+    pub fn from_sample(m: &pb::MetricSample) -> Self {
         let ms = if m.timestamp_ms > 0 {
             m.timestamp_ms
         } else {
@@ -256,6 +296,13 @@ impl SandboxMetric {
             disk_total: m.disk_total_bytes,
         }
     }
+}
+
+/// `?start=&end=` of the metrics route: Unix seconds, both optional.
+#[derive(Debug, Default, Deserialize)]
+pub struct MetricsQuery {
+    pub start: Option<String>,
+    pub end: Option<String>,
 }
 
 /// `SnapshotInfo`: the snapshot's name is both its ID and its only name.

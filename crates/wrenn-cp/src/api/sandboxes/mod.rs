@@ -132,6 +132,10 @@ pub struct SandboxView {
     pub metadata: BTreeMap<String, String>,
     /// A request through the sandbox proxy resumes it when paused.
     pub auto_resume: bool,
+    /// Only in the create response of a sandbox made with `public_traffic: false`: the token
+    /// its ports want through the proxy (`E2b-Traffic-Access-Token`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_access_token: Option<String>,
     /// Unix ms.
     pub created_at: i64,
     pub started_at: Option<i64>,
@@ -156,6 +160,7 @@ impl From<Sandbox> for SandboxView {
             error: s.error,
             metadata: s.metadata,
             auto_resume: s.auto_resume,
+            traffic_access_token: None,
             created_at: s.created_at,
             started_at: s.started_at,
             last_active_at: s.last_active_at,
@@ -186,6 +191,9 @@ pub struct CreateSandbox {
     /// Default false. True: a request that reaches it while paused (through the sandbox
     /// proxy or an E2B `connect`) resumes it first.
     pub auto_resume: Option<bool>,
+    /// Default true. False: requests to its ports through the sandbox proxy (all but envd's)
+    /// need its traffic access token (`E2b-Traffic-Access-Token` header).
+    pub public_traffic: Option<bool>,
 }
 
 /// A create request after validation.
@@ -206,6 +214,7 @@ struct CreateSpec {
     auto_resume: bool,
     /// The E2B `Idempotency-Key` of the request, if any.
     idempotency_key: Option<String>,
+    public_traffic: bool,
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -367,6 +376,7 @@ async fn validate_create(
         snapshot: tpl.is_snapshot.then_some(tpl.id),
         auto_resume: req.auto_resume.unwrap_or(false),
         idempotency_key: None,
+        public_traffic: req.public_traffic.unwrap_or(true),
     })
 }
 
@@ -442,7 +452,10 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateSandbox>,
 ) -> Result<(StatusCode, ApiJson<SandboxView>), ApiError> {
     let (sb, _) = create_sandbox(&st, &auth, req, None).await?;
-    Ok((StatusCode::CREATED, ApiJson(sb.into())))
+    let traffic = st.db.sandbox_traffic_token(&sb.id).await.map_err(db_err)?;
+    let mut view = SandboxView::from(sb);
+    view.traffic_access_token = traffic;
+    Ok((StatusCode::CREATED, ApiJson(view)))
 }
 
 /// The whole create: validation, placement, the host's boot; the running row and its envd
@@ -533,6 +546,14 @@ async fn create_on_host(
     agent: &Agent,
     actor: &Actor,
 ) -> Result<(Sandbox, String), ApiError> {
+    // Made before anything exists, so a failure here leaves nothing to undo.
+    let traffic = if spec.public_traffic {
+        None
+    } else {
+        let mut b = [0u8; 32];
+        getrandom::fill(&mut b).map_err(ApiError::internal)?;
+        Some(hex::encode(b))
+    };
     let end_at = (spec.timeout_sec > 0).then(|| now_ms() + spec.timeout_sec * 1000);
     let sb = st
         .db
@@ -607,6 +628,7 @@ async fn create_on_host(
         host_ip: Some(&info.host_ip),
         envd_version: Some(info.envd_version.as_str()).filter(|v| !v.is_empty()),
         envd_token: Some(&resp.envd_access_token),
+        traffic_token: traffic.as_deref(),
         end_at: (info.end_at_ms > 0).then_some(info.end_at_ms),
         ..Default::default()
     };
