@@ -4,9 +4,6 @@ use serde::Serialize;
 
 use crate::stats::{RatioSpread, Summary, diff_spread, ratio_spread, summarize};
 
-/// Scenarios whose feature does not exist yet; the issues that bring them add their rows.
-pub const NOT_YET: &[&str] = &["process list and `true` via the E2B proxy"];
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub scenario: String,

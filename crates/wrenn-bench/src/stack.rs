@@ -11,7 +11,8 @@
 //! - *idle memory*: RSS and PSS of one idle 256 MiB sandbox's QEMU.
 //! - *round trips* on that sandbox: a no-op (process list) and `true`, each via the API, via
 //!   the agent RPC, and straight to envd at `http://<host_ip>:49983` with the sandbox's token
-//!   (the same client the agent uses). All keep-alive.
+//!   (the same client the agent uses). All keep-alive. The E2B SDKs' path (the proxy, and
+//!   create → first command): see [`crate::e2b`].
 //! - *100 MiB up and down*: `PUT`/`GET /v1/sandboxes/{id}/files` vs envd's `/files` directly.
 //! - *10 concurrent creates*: ten `POST /v1/sandboxes` at once until the last answers, vs ten
 //!   `CreateSandbox` RPCs at once on the same agent (it boots one VM per core at a time).
@@ -260,11 +261,19 @@ async fn with_cp(
             ),
         ),
     );
+    out.take(
+        "through the proxy",
+        crate::e2b::proxy_round_trips(cp, &id, &token, &envd, plan.exec_pairs).await,
+    );
     out.take("100 MiB transfers", on.transfers(plan.transfers).await);
     if !out.failed.is_empty() {
         console_tails(env.root.path());
     }
     crate::restore::delete(cp, &id).await?;
+    out.take(
+        "SDK create → first command",
+        crate::e2b::sdk_create(cp, plan.creates).await,
+    );
     out.take(
         "10 concurrent creates",
         concurrent_creates(cp, &agent).await,

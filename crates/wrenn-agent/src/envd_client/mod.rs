@@ -107,6 +107,8 @@ struct Inner {
     http: reqwest::Client,
     /// The token envd currently requires; set by a successful `init`.
     token: RwLock<Option<HeaderValue>>,
+    /// Sent with every authenticated request: how a proxy in front routes it.
+    route: HeaderMap,
     /// Why this envd went away on purpose ([`EnvdClient::mark_gone`]).
     gone: RwLock<Option<String>>,
     /// Cancelled by [`EnvdClient::mark_gone`]: a VM that is gone never closes its
@@ -146,6 +148,16 @@ impl EnvdClient {
     /// A client for the envd at `base_url` (`http://<host_ip>:49983`), with the access
     /// token envd already requires, if any.
     pub fn new(base_url: &str, access_token: Option<&str>) -> Result<Self, EnvdError> {
+        Self::routed(base_url, access_token, HeaderMap::new())
+    }
+
+    /// A client for an envd behind a proxy at `base_url` that routes by the `route` headers
+    /// (the control plane's `E2b-Sandbox-Id` / `E2b-Sandbox-Port`).
+    pub fn routed(
+        base_url: &str,
+        access_token: Option<&str>,
+        route: HeaderMap,
+    ) -> Result<Self, EnvdError> {
         let base_url = base_url.trim_end_matches('/').to_string();
         let uri: http::Uri = base_url
             .parse()
@@ -168,6 +180,7 @@ impl EnvdClient {
                 fs: FilesystemClient::new(transport, config),
                 http,
                 base_url,
+                route,
                 token: RwLock::new(token),
                 gone: RwLock::new(None),
                 gone_signal: tokio_util::sync::CancellationToken::new(),
@@ -215,7 +228,7 @@ impl EnvdClient {
 
     /// Headers every authenticated request carries: the token and the acting user.
     fn auth_headers(&self, user: Option<&str>) -> Result<HeaderMap, EnvdError> {
-        let mut h = HeaderMap::new();
+        let mut h = self.inner.route.clone();
         if let Some(t) = self.token() {
             h.insert(ACCESS_TOKEN_HEADER, t);
         }
