@@ -72,16 +72,55 @@ pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("bind {}", cfg.listen))?;
     tracing::info!(addr = %cfg.listen, %host_id, "agent listening");
+    // Cancelled when the control plane deleted this host: the agent then stops.
+    let deleted = tokio_util::sync::CancellationToken::new();
     if let Some(creds) = identity.credentials {
         let path = registration::credentials_path(&cfg.root);
         let every = Duration::from_secs(cfg.heartbeat_secs.max(1));
+        let deleted = deleted.clone();
         tokio::spawn(async move {
             let why = registration::heartbeat::run(creds, path, every).await;
             tracing::error!(reason = ?why, "heartbeats stopped");
+            if why == registration::heartbeat::Stopped::HostDeleted {
+                deleted.cancel();
+            }
         });
     }
-    rpc::serve(listener, app, shutdown_signal()).await?;
+    let on_delete = deleted.clone();
+    let shutdown = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = on_delete.cancelled() => {}
+        }
+    };
+    rpc::serve(listener, app, shutdown).await?;
+    if deleted.is_cancelled() {
+        retire(&manager).await;
+    }
     Ok(())
+}
+
+/// The control plane deleted this host: its sandboxes' rows are stopped and nobody can reach
+/// them any more, so their VMs go too (a forced delete already destroyed those the agent was
+/// reachable for). The agent then exits; registering again makes a new host.
+async fn retire(manager: &sandbox::Manager) {
+    use rpc::SandboxBackend as _;
+    let ids: Vec<String> = match manager.list().await {
+        Ok(l) => l.sandboxes.into_iter().map(|s| s.sandbox_id).collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "listing sandboxes of a deleted host");
+            Vec::new()
+        }
+    };
+    for id in &ids {
+        if let Err(e) = manager.destroy_sandbox(id).await {
+            tracing::warn!(sandbox = %id, error = %e, "destroying a deleted host's sandbox");
+        }
+    }
+    tracing::info!(
+        destroyed = ids.len(),
+        "this host was deleted by the control plane; the agent stops (register again to rejoin)"
+    );
 }
 
 async fn shutdown_signal() {

@@ -9,6 +9,7 @@ mod client;
 pub mod config;
 mod cp;
 mod exec;
+mod hosts;
 mod keys;
 mod login;
 mod output;
@@ -58,6 +59,9 @@ pub enum Command {
     /// Snapshot templates: freeze a sandbox (memory and disk) to start new ones from.
     #[command(alias = "snapshots")]
     Snapshot(snapshot::SnapshotArgs),
+    /// Hosts: list, make a registration token for a new one, delete.
+    #[command(alias = "host")]
+    Hosts(hosts::HostsArgs),
 }
 
 /// Runs one client command to completion and returns the exit code. Errors are printed to
@@ -98,6 +102,7 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Cp(a) => cp::run(a).await.map(|()| 0),
         Command::Templates(a) => templates::run(a).await.map(|()| 0),
         Command::Snapshot(a) => snapshot::run(a).await.map(|()| 0),
+        Command::Hosts(a) => hosts::run(a).await.map(|()| 0),
     }
 }
 

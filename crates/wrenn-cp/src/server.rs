@@ -177,7 +177,8 @@ impl HostStore for AppState {
                 Err(ApiError::unauthorized("host credentials revoked"))
             }
             Ok(_) => Ok(()),
-            Err(DbError::NotFound) => Err(ApiError::unauthorized("host no longer exists")),
+            // 404, not 401: the agent of a deleted host stops instead of refreshing.
+            Err(DbError::NotFound) => Err(ApiError::not_found("host")),
             Err(e) => Err(lookup_err(e)),
         }
     }

@@ -245,3 +245,52 @@ async fn templates_lists_base() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_token_ls_and_rm() {
+    let cp = Cp::start().await;
+    let admin = cp.signup("ops@example.com").await; // platform admin
+    let home = Home::new();
+    home.login(&cp.url, "ops@example.com").await;
+
+    let out = home
+        .ok(&["hosts", "token", "rack-1", "--platform"], None)
+        .await;
+    let token = out.stdout.trim().to_owned();
+    assert_eq!(token.len(), 64, "{out:?}");
+    let cmd = format!("wrenn agent --cp-url {} --register {token}", cp.url);
+    assert!(out.stderr.contains(&cmd), "{out:?}");
+    let ls = home.ok(&["hosts", "ls"], None).await;
+    assert!(ls.stdout.starts_with("ID"), "{ls:?}");
+    assert!(
+        ls.stdout.contains("rack-1")
+            && ls.stdout.contains("pending")
+            && ls.stdout.contains("platform"),
+        "{ls:?}"
+    );
+    let list: Value =
+        serde_json::from_str(&home.ok(&["hosts", "ls", "--json"], None).await.stdout).unwrap();
+    let host = list[0]["id"].as_str().unwrap().to_owned();
+
+    // A sandbox on it: rm is refused and names it; --force goes through.
+    let db = &cp.server.as_ref().unwrap().state.db;
+    let team = admin["team"]["id"].as_str().unwrap();
+    let sb = db
+        .insert_pending_sandbox(wrenn_cp::db::testing::new_sandbox(team, Some(&host)))
+        .await
+        .unwrap();
+    let out = home.wrenn(&["hosts", "rm", &host], None).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("(conflict)") && out.stderr.contains(&sb.id),
+        "{out:?}"
+    );
+    let out = home.ok(&["hosts", "rm", &host, "--force"], None).await;
+    assert!(out.stderr.contains("Deleted host"), "{out:?}");
+    let list: Value =
+        serde_json::from_str(&home.ok(&["hosts", "ls", "--json"], None).await.stdout).unwrap();
+    assert_eq!(list, json!([]));
+    let out = home.wrenn(&["hosts", "rm", &host], None).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("(not_found)"), "{out:?}");
+}

@@ -427,3 +427,56 @@ fn wrenn_up_without_qemu_img_says_so_and_is_never_up() {
     assert!(!data.path().join("images").exists());
     assert!(!data.path().join("wrenn.db").exists());
 }
+
+#[test]
+fn agent_of_a_deleted_host_stops_cleanly() {
+    let cp = Cp::start();
+    let root = tempfile::tempdir_in("/var/tmp").expect("agent root");
+    let agent_port = free_port();
+    let (token, host_id) = cp.registration_token();
+    let root_s = root.path().display().to_string();
+    let listen = format!("127.0.0.1:{agent_port}");
+    let prefix = format!("rd{}", agent_port % 1000);
+    let mut agent = spawn(&[
+        "agent",
+        "--root",
+        &root_s,
+        "--listen",
+        &listen,
+        "--cp-url",
+        &cp.url,
+        "--accel",
+        "tcg",
+        "--net-prefix",
+        &prefix,
+        "--heartbeat-secs",
+        "1",
+        "--register",
+        &token,
+    ]);
+    wait_port(agent_port, &mut agent);
+    assert_eq!(cp.host(&host_id)["status"], "online");
+
+    let (s, v) = cp.rt.block_on(call(
+        &cp.http,
+        reqwest::Method::DELETE,
+        format!("{}/v1/hosts/{host_id}", cp.url),
+        Some(&cp.jwt),
+        Value::Null,
+    ));
+    assert_eq!(s, 204, "{v}");
+    // Its next heartbeat gets 404: the agent shuts down on its own, with success.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = agent.0.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent of a deleted host kept running"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "agent exited with {status}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", agent_port)).is_err());
+}

@@ -188,6 +188,15 @@ impl AgentPool {
             .remove(host_id);
     }
 
+    /// Drops everything held for a deleted host: its cached row and its client.
+    pub fn evict_host(&self, host_id: &str) {
+        self.forget_host(host_id);
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(host_id);
+    }
+
     /// The public half of the signing key (handed to agents at registration).
     pub fn public_key_pem(&self) -> &str {
         self.signer.public_key_pem()

@@ -21,11 +21,15 @@ use utoipa_axum::routes;
 use super::admin::require_admin;
 use super::{State, db_err, db_err_for, validate};
 use crate::auth::extract::{HostAuth, TeamAuth, UserAuth};
+use crate::auth::jwt::UserClaims;
 use crate::auth::token;
-use crate::db::{DbError, Host, NewHost, NewRegistrationToken, now_ms};
-use crate::error::{ApiError, ApiJson, ApiPath, ErrorBody};
+use crate::db::{
+    ActorType, DbError, Host, NewAuditEntry, NewHost, NewRegistrationToken, SandboxStatus, now_ms,
+};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::ids::HostId;
 use crate::server::AppState;
+use wrenn_proto::hostagent::v1 as pb;
 
 pub const DEFAULT_HOST_NAME: &str = "host";
 /// Longest accepted agent address.
@@ -40,6 +44,8 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(get))
         .routes(routes!(heartbeat))
         .routes(routes!(revoke))
+        .routes(routes!(delete))
+        .routes(routes!(delete_preview))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -443,21 +449,7 @@ pub async fn revoke(
     UserAuth(c): UserAuth,
     ApiPath(id): ApiPath<HostId>,
 ) -> Result<ApiJson<Host>, ApiError> {
-    let host = st
-        .db
-        .host_by_id(id.as_str())
-        .await
-        .map_err(db_err_for("host"))?;
-    let platform_admin = is_admin(&st, &c.sub).await?;
-    if !platform_admin {
-        if host.team_id.as_deref() != Some(c.team_id.as_str()) {
-            return Err(ApiError::not_found("host"));
-        }
-        let role = st.db.role_of(&c.team_id, &c.sub).await.map_err(db_err)?;
-        if role < crate::db::Role::Admin {
-            return Err(ApiError::forbidden("team owner or admin required"));
-        }
-    }
+    managed_host(&st, &c, &id).await?;
     let host = st
         .db
         .revoke_host_credentials(id.as_str())
@@ -466,6 +458,187 @@ pub async fn revoke(
     st.agents.forget_host(&host.id);
     tracing::info!(host_id = %host.id, credential_gen = host.credential_gen, "host credentials revoked");
     Ok(ApiJson(host))
+}
+
+/// The host `id` if the caller may manage it: a platform admin any host, a team's owners and
+/// admins their team's hosts (another team's host is a 404, members get 403).
+async fn managed_host(st: &AppState, c: &UserClaims, id: &HostId) -> Result<Host, ApiError> {
+    let host = st
+        .db
+        .host_by_id(id.as_str())
+        .await
+        .map_err(db_err_for("host"))?;
+    if !is_admin(st, &c.sub).await? {
+        if host.team_id.as_deref() != Some(c.team_id.as_str()) {
+            return Err(ApiError::not_found("host"));
+        }
+        let role = st.db.role_of(&c.team_id, &c.sub).await.map_err(db_err)?;
+        if role < crate::db::Role::Admin {
+            return Err(ApiError::forbidden("team owner or admin required"));
+        }
+    }
+    Ok(host)
+}
+
+/// Every sandbox a host delete affects: all but the stopped ones.
+const LIVE: [SandboxStatus; 5] = [
+    SandboxStatus::Pending,
+    SandboxStatus::Running,
+    SandboxStatus::Paused,
+    SandboxStatus::Missing,
+    SandboxStatus::Error,
+];
+
+async fn live_sandboxes(st: &AppState, host_id: &str) -> Result<Vec<String>, ApiError> {
+    let rows = st
+        .db
+        .sandboxes_on_host(host_id, &LIVE)
+        .await
+        .map_err(db_err)?;
+    Ok(rows.into_iter().map(|s| s.id).collect())
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DeletePreview {
+    host: Host,
+    /// The sandboxes a delete would destroy (every one on the host that is not stopped).
+    sandbox_ids: Vec<String>,
+}
+
+/// What deleting the host would affect.
+#[utoipa::path(
+    get,
+    path = "/v1/hosts/{id}/delete-preview",
+    tag = "hosts",
+    operation_id = "preview_host_delete",
+    params(("id" = String, Path, description = "Host ID")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The host and the sandboxes a delete would destroy", body = DeletePreview),
+        (status = 400, description = "Malformed host ID", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user JWT", body = ErrorBody),
+        (status = 403, description = "Not an owner/admin of the host's team", body = ErrorBody),
+        (status = 404, description = "No such host (or another team's)", body = ErrorBody),
+    )
+)]
+pub async fn delete_preview(
+    st: State,
+    UserAuth(c): UserAuth,
+    ApiPath(id): ApiPath<HostId>,
+) -> Result<ApiJson<DeletePreview>, ApiError> {
+    let host = managed_host(&st, &c, &id).await?;
+    let sandbox_ids = live_sandboxes(&st, &host.id).await?;
+    Ok(ApiJson(DeletePreview { host, sandbox_ids }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    /// Destroy the host's sandboxes too.
+    force: Option<bool>,
+}
+
+/// How long a forced delete waits for the agent to destroy one sandbox: a dead host must not
+/// hold the request.
+const FORCE_DESTROY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Retires a host: refused with 409 (`error.sandbox_ids`) while sandboxes are on it, unless
+/// `?force=true`, which destroys them on the agent (when it answers), marks them stopped, and
+/// then removes the host: its credentials stop working at once (the agent's next heartbeat
+/// gets 404 and it shuts down), its pooled client is dropped, and its snapshot-template
+/// placements go with it.
+#[utoipa::path(
+    delete,
+    path = "/v1/hosts/{id}",
+    tag = "hosts",
+    operation_id = "delete_host",
+    params(("id" = String, Path, description = "Host ID"), DeleteQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed host ID or query", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user JWT", body = ErrorBody),
+        (status = 403, description = "Not an owner/admin of the host's team", body = ErrorBody),
+        (status = 404, description = "No such host (or another team's)", body = ErrorBody),
+        (status = 409, description = "`conflict`: sandboxes are on it; `error.sandbox_ids` lists them. `?force=true` destroys them", body = ErrorBody),
+    )
+)]
+pub async fn delete(
+    st: State,
+    UserAuth(c): UserAuth,
+    ApiPath(id): ApiPath<HostId>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
+) -> Result<StatusCode, ApiError> {
+    let host = managed_host(&st, &c, &id).await?;
+    let live = live_sandboxes(&st, &host.id).await?;
+    let force = q.force.unwrap_or(false);
+    if !live.is_empty() && !force {
+        return Err(ApiError::conflict(format!(
+            "host {} has {} sandbox(es); delete them or pass force=true",
+            host.id,
+            live.len()
+        ))
+        .with_field("sandbox_ids", live));
+    }
+    if !live.is_empty() {
+        destroy_all(&st, &host, &live).await;
+        let stopped = st
+            .db
+            .transition_host_sandboxes(&host.id, SandboxStatus::Stopped)
+            .await
+            .map_err(db_err)?;
+        tracing::info!(host_id = %host.id, count = stopped.len(), "sandboxes of a deleted host stopped");
+    }
+    st.db
+        .delete_host(&host.id)
+        .await
+        .map_err(db_err_for("host"))?;
+    st.agents.evict_host(&host.id);
+    let entry = NewAuditEntry {
+        team_id: host.team_id.as_deref(),
+        actor_type: ActorType::User,
+        actor_id: Some(&c.sub),
+        action: "host.delete",
+        target_type: "host",
+        target_id: Some(&host.id),
+        details: serde_json::json!({"force": force, "sandbox_ids": live}),
+    };
+    if let Err(e) = st.db.append_audit(entry).await {
+        tracing::warn!(host_id = %host.id, error = %e, "audit write failed");
+    }
+    tracing::info!(host_id = %host.id, force, "host deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Best effort, all at once, each bounded: a host that does not answer loses its VMs' rows
+/// anyway (the host is being retired).
+async fn destroy_all(st: &AppState, host: &Host, ids: &[String]) {
+    let agent = match st.agents.agent(host) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(host_id = %host.id, error = %e, "no client for a deleted host");
+            return;
+        }
+    };
+    let calls = ids.iter().map(|id| {
+        let agent = agent.clone();
+        async move {
+            let req = pb::DestroySandboxRequest {
+                sandbox_id: id.clone(),
+                ..Default::default()
+            };
+            let r = agent
+                .rpc()
+                .destroy_sandbox_with_options(req, agent.opts_timeout(FORCE_DESTROY_TIMEOUT))
+                .await;
+            match r {
+                Ok(_) => {}
+                Err(e) if e.code == connectrpc::ErrorCode::NotFound => {}
+                Err(e) => tracing::warn!(sandbox = %id, error = %e, "could not destroy a deleted host's sandbox"),
+            }
+        }
+    });
+    futures::future::join_all(calls).await;
 }
 
 /// The agent's liveness signal: marks the host online and records the time.

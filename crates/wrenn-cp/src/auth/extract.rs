@@ -321,7 +321,7 @@ mod tests {
                 .unwrap()
                 .contains(host_id.as_str())
             {
-                return Err(ApiError::unauthorized("host deleted"));
+                return Err(ApiError::not_found("host"));
             }
             Ok(())
         }
@@ -522,7 +522,11 @@ mod tests {
             (StatusCode::OK, host.to_string())
         );
         st.deleted_hosts.lock().unwrap().insert(host.to_string());
-        assert!(unauth(call(&st, "/host", h).await), "deleted host");
+        assert_eq!(
+            call(&st, "/host", h).await.0,
+            StatusCode::NOT_FOUND,
+            "deleted host"
+        );
     }
 
     #[tokio::test]

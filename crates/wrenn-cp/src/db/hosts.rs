@@ -456,6 +456,19 @@ impl Db {
         Ok(h)
     }
 
+    /// Removes a host row: its tokens and `template_hosts` rows go with it (cascade), its
+    /// sandboxes keep their rows with no host (`ON DELETE SET NULL`).
+    pub async fn delete_host(&self, host_id: &str) -> Result<(), DbError> {
+        let r = sqlx::query("DELETE FROM hosts WHERE id = $1")
+            .bind(host_id)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(DbError::NotFound);
+        }
+        Ok(())
+    }
+
     /// Revokes every refresh token of a host (host deleted or credential withdrawn); returns
     /// how many were not revoked yet.
     pub async fn revoke_host_refresh_tokens(&self, host_id: &str) -> Result<u64, DbError> {

@@ -395,3 +395,81 @@ db_test! {
         assert_eq!(status(rows[0].clone()).await, Missing);
     }
 }
+
+db_test! {
+    async fn host_delete_is_refused_while_sandboxes_live_and_forced_stops_them(db) {
+        use wrenn_cp::db::SandboxStatus::*;
+        use wrenn_cp::db::testing::new_sandbox;
+
+        let app = App::new(db.clone());
+        let _admin = app.signup("ada@example.com", "Ada").await; // platform admin
+        let b = app.signup("bob@example.com", "Bob").await; // owns team B
+        let tb = token(&b);
+        let team = s(&b["team"], "id");
+        let created = app.reg_token(&tb, json!({"name": "byoc"})).await;
+        let host_id = s(&created["host"], "id");
+        let (st, r) = app.register(&s(&created, "registration_token")).await;
+        assert_eq!(st, StatusCode::CREATED, "{r}");
+        let (jwt, refresh) = (s(&r, "host_jwt"), s(&r, "refresh_token"));
+        let mut ids = Vec::new();
+        for path in [&[Running][..], &[Running, Paused], &[Running, Stopped]] {
+            let sb = db.insert_pending_sandbox(new_sandbox(&team, Some(&host_id))).await.unwrap();
+            for to in path {
+                db.transition_sandbox(&sb.id, *to, None).await.unwrap();
+            }
+            ids.push(sb.id);
+        }
+        let live = json!([ids[0], ids[1]]);
+        let path = format!("/v1/hosts/{host_id}");
+        let preview = format!("{path}/delete-preview");
+
+        // Nobody else may look or delete: no token, another team's user, a malformed query.
+        let c = app.signup("cy@example.com", "Cy").await;
+        let before = app.host_counts().await;
+        for auth in [None, Some(token(&c))] {
+            let (st, _) = app.send(Method::DELETE, &path, auth.as_deref(), None).await;
+            assert!(matches!(st, StatusCode::UNAUTHORIZED | StatusCode::NOT_FOUND), "{st}");
+            let (st, _) = app.send(Method::GET, &preview, auth.as_deref(), None).await;
+            assert!(matches!(st, StatusCode::UNAUTHORIZED | StatusCode::NOT_FOUND), "{st}");
+        }
+        let (st, v) = app.send(Method::DELETE, &format!("{path}?force=maybe"), Some(&tb), None).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+
+        // The preview and a plain delete name the live sandboxes; nothing changes.
+        let (st, v) = app.send(Method::GET, &preview, Some(&tb), None).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!((v["host"]["id"].as_str(), &v["sandbox_ids"]), (Some(host_id.as_str()), &live));
+        let (st, v) = app.send(Method::DELETE, &path, Some(&tb), None).await;
+        assert_eq!((st, code(&v)), (StatusCode::CONFLICT, "conflict"), "{v}");
+        assert_eq!(v["error"]["sandbox_ids"], live);
+        assert_eq!(app.host_counts().await, before);
+        assert_eq!(app.heartbeat(&host_id, &jwt).await.0, StatusCode::NO_CONTENT);
+
+        // Forced: the sandboxes stop (the agent at the host's address does not answer: the
+        // delete goes on), the host and its credentials are gone, its agent gets 404.
+        let (st, v) = app.send(Method::DELETE, &format!("{path}?force=true"), Some(&tb), None).await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+        for id in &ids {
+            assert_eq!(db.get_sandbox(&team, id).await.unwrap().status, Stopped);
+        }
+        assert_eq!(app.send(Method::GET, &path, Some(&tb), None).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(app.heartbeat(&host_id, &jwt).await.0, StatusCode::NOT_FOUND);
+        let (st, v) = app
+            .post("/v1/hosts/auth/refresh", None, json!({"host_id": host_id, "refresh_token": refresh}))
+            .await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
+        let audit: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'host.delete' AND target_id = $1")
+            .bind(&host_id)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(audit, 1);
+        assert_eq!(app.send(Method::DELETE, &path, Some(&tb), None).await.0, StatusCode::NOT_FOUND);
+
+        // A host with nothing on it goes without force.
+        let created = app.reg_token(&tb, json!({"name": "empty"})).await;
+        let empty = s(&created["host"], "id");
+        let (st, v) = app.send(Method::DELETE, &format!("/v1/hosts/{empty}"), Some(&tb), None).await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    }
+}
