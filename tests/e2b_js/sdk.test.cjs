@@ -1,12 +1,14 @@
 // The official E2B JavaScript SDK (npm `e2b`, pinned in scripts/lib.sh), unchanged, against a
-// Wrenn control plane: run by crates/wrenn/tests/e2b_sdk.rs with E2B_API_KEY / E2B_API_URL /
-// E2B_SANDBOX_URL set and NODE_PATH pointing at the installed SDK.
+// Wrenn control plane, with NODE_PATH pointing at the installed SDK. Run twice: by
+// crates/wrenn/tests/e2b_sdk.rs with E2B_API_KEY / E2B_API_URL / E2B_SANDBOX_URL, and by
+// crates/wrenn/tests/e2b_domain.rs with E2B_API_KEY / E2B_DOMAIN over HTTPS.
 const test = require('node:test')
 const assert = require('node:assert/strict')
 const { Sandbox, CommandExitError, TimeoutError, NotFoundError } = require('e2b')
 
-for (const v of ['E2B_API_KEY', 'E2B_API_URL', 'E2B_SANDBOX_URL']) {
-  if (!process.env[v]) throw new Error(`${v} is not set: run through cargo nextest -p wrenn --test e2b_sdk`)
+const byUrl = process.env.E2B_API_URL && process.env.E2B_SANDBOX_URL
+if (!process.env.E2B_API_KEY || !(byUrl || process.env.E2B_DOMAIN)) {
+  throw new Error('set E2B_API_KEY and E2B_API_URL + E2B_SANDBOX_URL or E2B_DOMAIN: run through cargo nextest -p wrenn --test e2b_sdk / e2b_domain')
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))

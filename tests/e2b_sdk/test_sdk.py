@@ -14,7 +14,9 @@ from e2b import (
 )
 from e2b.sandbox.commands.command_handle import PtySize
 
-API = os.environ.get("E2B_API_URL", "")
+# Where the raw HTTP checks go: the API URL, or with E2B_DOMAIN alone `https://api.<domain>`
+# (httpx trusts SSL_CERT_FILE, the local CA).
+API = os.environ.get("E2B_API_URL") or f"https://api.{os.environ.get('E2B_DOMAIN', '')}"
 KEY = os.environ.get("E2B_API_KEY", "")
 
 
@@ -83,10 +85,14 @@ def test_set_timeout_and_metrics(sbx):
 
 def test_pause_then_connect_keeps_memory(sbx):
     sbx.commands.run("echo in-memory > /dev/shm/keep")
+    sleeper = sbx.commands.run("sleep 600", background=True)
     assert sbx.pause() is True
     assert sbx.get_info().state == "paused"
     resumed = Sandbox.connect(sbx.sandbox_id)
     assert resumed.commands.run("cat /dev/shm/keep").stdout == "in-memory\n"
+    # The process that ran before the pause runs on, same pid.
+    assert resumed.commands.run(f"kill -0 {sleeper.pid}").exit_code == 0
+    assert sleeper.pid in [p.pid for p in resumed.commands.list()]
     assert resumed.get_info().state == "running"
 
 
@@ -256,6 +262,7 @@ def test_upgrade_and_chunked_request_through_the_proxy(sbx):
     import base64
     import hashlib
     import socket
+    import ssl
     from urllib.parse import urlparse
 
     sbx.files.write("/tmp/upgrade_server.py", UPGRADE_SERVER)
@@ -277,10 +284,15 @@ def test_upgrade_and_chunked_request_through_the_proxy(sbx):
     # A WebSocket upgrade: 101 with the guest's accept, then bytes both ways, message by
     # message (each answer arrives before the next message is sent: nothing is buffered).
     api = urlparse(API)
+    port = api.port or (443 if api.scheme == "https" else 80)
     key = base64.b64encode(os.urandom(16)).decode()
-    with socket.create_connection((api.hostname, api.port), timeout=10) as c:
+    with socket.create_connection((api.hostname, port), timeout=10) as raw:
+        c = raw
+        if api.scheme == "https":
+            ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+            c = ctx.wrap_socket(raw, server_hostname=api.hostname)
         req = (
-            f"GET /ws HTTP/1.1\r\nHost: {api.hostname}:{api.port}\r\nUpgrade: websocket\r\n"
+            f"GET /ws HTTP/1.1\r\nHost: {api.hostname}:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
             + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
             + "\r\n"

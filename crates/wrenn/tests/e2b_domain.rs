@@ -1,8 +1,9 @@
 //! The official E2B SDKs with `E2B_DOMAIN` alone (no `E2B_API_URL` / `E2B_SANDBOX_URL`)
 //! against `wrenn up --domain wrenn.test` on port 443: the SDKs call `https://api.wrenn.test`
 //! and `https://49983-<id>.wrenn.test`, trusting `wrenn up`'s CA through `SSL_CERT_FILE`
-//! (Python, `tests/e2b_domain/test_domain.py`) and `NODE_EXTRA_CA_CERTS` (JS,
-//! `tests/e2b_domain/domain.test.cjs`).
+//! (Python) and `NODE_EXTRA_CA_CERTS` (JS). It runs what is particular to the domain
+//! (`tests/e2b_domain`: the URLs the SDKs derive, a guest port by host name) and then the
+//! whole SDK suites of `e2b_sdk.rs` (`tests/e2b_sdk`, `tests/e2b_js`) the same way.
 //!
 //! Names: the test answers DNS itself on 127.0.0.1:53 inside its network namespace (A
 //! 127.0.0.1 for anything under wrenn.test, NXDOMAIN otherwise), and runs the SDKs in a
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use agent::AgentEnv;
-use up_support::Up;
+use up_support::{Up, other_team_key};
 
 const DOMAIN: &str = "wrenn.test";
 
@@ -205,42 +206,56 @@ fn the_sdks_work_with_the_domain_alone() {
         text(&look)
     );
 
-    let common: [(&str, &OsStr); 2] = [
+    let other = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(other_team_key(&up.local));
+    let common: [(&str, &OsStr); 3] = [
         ("E2B_API_KEY", up.key.as_ref()),
         ("E2B_DOMAIN", DOMAIN.as_ref()),
+        ("WRENN_OTHER_TEAM_KEY", other.as_ref()),
     ];
     let python = venv.join("bin/python");
     let py_test = tests.join("test_domain.py");
     let mut py_env = common.to_vec();
     py_env.push(("SSL_CERT_FILE", ca.as_os_str()));
-    let py = in_resolver(
-        &resolv,
-        &[
-            python.as_os_str(),
-            "-m".as_ref(),
-            "pytest".as_ref(),
-            "-q".as_ref(),
-            "-p".as_ref(),
-            "no:cacheprovider".as_ref(),
-            "-rA".as_ref(),
-            py_test.as_os_str(),
-        ],
-        &py_env,
-    );
+    let pytest = |path: &Path| {
+        in_resolver(
+            &resolv,
+            &[
+                python.as_os_str(),
+                "-m".as_ref(),
+                "pytest".as_ref(),
+                "-q".as_ref(),
+                "-p".as_ref(),
+                "no:cacheprovider".as_ref(),
+                "-rA".as_ref(),
+                path.as_os_str(),
+            ],
+            &py_env,
+        )
+    };
+    let py = pytest(&py_test);
+    let py_suite = pytest(&tests.join("../e2b_sdk"));
     let js_test = tests.join("domain.test.cjs");
     let mut js_env = common.to_vec();
     js_env.push(("NODE_EXTRA_CA_CERTS", ca.as_os_str()));
     let node_path = js.join("node_modules");
     js_env.push(("NODE_PATH", node_path.as_os_str()));
-    let node = in_resolver(
-        &resolv,
-        &["node".as_ref(), "--test".as_ref(), js_test.as_os_str()],
-        &js_env,
-    );
+    let node_test = |path: &Path| {
+        in_resolver(
+            &resolv,
+            &["node".as_ref(), "--test".as_ref(), path.as_os_str()],
+            &js_env,
+        )
+    };
+    let node = node_test(&js_test);
+    let node_suite = node_test(&tests.join("../e2b_js/sdk.test.cjs"));
     let mut failed = Vec::new();
     for (name, mut cmd) in [
         ("Python e2b (tests/e2b_domain/test_domain.py)", py),
         ("JavaScript e2b (tests/e2b_domain/domain.test.cjs)", node),
+        ("Python e2b (tests/e2b_sdk) by domain", py_suite),
+        ("JavaScript e2b (tests/e2b_js) by domain", node_suite),
     ] {
         let out = cmd.output().expect("run the suite");
         let ok = out.status.success();

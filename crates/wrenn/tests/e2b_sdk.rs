@@ -12,39 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use agent::AgentEnv;
-use serde_json::{Value, json};
-use up_support::Up;
-
-/// A second team's API key, for the isolation checks.
-async fn other_team_key(url: &str) -> String {
-    let http = reqwest::Client::new();
-    let v: Value = http
-        .post(format!("{url}/v1/auth/signup"))
-        .json(&json!({"email": "other@example.com", "password": "correct horse battery", "name": "Other"}))
-        .send()
-        .await
-        .expect("signup")
-        .json()
-        .await
-        .expect("signup body");
-    let token = v["token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("token in {v}"));
-    let k: Value = http
-        .post(format!("{url}/v1/api-keys"))
-        .bearer_auth(token)
-        .json(&json!({"name": "other"}))
-        .send()
-        .await
-        .expect("key")
-        .json()
-        .await
-        .expect("key body");
-    k["key"]
-        .as_str()
-        .unwrap_or_else(|| panic!("key in {k}"))
-        .to_owned()
-}
+use up_support::{Up, other_team_key};
 
 /// A directory an environment variable of `scripts/test` names; fails loudly without it.
 fn prerequisite(var: &str, what: &str) -> PathBuf {

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
 use crate::agent::AgentEnv;
 
 #[allow(dead_code)]
@@ -15,6 +17,9 @@ pub const CP_PORT: u16 = 18080;
 pub struct Up {
     child: Child,
     pub url: String,
+    /// The plain loopback URL under `--domain` (its `Local` line), else `url`.
+    #[allow(dead_code)]
+    pub local: String,
     pub key: String,
     #[allow(dead_code)]
     pub host: String,
@@ -57,7 +62,8 @@ impl Up {
                 let _ = tx.send(line);
             }
         });
-        let (mut url, mut key, mut host) = (None, None, None);
+        let (mut url, mut key, mut host, mut local) = (None, None, None, None);
+        // The summary ends with "Try it:".
         while url.is_none() || key.is_none() || host.is_none() {
             let line = rx
                 .recv_timeout(Duration::from_secs(240))
@@ -70,12 +76,25 @@ impl Up {
             match (words.next(), words.next()) {
                 (Some("API"), Some(u)) => url = Some(u.to_owned()),
                 (Some("Host"), Some(h)) => host = Some(h.to_owned()),
+                (Some("Local"), Some(u)) => local = Some(u.to_owned()),
                 _ => {}
             }
         }
+        if local.is_none() {
+            while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+                let mut words = line.split_whitespace();
+                match (words.next(), words.next()) {
+                    (Some("Local"), Some(u)) => local = Some(u.to_owned()),
+                    (Some("Try"), Some("it:")) => break,
+                    _ => {}
+                }
+            }
+        }
+        let url = url.expect("url");
         Up {
             child,
-            url: url.expect("url"),
+            local: local.unwrap_or_else(|| url.clone()),
+            url,
             key: key.expect("key"),
             host: host.expect("host"),
         }
@@ -101,4 +120,36 @@ impl Up {
         let status = self.child.wait().expect("wait");
         assert!(status.success(), "wrenn up exited with {status}");
     }
+}
+
+/// A second team's API key (signup + key over `url`), for the isolation checks.
+#[allow(dead_code)]
+pub async fn other_team_key(url: &str) -> String {
+    let http = reqwest::Client::new();
+    let v: Value = http
+        .post(format!("{url}/v1/auth/signup"))
+        .json(&json!({"email": "other@example.com", "password": "correct horse battery", "name": "Other"}))
+        .send()
+        .await
+        .expect("signup")
+        .json()
+        .await
+        .expect("signup body");
+    let token = v["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("token in {v}"));
+    let k: Value = http
+        .post(format!("{url}/v1/api-keys"))
+        .bearer_auth(token)
+        .json(&json!({"name": "other"}))
+        .send()
+        .await
+        .expect("key")
+        .json()
+        .await
+        .expect("key body");
+    k["key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("key in {k}"))
+        .to_owned()
 }
