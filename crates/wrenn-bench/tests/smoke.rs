@@ -82,8 +82,9 @@ async fn quick_run_without_vms_reports_every_row_beside_its_baseline() {
         .filter(|r| r["ours"].is_null())
         .map(|r| r["scenario"].as_str().unwrap_or_default())
         .collect();
+    // Every scenario the run picked produced numbers: none is a placeholder.
     assert!(
-        unavailable.iter().any(|s| s.contains("E2B proxy")),
-        "features that do not exist yet are listed as not available: {unavailable:?}"
+        unavailable.is_empty(),
+        "rows without numbers: {unavailable:?}"
     );
 }
