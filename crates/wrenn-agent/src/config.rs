@@ -33,6 +33,16 @@ pub struct AgentConfig {
     /// Seconds between heartbeats of a registered host.
     #[arg(long, env = "AGENT_HEARTBEAT_SECS", default_value_t = 30)]
     pub heartbeat_secs: u64,
+    /// After this many heartbeats in a row fail (or once the control plane refuses this
+    /// host's refresh), every running sandbox is paused to disk once, so none runs on with
+    /// nobody able to reach or bill it; the reconciler settles their rows when the control
+    /// plane is back. 0 = never.
+    #[arg(
+        long,
+        env = "AGENT_PAUSE_AFTER_MISSED_HEARTBEATS",
+        default_value_t = 10
+    )]
+    pub pause_after_missed_heartbeats: u32,
     /// This host's ID, for a host that does not register (with `--cp-public-key`).
     #[arg(long, env = "AGENT_HOST_ID")]
     pub host_id: Option<String>,

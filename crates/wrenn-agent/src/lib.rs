@@ -78,8 +78,24 @@ pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
         let path = registration::credentials_path(&cfg.root);
         let every = Duration::from_secs(cfg.heartbeat_secs.max(1));
         let deleted = deleted.clone();
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let cut_off = registration::heartbeat::CutOff {
+            after: cfg.pause_after_missed_heartbeats,
+            notify: notify.clone(),
+        };
+        let m = manager.clone();
         tokio::spawn(async move {
-            let why = registration::heartbeat::run(creds, path, every).await;
+            loop {
+                notify.notified().await;
+                let paused = m.pause_all().await;
+                tracing::warn!(
+                    count = paused.len(),
+                    "control plane unreachable: running sandboxes paused"
+                );
+            }
+        });
+        tokio::spawn(async move {
+            let why = registration::heartbeat::run(creds, path, every, cut_off).await;
             tracing::error!(reason = ?why, "heartbeats stopped");
             if why == registration::heartbeat::Stopped::HostDeleted {
                 deleted.cancel();

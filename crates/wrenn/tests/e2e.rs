@@ -484,3 +484,102 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// An agent whose control plane is gone pauses its running sandboxes once (here after 3
+/// missed 1 s heartbeats); when the control plane is back, the reconciler settles the row
+/// `paused`, and a resume finds memory and processes as they were.
+#[test]
+fn an_agent_cut_off_from_its_control_plane_pauses_its_sandboxes() {
+    let sys = harness::System::with_agent_env(
+        harness::Backend::Sqlite,
+        &[
+            ("AGENT_HEARTBEAT_SECS", "1"),
+            ("AGENT_PAUSE_AFTER_MISSED_HEARTBEATS", "3"),
+        ],
+    );
+    let sys = &sys;
+    sys.block_on(async {
+        let key = sys.api_key().to_owned();
+        let sb = sys
+            .create_sandbox(json!({"memory_mb": 256, "timeout_sec": 600}))
+            .await;
+        let id = id_of(&sb);
+        let (s, bg) = sys
+            .call(
+                Method::POST,
+                &format!("/v1/sandboxes/{id}/processes"),
+                Some(&key),
+                Some(json!({"cmd": "python3", "args": ["-c", agent::COUNTER], "tag": "counter"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{bg}");
+        let pid = bg["pid"].as_i64().expect("pid");
+        let (s, v) = sh(sys, &id, "echo kept > /dev/shm/keep").await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let before = counter_value(sys, &id, pid).await;
+
+        // The control plane goes away: the VM is paused to disk, not destroyed.
+        sys.stop_server();
+        let t = Instant::now();
+        while !sys.env.qemu_pids().is_empty() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(60),
+                "the agent never paused its sandbox"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        eprintln!(
+            "paused {} ms after the control plane stopped",
+            t.elapsed().as_millis()
+        );
+        let dir = sys.env.root.path().join("sandboxes").join(&id);
+        assert!(
+            dir.join("vm.state").exists(),
+            "no saved state in {}",
+            dir.display()
+        );
+
+        // Back: the row settles `paused`; a resume continues where it stopped.
+        sys.start_server();
+        let deadline = Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let (_, v) = sys
+                .call(
+                    Method::GET,
+                    &format!("/v1/sandboxes/{id}"),
+                    Some(&key),
+                    None,
+                )
+                .await;
+            if v["status"] == "paused" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never settled paused: {v}");
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        let (s, v) = sys
+            .call(
+                Method::POST,
+                &format!("/v1/sandboxes/{id}/resume"),
+                Some(&key),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let after = counter_value(sys, &id, pid).await;
+        assert!(after > before, "count {before} before, {after} after");
+        let (_, v) = sh(sys, &id, "cat /dev/shm/keep").await;
+        assert_eq!(v["stdout"].as_str().map(str::trim), Some("kept"), "{v}");
+        let (s, _) = sys
+            .call(
+                Method::DELETE,
+                &format!("/v1/sandboxes/{id}"),
+                Some(&key),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        assert!(sys.env.qemu_pids().is_empty(), "no QEMU left");
+    });
+}

@@ -3,6 +3,10 @@
 //! refresh token and the new credentials are saved before use; a refused refresh means the
 //! host's credentials were revoked, so the loop stops (the operator must register the host
 //! again). A 404 means the host was deleted. Network errors are retried on the next beat.
+//!
+//! Cut off: after [`CutOff::after`] failed beats in a row, or when the refresh is refused, the
+//! loop says so once through [`CutOff::notify`] (the agent then pauses its sandboxes); a
+//! successful beat arms it again.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,8 +32,41 @@ enum Beat {
     Failed(String),
 }
 
+/// How the loop reports losing the control plane.
+pub struct CutOff {
+    /// Failed beats in a row that count as cut off; 0 = never.
+    pub after: u32,
+    pub notify: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl CutOff {
+    fn fire(&self, why: &str) {
+        tracing::warn!(reason = why, "cut off from the control plane");
+        self.notify.notify_one();
+    }
+}
+
 /// Beats until the host is revoked or deleted; runs for the agent's lifetime otherwise.
-pub async fn run(mut creds: Credentials, path: PathBuf, interval: Duration) -> Stopped {
+pub async fn run(
+    mut creds: Credentials,
+    path: PathBuf,
+    interval: Duration,
+    cut_off: CutOff,
+) -> Stopped {
+    let stopped = beat_loop(&mut creds, &path, interval, &cut_off).await;
+    if stopped == Stopped::Revoked {
+        cut_off.fire("this host's credentials were revoked");
+    }
+    stopped
+}
+
+async fn beat_loop(
+    creds: &mut Credentials,
+    path: &std::path::Path,
+    interval: Duration,
+    cut_off: &CutOff,
+) -> Stopped {
+    let mut missed = 0u32;
     let client = match reqwest::Client::builder().timeout(CP_CALL_TIMEOUT).build() {
         Ok(c) => c,
         Err(e) => {
@@ -41,19 +78,23 @@ pub async fn run(mut creds: Credentials, path: PathBuf, interval: Duration) -> S
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if expires_soon(&creds) {
-            match rotate(&creds, &path).await {
-                Ok(c) => creds = c,
+        if expires_soon(creds) {
+            match rotate(creds, path).await {
+                Ok(c) => *creds = c,
                 Err(stop) => return stop,
             }
         }
-        match beat(&client, &creds).await {
-            Beat::Ok => {}
-            Beat::Unauthorized => match rotate(&creds, &path).await {
+        let ok = match beat(&client, creds).await {
+            Beat::Ok => true,
+            Beat::Unauthorized => match rotate(creds, path).await {
                 Ok(c) => {
-                    creds = c;
-                    if let Beat::Failed(e) = beat(&client, &creds).await {
-                        tracing::warn!(error = %e, "heartbeat after refresh failed");
+                    *creds = c;
+                    match beat(&client, creds).await {
+                        Beat::Ok => true,
+                        _ => {
+                            tracing::warn!("heartbeat after refresh failed");
+                            false
+                        }
                     }
                 }
                 Err(stop) => return stop,
@@ -64,6 +105,16 @@ pub async fn run(mut creds: Credentials, path: PathBuf, interval: Duration) -> S
             }
             Beat::Failed(e) => {
                 tracing::warn!(host_id = %creds.host_id, error = %e, "heartbeat failed; retrying next beat");
+                false
+            }
+        };
+        if ok {
+            missed = 0;
+        } else {
+            missed = missed.saturating_add(1);
+            // Exactly once per outage: at the beat that reaches the limit.
+            if cut_off.after > 0 && missed == cut_off.after {
+                cut_off.fire("heartbeats failed");
             }
         }
     }

@@ -44,6 +44,28 @@ impl Manager {
         r
     }
 
+    /// Pauses every running sandbox (the control plane is gone); each paused one is
+    /// reported by the next `ListSandboxes` like a deadline pause, so the reconciler settles
+    /// its row. A sandbox that fails to pause keeps running. Returns the paused IDs.
+    pub async fn pause_all(&self) -> Vec<String> {
+        let ids: Vec<String> = self.live.read().await.keys().cloned().collect();
+        let mut paused = Vec::new();
+        for id in ids {
+            match self.pause_sandbox(&id).await {
+                Ok(_) => {
+                    info!(sandbox_id = %id, "paused: control plane unreachable");
+                    paused.push(id);
+                }
+                Err(e) => warn!(sandbox_id = %id, error = %e, "pause-all: not paused"),
+            }
+        }
+        self.paused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(paused.iter().cloned());
+        paused
+    }
+
     pub(super) async fn pause_claimed(&self, id: &str) -> Result<pb::SandboxInfo, BackendError> {
         let live = match self.live(id).await {
             Ok(l) => l,

@@ -101,7 +101,12 @@ pub struct System {
 impl System {
     /// Call from a plain `#[test]` (this thread enters the host namespace).
     pub fn new(backend: Backend) -> System {
-        let env = AgentEnv::without_agent(&[]);
+        Self::with_agent_env(backend, &[])
+    }
+
+    /// With extra `AGENT_*` environment for the agent (e.g. a short heartbeat).
+    pub fn with_agent_env(backend: Backend, agent_env: &[(&str, &str)]) -> System {
+        let env = AgentEnv::without_agent(agent_env);
         let rt = crate::agent::rt();
         let pg = match backend {
             Backend::Sqlite => None,
@@ -173,7 +178,7 @@ impl System {
         self.env.start_agent();
     }
 
-    fn start_server(&self) {
+    pub fn start_server(&self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wrenn"));
         cmd.args(["server", "--listen", &format!("127.0.0.1:{SERVER_PORT}")])
             .arg("--data-dir")
@@ -206,7 +211,7 @@ impl System {
         *self.server.lock().unwrap() = Some(child);
     }
 
-    fn stop_server(&self) {
+    pub fn stop_server(&self) {
         if let Some(mut c) = self.server.lock().unwrap().take() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
