@@ -583,3 +583,55 @@ fn an_agent_cut_off_from_its_control_plane_pauses_its_sandboxes() {
         assert!(sys.env.qemu_pids().is_empty(), "no QEMU left");
     });
 }
+
+/// A VM the agent runs that no row knows (here: its row removed behind the control plane's
+/// back) is destroyed by the reconciler once it is older than the grace; a VM with a live
+/// row is left alone.
+#[test]
+fn the_reconciler_destroys_vms_no_row_knows() {
+    let sys = harness::System::new(harness::Backend::Sqlite);
+    let sys = &sys;
+    sys.block_on(async {
+        let key = sys.api_key().to_owned();
+        let kept = id_of(&sys.create_sandbox(json!({"memory_mb": 256})).await);
+        let lost = id_of(&sys.create_sandbox(json!({"memory_mb": 256})).await);
+        assert_eq!(sys.env.qemu_pids().len(), 2);
+        let db = sys.db().await;
+        sqlx::query("DELETE FROM sandboxes WHERE id = $1")
+            .bind(&lost)
+            .execute(db.pool())
+            .await
+            .unwrap();
+        // The grace (60 s) plus a reconcile pass (every 10 s).
+        let dir = sys.env.root.path().join("sandboxes");
+        let t = Instant::now();
+        while dir.join(&lost).exists() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(150),
+                "the unknown VM was never destroyed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        eprintln!(
+            "unknown VM destroyed {} s after its row went",
+            t.elapsed().as_secs()
+        );
+        assert_eq!(sys.env.qemu_pids().len(), 1, "only the VM with a row runs");
+        let (s, v) = sh(sys, &kept, "echo still").await;
+        assert_eq!(
+            (s, v["stdout"].as_str()),
+            (StatusCode::OK, Some("still\n")),
+            "{v}"
+        );
+        let (s, _) = sys
+            .call(
+                Method::DELETE,
+                &format!("/v1/sandboxes/{kept}"),
+                Some(&key),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        assert!(sys.env.qemu_pids().is_empty());
+    });
+}

@@ -663,10 +663,33 @@ pub async fn heartbeat(
     ApiPath(id): ApiPath<HostId>,
 ) -> Result<StatusCode, ApiError> {
     h.require_host(id.as_str())?;
-    st.db
-        .set_host_status(id.as_str(), crate::db::HostStatus::Online, None)
+    let back = st
+        .db
+        .host_heartbeat(id.as_str())
         .await
         .map_err(db_err_for("host"))?;
+    if back {
+        // Its sandboxes stay `missing` until the reconciler asks the agent which survived.
+        tracing::info!(host_id = %id, "host is back online");
+        let team = st
+            .db
+            .host_by_id(id.as_str())
+            .await
+            .ok()
+            .and_then(|h| h.team_id);
+        let entry = NewAuditEntry {
+            team_id: team.as_deref(),
+            actor_type: ActorType::System,
+            actor_id: None,
+            action: "host.marked_up",
+            target_type: "host",
+            target_id: Some(id.as_str()),
+            details: serde_json::json!({}),
+        };
+        if let Err(e) = st.db.append_audit(entry).await {
+            tracing::error!(host_id = %id, error = %e, "could not write audit entry");
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

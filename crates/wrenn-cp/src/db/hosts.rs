@@ -244,6 +244,25 @@ impl Db {
             .await?)
     }
 
+    /// Records a heartbeat: the host is online, seen now. `true` when this call brought it
+    /// back from `unreachable` (one conditional UPDATE: of two replicas hearing it, one wins).
+    pub async fn host_heartbeat(&self, id: &str) -> Result<bool, DbError> {
+        let back = sqlx::query(
+            "UPDATE hosts SET status = $2, last_heartbeat_at = $3 WHERE id = $1 AND status = $4",
+        )
+        .bind(id)
+        .bind(HostStatus::Online.as_str())
+        .bind(now_ms())
+        .bind(HostStatus::Unreachable.as_str())
+        .execute(&self.pool)
+        .await?;
+        if back.rows_affected() == 1 {
+            return Ok(true);
+        }
+        self.set_host_status(id, HostStatus::Online, None).await?;
+        Ok(false)
+    }
+
     /// Records a heartbeat or registration: status, address and the time seen.
     pub async fn set_host_status(
         &self,

@@ -393,6 +393,14 @@ db_test! {
         assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
         assert_eq!(db.host_by_id(&host_id).await.unwrap().status.as_str(), "online");
         assert_eq!(status(rows[0].clone()).await, Missing);
+        // Coming back is audited once, not at every later beat.
+        assert_eq!(app.heartbeat(&host_id, &jwt).await.0, StatusCode::NO_CONTENT);
+        let up: Vec<(String, Option<String>)> = sqlx::query_as("SELECT actor_type, team_id FROM audit_log WHERE action = 'host.marked_up' AND target_id = $1")
+            .bind(&host_id)
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(up, [("system".to_owned(), Some(team.clone()))]);
     }
 }
 

@@ -28,6 +28,8 @@ const READ_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// A `running` row the agent does not list is only stopped if it was running this long before
 /// the list was taken (clock skew between replicas, a create settling).
 const MISSING_GRACE_MS: i64 = 30_000;
+/// How old a VM no row knows must be before it is destroyed.
+pub const ORPHAN_GRACE_MS: i64 = 60_000;
 /// A `pending` row older than a create can take has lost its create task.
 const STALE_PENDING_MS: i64 = super::CREATE_TIMEOUT.as_millis() as i64 + 60_000;
 
@@ -209,14 +211,26 @@ pub async fn reconcile_host(st: &AppState, host: &Host) -> Result<(), crate::age
                 tracing::info!(sandbox = %sb.id, host = %host.id, "reconciler: missing sandbox is paused");
                 settle(st, sb, SandboxStatus::Paused, None).await;
             }
-            (Some(SandboxStatus::Running), None) => {
-                // Not running in our rows: an orphan if the row is finished.
-                if let Ok(sb) = st.db.get_sandbox_any_team(&info.sandbox_id).await
-                    && sb.host_id.as_deref() == Some(host.id.as_str())
-                    && matches!(sb.status, SandboxStatus::Stopped | SandboxStatus::Error)
-                {
-                    tracing::info!(sandbox = %sb.id, status = %sb.status, "reconciler: destroying orphan VM");
-                    destroy_best_effort(&agent, &sb.id).await;
+            (Some(SandboxStatus::Running | SandboxStatus::Paused), None) => {
+                // Not live in our rows: an orphan if its row is finished, or if no row knows
+                // it at all once it is older than the grace (a VM from a lost create, or one
+                // a hostile host reports).
+                match st.db.get_sandbox_any_team(&info.sandbox_id).await {
+                    Ok(sb)
+                        if sb.host_id.as_deref() == Some(host.id.as_str())
+                            && matches!(
+                                sb.status,
+                                SandboxStatus::Stopped | SandboxStatus::Error
+                            ) =>
+                    {
+                        tracing::info!(sandbox = %sb.id, status = %sb.status, "reconciler: destroying orphan VM");
+                        destroy_best_effort(&agent, &sb.id).await;
+                    }
+                    Err(DbError::NotFound) if info.created_at_ms < taken_at - ORPHAN_GRACE_MS => {
+                        tracing::warn!(sandbox = %info.sandbox_id, host = %host.id, "reconciler: destroying a VM no row knows");
+                        destroy_best_effort(&agent, &info.sandbox_id).await;
+                    }
+                    _ => {}
                 }
             }
             _ => {}
