@@ -6,14 +6,22 @@ use std::sync::Arc;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{PageQuery, State, db_err};
+use serde::{Deserialize, Serialize};
+
+use super::{PageQuery, State, db_err, db_err_for};
 use crate::auth::extract::UserAuth;
-use crate::db::{Page, User};
-use crate::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
+use crate::db::{ActorType, AuditEntry, Host, NewAuditEntry, Page, Team, User};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
+use crate::ids::TeamId;
 use crate::server::AppState;
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
-    OpenApiRouter::new().routes(routes!(list_users))
+    OpenApiRouter::new()
+        .routes(routes!(list_users))
+        .routes(routes!(list_teams))
+        .routes(routes!(set_byoc))
+        .routes(routes!(list_hosts))
+        .routes(routes!(list_audit))
 }
 
 pub async fn require_admin(st: &AppState, user_id: &str) -> Result<(), ApiError> {
@@ -49,4 +57,152 @@ pub async fn list_users(
     require_admin(&st, &c.sub).await?;
     let req = q.request()?;
     Ok(ApiJson(st.db.list_users(&req).await.map_err(db_err)?))
+}
+
+/// Every team, newest first, with its BYOC flag.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/teams",
+    tag = "admin",
+    operation_id = "admin_list_teams",
+    params(PageQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of teams", body = Page<Team>),
+        (status = 400, description = "Bad `limit` or `cursor`", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+        (status = 403, description = "Not a platform admin", body = ErrorBody),
+    )
+)]
+pub async fn list_teams(
+    st: State,
+    UserAuth(c): UserAuth,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<ApiJson<Page<Team>>, ApiError> {
+    require_admin(&st, &c.sub).await?;
+    let req = q.request()?;
+    Ok(ApiJson(st.db.list_teams(&req).await.map_err(db_err)?))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetByoc {
+    /// BYOC teams run their sandboxes only on hosts they register themselves.
+    enabled: bool,
+}
+
+/// Makes a team BYOC (its sandboxes then land only on its own hosts, and its owners and
+/// admins may register hosts) or a platform team again. Takes effect on the next request:
+/// the flag is read from the database, never from a token.
+#[utoipa::path(
+    put,
+    path = "/v1/admin/teams/{id}/byoc",
+    tag = "admin",
+    operation_id = "admin_set_team_byoc",
+    params(("id" = String, Path, description = "Team ID")),
+    request_body = SetByoc,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The team", body = Team),
+        (status = 400, description = "Malformed team ID or body", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+        (status = 403, description = "Not a platform admin", body = ErrorBody),
+        (status = 404, description = "No such team", body = ErrorBody),
+    )
+)]
+pub async fn set_byoc(
+    st: State,
+    UserAuth(c): UserAuth,
+    ApiPath(id): ApiPath<TeamId>,
+    ApiJson(body): ApiJson<SetByoc>,
+) -> Result<ApiJson<Team>, ApiError> {
+    require_admin(&st, &c.sub).await?;
+    let team = st
+        .db
+        .set_team_byoc(id.as_str(), body.enabled)
+        .await
+        .map_err(db_err_for("team"))?;
+    let entry = NewAuditEntry {
+        team_id: Some(&team.id),
+        actor_type: ActorType::User,
+        actor_id: Some(&c.sub),
+        action: "team.byoc",
+        target_type: "team",
+        target_id: Some(&team.id),
+        details: serde_json::json!({ "enabled": body.enabled }),
+    };
+    if let Err(e) = st.db.append_audit(entry).await {
+        tracing::error!(team = %team.id, error = %e, "could not write audit entry");
+    }
+    Ok(ApiJson(team))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AdminHost {
+    #[serde(flatten)]
+    host: Host,
+    /// The owning team's name for a BYOC host; null for a platform host.
+    team_name: Option<String>,
+}
+
+/// Every host, platform and BYOC, with the owning team's name.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/hosts",
+    tag = "admin",
+    operation_id = "admin_list_hosts",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every host", body = Vec<AdminHost>),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+        (status = 403, description = "Not a platform admin", body = ErrorBody),
+    )
+)]
+pub async fn list_hosts(
+    st: State,
+    UserAuth(c): UserAuth,
+) -> Result<ApiJson<Vec<AdminHost>>, ApiError> {
+    require_admin(&st, &c.sub).await?;
+    let hosts = st.db.list_all_hosts().await.map_err(db_err)?;
+    let mut names = std::collections::HashMap::new();
+    let mut out = Vec::with_capacity(hosts.len());
+    for host in hosts {
+        let team_name = match &host.team_id {
+            Some(t) => {
+                if !names.contains_key(t) {
+                    let name = st.db.team_by_id(t).await.ok().map(|t| t.name);
+                    names.insert(t.clone(), name);
+                }
+                names.get(t).cloned().flatten()
+            }
+            None => None,
+        };
+        out.push(AdminHost { host, team_name });
+    }
+    Ok(ApiJson(out))
+}
+
+/// The whole audit log, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/audit",
+    tag = "admin",
+    operation_id = "admin_list_audit",
+    params(PageQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of audit entries", body = Page<AuditEntry>),
+        (status = 400, description = "Bad `limit` or `cursor`", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+        (status = 403, description = "Not a platform admin", body = ErrorBody),
+    )
+)]
+pub async fn list_audit(
+    st: State,
+    UserAuth(c): UserAuth,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<ApiJson<Page<AuditEntry>>, ApiError> {
+    require_admin(&st, &c.sub).await?;
+    let req = q.request()?;
+    Ok(ApiJson(st.db.list_audit_all(&req).await.map_err(db_err)?))
 }

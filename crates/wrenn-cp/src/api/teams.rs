@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{State, db_err, db_err_for, validate};
+use super::{PageQuery, State, db_err, db_err_for, validate};
 use crate::auth::extract::UserAuth;
-use crate::db::{DbError, Member, Membership, Role};
-use crate::error::{ApiError, ApiJson, ApiPath, ErrorBody};
+use crate::db::{AuditEntry, DbError, Member, Membership, Page, Role};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::ids::{TeamId, UserId};
 use crate::server::AppState;
 
@@ -21,6 +21,7 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(list, create))
         .routes(routes!(list_members, add_member))
         .routes(routes!(remove_member, change_role))
+        .routes(routes!(team_audit))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -290,4 +291,38 @@ pub async fn remove_member(
         .await
         .map_err(db_err_for("member"))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The team's audit log, newest first: its owners only.
+#[utoipa::path(
+    get,
+    path = "/v1/teams/{id}/audit",
+    tag = "teams",
+    operation_id = "team_audit",
+    params(("id" = String, Path, description = "Team ID"), PageQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of the team's audit entries", body = Page<AuditEntry>),
+        (status = 400, description = "Malformed team ID, `limit` or `cursor`", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+        (status = 403, description = "Not an owner of the team", body = ErrorBody),
+        (status = 404, description = "No such team, or not a member", body = ErrorBody),
+    )
+)]
+pub async fn team_audit(
+    st: State,
+    UserAuth(c): UserAuth,
+    ApiPath(team): ApiPath<TeamId>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<ApiJson<Page<AuditEntry>>, ApiError> {
+    if caller_role(&st, &team, &c.sub).await? < Role::Owner {
+        return Err(ApiError::forbidden("team owner required"));
+    }
+    let req = q.request()?;
+    Ok(ApiJson(
+        st.db
+            .list_audit(team.as_str(), &req)
+            .await
+            .map_err(db_err)?,
+    ))
 }

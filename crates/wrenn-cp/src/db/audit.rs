@@ -5,7 +5,7 @@ use super::page::{self, Keyed, Page, PageRequest};
 use super::row::JsonText;
 use super::{Db, DbError, now_ms};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ActorType {
     User,
@@ -40,7 +40,7 @@ impl TryFrom<String> for ActorType {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, FromRow, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: String,
     pub team_id: Option<String>,
@@ -52,6 +52,7 @@ pub struct AuditEntry {
     pub target_type: String,
     pub target_id: Option<String>,
     #[sqlx(try_from = "JsonText")]
+    #[schema(value_type = Object)]
     pub details: serde_json::Value,
     pub created_at: i64,
 }
@@ -104,6 +105,25 @@ impl Db {
         .execute(&self.pool)
         .await?;
         Ok(e)
+    }
+
+    /// Every team's audit entries (and the platform's, `team_id` null), newest first.
+    pub async fn list_audit_all(&self, req: &PageRequest) -> Result<Page<AuditEntry>, DbError> {
+        let (cursor_sql, after) = match &req.after {
+            Some((at, id)) => (
+                "WHERE (created_at, id) < ($2, $3)",
+                Some((*at, id.as_str())),
+            ),
+            None => ("", None),
+        };
+        let sql = format!(
+            "SELECT {COLS} FROM audit_log {cursor_sql} ORDER BY created_at DESC, id DESC LIMIT $1"
+        );
+        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(req.fetch_limit());
+        if let Some((at, id)) = after {
+            q = q.bind(at).bind(id);
+        }
+        Ok(page::finish(q.fetch_all(&self.pool).await?, req))
     }
 
     /// The team's audit entries, newest first.

@@ -3,6 +3,7 @@
 
 mod access;
 mod accounts;
+mod admin;
 mod docs;
 mod e2b;
 mod hosts;
