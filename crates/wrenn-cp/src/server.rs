@@ -21,7 +21,7 @@ use crate::auth::jwt::{JwtKeyError, JwtKeys, UserClaims};
 use crate::db::{Db, DbConfig, DbError};
 use crate::error::ApiError;
 use crate::ids::{ApiKeyId, HostId, TeamId};
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Placement, Scheduler};
 
 /// Default listen address (spec: `WRENN_CP_LISTEN_ADDR`, default `:8080`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -42,6 +42,8 @@ pub struct ServerConfig {
     /// A second, plain-HTTP listener (loopback) for local clients without TLS: `wrenn up`'s
     /// agent and the CLI, whose HTTP client has no TLS.
     pub plain_listen: Option<SocketAddr>,
+    /// How new sandboxes are placed among the hosts (`--placement`).
+    pub placement: Placement,
 }
 
 /// [`DEFAULT_LISTEN`] and `/var/lib/wrenn`, plain HTTP, SQLite, no domain.
@@ -54,6 +56,7 @@ impl Default for ServerConfig {
             tls: None,
             domain: None,
             plain_listen: None,
+            placement: Placement::default(),
         }
     }
 }
@@ -107,12 +110,22 @@ impl AppState {
         agent_signer: CpSigner,
         domain: Option<String>,
     ) -> Result<Arc<Self>, JwtKeyError> {
+        Self::with_options(db, jwt_secret, agent_signer, domain, Placement::default())
+    }
+
+    pub fn with_options(
+        db: Db,
+        jwt_secret: &[u8],
+        agent_signer: CpSigner,
+        domain: Option<String>,
+        placement: Placement,
+    ) -> Result<Arc<Self>, JwtKeyError> {
         Ok(Arc::new(AppState {
             db,
             jwt: JwtKeys::from_secret(jwt_secret)?,
             key_cache: new_key_cache(),
             agents: AgentPool::new(Arc::new(agent_signer)),
-            scheduler: Scheduler::new(),
+            scheduler: Scheduler::with_placement(placement),
             domain,
         }))
     }
@@ -298,7 +311,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     .await?;
     crate::api::sandboxes::ensure_platform_templates(&db).await?;
     let signer = CpSigner::from_seed(&secrets.agent_signing_seed)?;
-    let state = AppState::with_domain(db.clone(), &secrets.jwt_secret, signer, domain.clone())?;
+    let state = AppState::with_options(
+        db.clone(),
+        &secrets.jwt_secret,
+        signer,
+        domain.clone(),
+        config.placement,
+    )?;
     // Brings rows in line with what the agents did on their own (deadlines, crashes).
     let reconciler = tokio::spawn(crate::api::sandboxes::run_reconciler(
         state.clone(),

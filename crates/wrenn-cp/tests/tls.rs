@@ -21,6 +21,7 @@ async fn start(data: &std::path::Path, tls: TlsFiles) -> Result<RunningServer, S
         tls: Some(tls),
         domain: Some(DOMAIN.into()),
         plain_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        ..Default::default()
     })
     .await
 }

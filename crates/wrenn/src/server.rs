@@ -28,6 +28,10 @@ pub struct ServerArgs {
     /// (the certificate must cover both; the SDKs use port 443).
     #[arg(long, env = "WRENN_DOMAIN")]
     pub domain: Option<String>,
+    /// How new sandboxes are placed among the hosts: `least-loaded` (fewest sandboxes) or
+    /// `round-robin`.
+    #[arg(long, env = "WRENN_PLACEMENT", default_value = "least-loaded")]
+    pub placement: wrenn_cp::scheduler::Placement,
 }
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -46,6 +50,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             tls,
             domain: args.domain,
             plain_listen: None,
+            placement: args.placement,
         }))
         .context("control plane")
 }

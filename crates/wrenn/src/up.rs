@@ -128,6 +128,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         plain_listen: certs
             .as_ref()
             .map(|_| SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..Default::default()
     })
     .await
     .context("control plane")?;

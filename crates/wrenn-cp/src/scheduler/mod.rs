@@ -1,10 +1,15 @@
 //! Picks the host a new sandbox runs on.
 //!
 //! Candidates are the online hosts the team may use: its own hosts when the team brings its
-//! own (`teams.is_byoc`), the platform's (`team_id IS NULL`) otherwise. The least loaded wins,
-//! load being the host's `pending` + `running` sandboxes in the database; among equals the one
-//! this process picked least recently, so a burst of creates (whose `pending` rows are not
-//! written yet when the next pick happens) spreads round-robin instead of piling onto one host.
+//! own (`teams.is_byoc`), the platform's (`team_id IS NULL`) otherwise, narrowed to the hosts
+//! holding its snapshot template when it starts from one. Among them a [`Placement`] strategy
+//! chooses:
+//!
+//! - `least-loaded` (default): the fewest `pending` + `running` sandboxes in the database;
+//!   among equals the one this process picked least recently, so a burst of creates (whose
+//!   `pending` rows are not written yet when the next pick happens) spreads instead of piling
+//!   onto one host.
+//! - `round-robin`: the hosts in ID order, each pick the next after the previous one.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,15 +18,55 @@ use std::time::Instant;
 use crate::db::{Db, Host, Team};
 use crate::error::{ApiError, ErrorCode};
 
-/// Remembers when each host was last picked (per process; a tie-breaker only).
-#[derive(Debug, Default)]
+/// How the scheduler chooses among the candidate hosts (`wrenn server --placement`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Placement {
+    #[default]
+    LeastLoaded,
+    RoundRobin,
+}
+
+impl std::str::FromStr for Placement {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "least-loaded" => Ok(Placement::LeastLoaded),
+            "round-robin" => Ok(Placement::RoundRobin),
+            other => Err(format!(
+                "unknown placement {other:?} (least-loaded or round-robin)"
+            )),
+        }
+    }
+}
+
+/// One placement strategy: a host among the candidates (with their loads), or none.
+trait Strategy: Send + Sync + std::fmt::Debug {
+    fn choose(&self, candidates: Vec<(Host, i64)>) -> Option<Host>;
+}
+
+/// Per-process state of the strategies (a tie-breaker / cursor, not a source of truth).
+#[derive(Debug)]
 pub struct Scheduler {
-    last_pick: Mutex<HashMap<String, Instant>>,
+    strategy: Box<dyn Strategy>,
+}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Self::with_placement(Placement::default())
+    }
 }
 
 impl Scheduler {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn with_placement(placement: Placement) -> Self {
+        let strategy: Box<dyn Strategy> = match placement {
+            Placement::LeastLoaded => Box::new(LeastLoaded::default()),
+            Placement::RoundRobin => Box::new(RoundRobin::default()),
+        };
+        Scheduler { strategy }
     }
 
     /// The host for a new sandbox of `team`; 503 `no_hosts_available` when none is online.
@@ -38,19 +83,28 @@ impl Scheduler {
             .schedulable_hosts(scope)
             .await
             .map_err(ApiError::internal)?;
-        self.choose(restrict(candidates, only)).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::NoHostsAvailable,
-                if only.is_some() {
-                    "no host that holds the template is available to run the sandbox"
-                } else {
-                    "no host is available to run the sandbox"
-                },
-            )
-        })
+        self.strategy
+            .choose(restrict(candidates, only))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::NoHostsAvailable,
+                    if only.is_some() {
+                        "no host that holds the template is available to run the sandbox"
+                    } else {
+                        "no host is available to run the sandbox"
+                    },
+                )
+            })
     }
+}
 
-    /// Least load, then least recently picked (never picked counts as oldest).
+/// Least load, then least recently picked (never picked counts as oldest).
+#[derive(Debug, Default)]
+struct LeastLoaded {
+    last_pick: Mutex<HashMap<String, Instant>>,
+}
+
+impl Strategy for LeastLoaded {
     fn choose(&self, candidates: Vec<(Host, i64)>) -> Option<Host> {
         let mut last = self
             .last_pick
@@ -64,6 +118,30 @@ impl Scheduler {
         if last.len() > 10_000 {
             last.clear();
         }
+        Some(host)
+    }
+}
+
+/// The next host after the previous pick, in ID order (wrapping), whatever the loads.
+#[derive(Debug, Default)]
+struct RoundRobin {
+    last: Mutex<Option<String>>,
+}
+
+impl Strategy for RoundRobin {
+    fn choose(&self, candidates: Vec<(Host, i64)>) -> Option<Host> {
+        let mut hosts: Vec<Host> = candidates.into_iter().map(|(h, _)| h).collect();
+        hosts.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let i = last
+            .as_ref()
+            .and_then(|prev| hosts.iter().position(|h| h.id > *prev))
+            .unwrap_or(0);
+        let host = (i < hosts.len()).then(|| hosts.swap_remove(i))?;
+        *last = Some(host.id.clone());
         Some(host)
     }
 }
@@ -101,7 +179,7 @@ mod tests {
 
     #[test]
     fn least_loaded_then_round_robin() {
-        let s = Scheduler::new();
+        let s = LeastLoaded::default();
         assert!(s.choose(Vec::new()).is_none());
         let pick = |loads: [i64; 3]| {
             s.choose(
@@ -127,7 +205,7 @@ mod tests {
 
     #[test]
     fn a_template_restricts_the_candidates() {
-        let s = Scheduler::new();
+        let s = LeastLoaded::default();
         let all = || vec![(host("a"), 0), (host("b"), 5), (host("c"), 9)];
         let holders = ["b".to_owned(), "c".to_owned()];
         // The least-loaded host does not hold it: the least-loaded holder wins.
@@ -138,5 +216,23 @@ mod tests {
                 .is_none()
         );
         assert_eq!(s.choose(restrict(all(), None)).unwrap().id, "a");
+    }
+
+    #[test]
+    fn round_robin_cycles_in_id_order_whatever_the_load() {
+        let s = RoundRobin::default();
+        assert!(s.choose(Vec::new()).is_none());
+        let pick = |ids: &[&str]| {
+            s.choose(ids.iter().map(|id| (host(id), 100)).collect())
+                .unwrap()
+                .id
+        };
+        let got: Vec<String> = (0..4).map(|_| pick(&["c", "a", "b"])).collect();
+        assert_eq!(got, ["a", "b", "c", "a"]);
+        // A host gone and one new: the cursor carries on from the last pick.
+        assert_eq!(pick(&["a", "d"]), "d");
+        assert_eq!(pick(&["a", "d"]), "a");
+        assert_eq!("round-robin".parse(), Ok(Placement::RoundRobin));
+        assert!("random".parse::<Placement>().is_err());
     }
 }

@@ -4,7 +4,7 @@ use wrenn_cp::auth::sha256_hex;
 use wrenn_cp::db::{NewRegistrationToken, now_ms};
 use wrenn_cp::db_test;
 
-use super::{App, code, token};
+use super::{App, SECRET, code, token};
 
 const UNKNOWN_TOKEN: &str = "00000000000000000000000000000000000000000000000000000000000000aa";
 
@@ -479,5 +479,60 @@ db_test! {
         let empty = s(&created["host"], "id");
         let (st, v) = app.send(Method::DELETE, &format!("/v1/hosts/{empty}"), Some(&tb), None).await;
         assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    }
+}
+
+db_test! {
+    async fn round_robin_placement_ignores_load_least_loaded_follows_it(db) {
+        use wrenn_cp::db::SandboxStatus::Running;
+        use wrenn_cp::db::testing::new_sandbox;
+        use wrenn_cp::scheduler::Placement;
+
+        wrenn_cp::api::sandboxes::ensure_platform_templates(&db).await.unwrap();
+        let mut app = App::new(db.clone());
+        let a = app.signup("ada@example.com", "Ada").await;
+        let ta = token(&a);
+        let team = s(&a["team"], "id");
+        // Two online platform hosts (nothing answers at their address: creates fail there,
+        // after the scheduler chose); the first is busy.
+        let mut hosts = Vec::new();
+        for name in ["h1", "h2"] {
+            let t = app.reg_token(&ta, json!({"platform": true, "name": name})).await;
+            let (st, _) = app.register(&s(&t, "registration_token")).await;
+            assert_eq!(st, StatusCode::CREATED);
+            hosts.push(s(&t["host"], "id"));
+        }
+        hosts.sort();
+        for _ in 0..3 {
+            let sb = db.insert_pending_sandbox(new_sandbox(&team, Some(&hosts[0]))).await.unwrap();
+            db.transition_sandbox(&sb.id, Running, None).await.unwrap();
+        }
+        let (_, key) = app.key(&ta).await;
+        async fn placed(app: &App, key: &str, team: &str) -> Vec<String> {
+            use wrenn_cp::db::{PageRequest, SandboxFilter, SandboxStatus};
+            let mut out = Vec::new();
+            for _ in 0..4 {
+                let (st, v) = app.post("/v1/sandboxes", Some(key), json!({})).await;
+                assert_eq!(st, StatusCode::BAD_GATEWAY, "{v}");
+                // The failed create's row (status error) names the host it was placed on.
+                let filter = SandboxFilter { statuses: vec![SandboxStatus::Error], ..Default::default() };
+                let rows = app.db.list_sandboxes(team, &filter, &PageRequest::first(100).unwrap()).await.unwrap().items;
+                assert_eq!(rows.len(), 1, "{rows:?}");
+                out.push(rows[0].host_id.clone().unwrap());
+                app.db.transition_sandbox(&rows[0].id, SandboxStatus::Stopped, None).await.unwrap();
+            }
+            out
+        }
+        // Least loaded (the default): always the idle host.
+        let got = placed(&app, &key, &team).await;
+        assert_eq!(got, vec![hosts[1].clone(); 4]);
+        // Round-robin: both, in turn, whatever the load.
+        let state = wrenn_cp::server::AppState::with_options(
+            db.clone(), SECRET, wrenn_rpcauth::CpSigner::generate().unwrap(), None, Placement::RoundRobin,
+        ).unwrap();
+        app.router = wrenn_cp::server::router(state.clone());
+        app.state = state;
+        let got = placed(&app, &key, &team).await;
+        assert_eq!(got, [hosts[0].clone(), hosts[1].clone(), hosts[0].clone(), hosts[1].clone()]);
     }
 }
