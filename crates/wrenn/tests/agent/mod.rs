@@ -517,14 +517,18 @@ n = 0
 def dump(*_):
     open('/dev/shm/count', 'w').write(str(n))
 signal.signal(signal.SIGUSR1, dump)
+open('/dev/shm/counter-ready', 'w').close()
 while True:
     n += 1
     time.sleep(0.01)
 ";
 
-/// The shell line that asks the counter `pid` for its count and prints it.
+/// The shell line that asks the counter `pid` for its count and prints it. It waits for the
+/// counter to have its handler first: before that, SIGUSR1 would kill it (a slow start under
+/// load).
 pub fn read_counter(pid: impl std::fmt::Display) -> String {
     format!(
-        "rm -f /dev/shm/count; kill -USR1 {pid} && for i in $(seq 50); do [ -s /dev/shm/count ] && break; sleep 0.1; done; cat /dev/shm/count"
+        "for i in $(seq 300); do [ -e /dev/shm/counter-ready ] && break; sleep 0.1; done; \
+         rm -f /dev/shm/count; kill -USR1 {pid} && for i in $(seq 50); do [ -s /dev/shm/count ] && break; sleep 0.1; done; cat /dev/shm/count"
     )
 }
