@@ -18,14 +18,11 @@ use wrenn_agent::envd_client::{EnvdClient, ExecSpec};
 
 use crate::cp::{Cp, str_field};
 use crate::report::Row;
+use crate::stack::ms;
 
 /// envd's port in the guest: what the SDKs name in `E2b-Sandbox-Port`.
 const ENVD_PORT: &str = "49983";
 const WARMUP: usize = 20;
-
-fn ms(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1000.0
-}
 
 /// An envd client that reaches sandbox `id` through the control plane's proxy.
 fn proxied(cp: &Cp, id: &str, token: &str) -> anyhow::Result<EnvdClient> {

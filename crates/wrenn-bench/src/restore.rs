@@ -19,10 +19,7 @@ use serde_json::json;
 use crate::cp::{Cp, str_field};
 use crate::host::{Floor, host_memory_used_mib, qemu_memory_all};
 use crate::report::Row;
-
-fn ms(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1e3
-}
+use crate::stack::ms;
 
 pub(crate) async fn create(cp: &Cp, memory_mb: u32) -> anyhow::Result<String> {
     let sb = cp

@@ -101,7 +101,8 @@ pub fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
     })
 }
 
-fn ms(t: Instant) -> f64 {
+/// Milliseconds since `t`.
+pub(crate) fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 

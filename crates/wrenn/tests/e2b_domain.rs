@@ -24,18 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use agent::AgentEnv;
-use up_support::{Up, other_team_key};
+use up_support::{Up, other_team_key, prerequisite};
 
 const DOMAIN: &str = "wrenn.test";
-
-/// A directory an environment variable of `scripts/test` names; fails loudly without it.
-fn prerequisite(var: &str, what: &str) -> PathBuf {
-    let dir = std::env::var(var)
-        .unwrap_or_else(|_| panic!("{var} is not set: {what} comes from scripts/test"));
-    let dir = PathBuf::from(dir);
-    assert!(dir.exists(), "{} ({var}) is missing", dir.display());
-    dir
-}
 
 /// The DNS answer to `query`: A 127.0.0.1 for `DOMAIN` and names under it (no records of
 /// other types), NXDOMAIN for the rest; `None` for what is not a one-question query.

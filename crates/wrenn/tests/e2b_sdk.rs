@@ -12,16 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use agent::AgentEnv;
-use up_support::{Up, other_team_key};
-
-/// A directory an environment variable of `scripts/test` names; fails loudly without it.
-fn prerequisite(var: &str, what: &str) -> PathBuf {
-    let dir = std::env::var(var)
-        .unwrap_or_else(|_| panic!("{var} is not set: {what} comes from scripts/test"));
-    let dir = PathBuf::from(dir);
-    assert!(dir.exists(), "{} ({var}) is missing", dir.display());
-    dir
-}
+use up_support::{Up, other_team_key, prerequisite};
 
 /// Runs one suite with the user's environment variables; returns (passed, output).
 fn run_suite(mut cmd: Command, up: &Up, other_key: &str) -> (bool, String) {

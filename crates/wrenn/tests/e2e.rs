@@ -292,6 +292,23 @@ async fn sh(sys: &harness::System, id: &str, script: &str) -> (StatusCode, Value
     .await
 }
 
+/// Starts [`agent::COUNTER`] in sandbox `id` and writes `keep` to its tmpfs
+/// (`/dev/shm/keep`): what a pause or a snapshot must carry over. Returns the counter's pid.
+async fn counter_and_keep(sys: &harness::System, id: &str, keep: &str) -> i64 {
+    let (s, bg) = sys
+        .call(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/processes"),
+            Some(sys.api_key()),
+            Some(json!({"cmd": "python3", "args": ["-c", agent::COUNTER], "tag": "counter"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{bg}");
+    let (s, v) = sh(sys, id, &format!("echo {keep} > /dev/shm/keep")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    bg["pid"].as_i64().expect("pid")
+}
+
 async fn counter_value(sys: &harness::System, id: &str, pid: i64) -> u64 {
     let (s, v) = sh(sys, id, &agent::read_counter(pid)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -309,14 +326,7 @@ e2e_test! {
             let key = sys.api_key().to_owned();
             let sb = sys.create_sandbox(json!({"memory_mb": 256, "timeout_sec": 600})).await;
             let id = id_of(&sb);
-            let (s, bg) = sys
-                .call(Method::POST, &format!("/v1/sandboxes/{id}/processes"), Some(&key),
-                      Some(json!({"cmd": "python3", "args": ["-c", agent::COUNTER], "tag": "counter"})))
-                .await;
-            assert_eq!(s, StatusCode::ACCEPTED, "{bg}");
-            let pid = bg["pid"].as_i64().expect("pid");
-            let (s, v) = sh(sys, &id, "echo kept > /dev/shm/keep").await;
-            assert_eq!(s, StatusCode::OK, "{v}");
+            let pid = counter_and_keep(sys, &id, "kept").await;
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             let before = counter_value(sys, &id, pid).await;
 
@@ -373,14 +383,7 @@ e2e_test! {
         sys.block_on(async {
             let key = sys.api_key().to_owned();
             let src = id_of(&sys.create_sandbox(json!({"memory_mb": 256, "timeout_sec": 600})).await);
-            let (s, bg) = sys
-                .call(Method::POST, &format!("/v1/sandboxes/{src}/processes"), Some(&key),
-                      Some(json!({"cmd": "python3", "args": ["-c", agent::COUNTER], "tag": "counter"})))
-                .await;
-            assert_eq!(s, StatusCode::ACCEPTED, "{bg}");
-            let pid = bg["pid"].as_i64().expect("pid");
-            let (s, v) = sh(sys, &src, "echo from-source > /dev/shm/keep").await;
-            assert_eq!(s, StatusCode::OK, "{v}");
+            let pid = counter_and_keep(sys, &src, "from-source").await;
 
             let t = Instant::now();
             let (s, tpl) = sys
@@ -504,18 +507,7 @@ fn an_agent_cut_off_from_its_control_plane_pauses_its_sandboxes() {
             .create_sandbox(json!({"memory_mb": 256, "timeout_sec": 600}))
             .await;
         let id = id_of(&sb);
-        let (s, bg) = sys
-            .call(
-                Method::POST,
-                &format!("/v1/sandboxes/{id}/processes"),
-                Some(&key),
-                Some(json!({"cmd": "python3", "args": ["-c", agent::COUNTER], "tag": "counter"})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::ACCEPTED, "{bg}");
-        let pid = bg["pid"].as_i64().expect("pid");
-        let (s, v) = sh(sys, &id, "echo kept > /dev/shm/keep").await;
-        assert_eq!(s, StatusCode::OK, "{v}");
+        let pid = counter_and_keep(sys, &id, "kept").await;
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         let before = counter_value(sys, &id, pid).await;
 

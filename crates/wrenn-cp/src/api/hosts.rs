@@ -29,7 +29,6 @@ use crate::db::{
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::ids::HostId;
 use crate::server::AppState;
-use wrenn_proto::hostagent::v1 as pb;
 
 pub const DEFAULT_HOST_NAME: &str = "host";
 /// Longest accepted agent address.
@@ -623,18 +622,9 @@ async fn destroy_all(st: &AppState, host: &Host, ids: &[String]) {
     let calls = ids.iter().map(|id| {
         let agent = agent.clone();
         async move {
-            let req = pb::DestroySandboxRequest {
-                sandbox_id: id.clone(),
-                ..Default::default()
-            };
-            let r = agent
-                .rpc()
-                .destroy_sandbox_with_options(req, agent.opts_timeout(FORCE_DESTROY_TIMEOUT))
-                .await;
-            match r {
-                Ok(_) => {}
-                Err(e) if e.code == connectrpc::ErrorCode::NotFound => {}
-                Err(e) => tracing::warn!(sandbox = %id, error = %e, "could not destroy a deleted host's sandbox"),
+            let opts = agent.opts_timeout(FORCE_DESTROY_TIMEOUT);
+            if let Err(e) = super::sandboxes::destroy_with(&agent, id, opts).await {
+                tracing::warn!(sandbox = %id, error = %e, "could not destroy a deleted host's sandbox");
             }
         }
     });

@@ -109,21 +109,7 @@ impl Db {
 
     /// Every team's audit entries (and the platform's, `team_id` null), newest first.
     pub async fn list_audit_all(&self, req: &PageRequest) -> Result<Page<AuditEntry>, DbError> {
-        let (cursor_sql, after) = match &req.after {
-            Some((at, id)) => (
-                "WHERE (created_at, id) < ($2, $3)",
-                Some((*at, id.as_str())),
-            ),
-            None => ("", None),
-        };
-        let sql = format!(
-            "SELECT {COLS} FROM audit_log {cursor_sql} ORDER BY created_at DESC, id DESC LIMIT $1"
-        );
-        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(req.fetch_limit());
-        if let Some((at, id)) = after {
-            q = q.bind(at).bind(id);
-        }
-        Ok(page::finish(q.fetch_all(&self.pool).await?, req))
+        page::whole_table(&self.pool, COLS, "audit_log", req).await
     }
 
     /// The team's audit entries, newest first.

@@ -68,6 +68,34 @@ pub(super) trait Keyed {
     fn key(&self) -> (i64, &str);
 }
 
+/// One page of a whole table, newest first: `SELECT {cols} FROM {table}` in `(created_at, id)`
+/// order, from the request's cursor on.
+pub(super) async fn whole_table<T>(
+    pool: &sqlx::AnyPool,
+    cols: &str,
+    table: &str,
+    req: &PageRequest,
+) -> Result<Page<T>, DbError>
+where
+    T: Keyed + for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+{
+    let (cursor_sql, after) = match &req.after {
+        Some((at, id)) => (
+            "WHERE (created_at, id) < ($2, $3)",
+            Some((*at, id.as_str())),
+        ),
+        None => ("", None),
+    };
+    let sql = format!(
+        "SELECT {cols} FROM {table} {cursor_sql} ORDER BY created_at DESC, id DESC LIMIT $1"
+    );
+    let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(req.fetch_limit());
+    if let Some((at, id)) = after {
+        q = q.bind(at).bind(id);
+    }
+    Ok(finish(q.fetch_all(pool).await?, req))
+}
+
 pub(super) fn finish<T: Keyed>(mut rows: Vec<T>, req: &PageRequest) -> Page<T> {
     let limit = req.limit as usize;
     let next_cursor = if rows.len() > limit {

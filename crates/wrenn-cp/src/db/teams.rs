@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 
-use super::page::{Keyed, Page, PageRequest};
+use super::page::{self, Keyed, Page, PageRequest};
 use super::row::Flag;
 use super::{Db, DbError, now_ms};
 
@@ -14,6 +14,9 @@ pub struct Team {
     pub is_byoc: bool,
     pub created_at: i64,
 }
+
+/// The columns of a [`Team`] row.
+const TEAM_COLS: &str = "id, name, slug, is_byoc, created_at";
 
 impl Keyed for Team {
     fn key(&self) -> (i64, &str) {
@@ -127,34 +130,17 @@ impl Db {
 
     /// Every team, newest first.
     pub async fn list_teams(&self, req: &PageRequest) -> Result<Page<Team>, DbError> {
-        let (cursor_sql, after) = match &req.after {
-            Some((at, id)) => (
-                "WHERE (created_at, id) < ($2, $3)",
-                Some((*at, id.as_str())),
-            ),
-            None => ("", None),
-        };
-        let sql = format!(
-            "SELECT id, name, slug, is_byoc, created_at FROM teams {cursor_sql} \
-             ORDER BY created_at DESC, id DESC LIMIT $1"
-        );
-        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(req.fetch_limit());
-        if let Some((at, id)) = after {
-            q = q.bind(at).bind(id);
-        }
-        Ok(super::page::finish(q.fetch_all(&self.pool).await?, req))
+        page::whole_table(&self.pool, TEAM_COLS, "teams", req).await
     }
 
     /// Turns a team's BYOC flag on or off; returns the team.
     pub async fn set_team_byoc(&self, id: &str, enabled: bool) -> Result<Team, DbError> {
-        let t: Option<Team> = sqlx::query_as(
-            "UPDATE teams SET is_byoc = $2 WHERE id = $1 \
-             RETURNING id, name, slug, is_byoc, created_at",
-        )
-        .bind(id)
-        .bind(enabled)
-        .fetch_optional(&self.pool)
-        .await?;
+        let sql = format!("UPDATE teams SET is_byoc = $2 WHERE id = $1 RETURNING {TEAM_COLS}");
+        let t: Option<Team> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(enabled)
+            .fetch_optional(&self.pool)
+            .await?;
         t.ok_or(DbError::NotFound)
     }
 

@@ -88,21 +88,7 @@ impl Db {
 
     /// All users, newest first (platform admin).
     pub async fn list_users(&self, req: &PageRequest) -> Result<Page<User>, DbError> {
-        let (cursor_sql, after) = match &req.after {
-            Some((at, id)) => (
-                "WHERE (created_at, id) < ($2, $3)",
-                Some((*at, id.as_str())),
-            ),
-            None => ("", None),
-        };
-        let sql = format!(
-            "SELECT {COLS} FROM users {cursor_sql} ORDER BY created_at DESC, id DESC LIMIT $1"
-        );
-        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(req.fetch_limit());
-        if let Some((at, id)) = after {
-            q = q.bind(at).bind(id);
-        }
-        Ok(page::finish(q.fetch_all(&self.pool).await?, req))
+        page::whole_table(&self.pool, COLS, "users", req).await
     }
 
     pub async fn count_users(&self) -> Result<i64, DbError> {

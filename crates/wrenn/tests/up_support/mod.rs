@@ -153,3 +153,13 @@ pub async fn other_team_key(url: &str) -> String {
         .unwrap_or_else(|| panic!("key in {k}"))
         .to_owned()
 }
+
+/// A directory an environment variable of `scripts/test` names; fails loudly without it.
+#[allow(dead_code)]
+pub fn prerequisite(var: &str, what: &str) -> std::path::PathBuf {
+    let dir = std::env::var(var)
+        .unwrap_or_else(|_| panic!("{var} is not set: {what} comes from scripts/test"));
+    let dir = std::path::PathBuf::from(dir);
+    assert!(dir.exists(), "{} ({var}) is missing", dir.display());
+    dir
+}

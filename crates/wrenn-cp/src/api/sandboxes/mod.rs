@@ -700,6 +700,15 @@ async fn destroy_best_effort(agent: &Agent, id: &str) {
 
 /// `DestroySandbox`; an unknown sandbox is already destroyed.
 async fn destroy_on_agent(agent: &Agent, id: &str) -> Result<(), AgentError> {
+    destroy_with(agent, id, agent.opts()).await
+}
+
+/// [`destroy_on_agent`] with the caller's call options (e.g. a shorter deadline).
+pub(crate) async fn destroy_with(
+    agent: &Agent,
+    id: &str,
+    opts: connectrpc::client::CallOptions,
+) -> Result<(), AgentError> {
     let r = agent
         .rpc()
         .destroy_sandbox_with_options(
@@ -707,7 +716,7 @@ async fn destroy_on_agent(agent: &Agent, id: &str) -> Result<(), AgentError> {
                 sandbox_id: id.to_owned(),
                 ..Default::default()
             },
-            agent.opts(),
+            opts,
         )
         .await;
     match r {
