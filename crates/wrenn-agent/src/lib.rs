@@ -94,8 +94,13 @@ pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
                 );
             }
         });
+        let m = manager.clone();
+        let report: registration::heartbeat::Report = Arc::new(move || {
+            let m = m.clone();
+            Box::pin(async move { serde_json::json!({ "capacity": m.capacity().await }) })
+        });
         tokio::spawn(async move {
-            let why = registration::heartbeat::run(creds, path, every, cut_off).await;
+            let why = registration::heartbeat::run(creds, path, every, cut_off, report).await;
             tracing::error!(reason = ?why, "heartbeats stopped");
             if why == registration::heartbeat::Stopped::HostDeleted {
                 deleted.cancel();

@@ -4,6 +4,9 @@
 //! host's credentials were revoked, so the loop stops (the operator must register the host
 //! again). A 404 means the host was deleted. Network errors are retried on the next beat.
 //!
+//! Each beat carries what [`Report`] produces (the host's capacity), so the scheduler places
+//! sandboxes by what the host has free.
+//!
 //! Cut off: after [`CutOff::after`] failed beats in a row, or when the refresh is refused, the
 //! loop says so once through [`CutOff::notify`] (the agent then pauses its sandboxes); a
 //! successful beat arms it again.
@@ -32,6 +35,11 @@ enum Beat {
     Failed(String),
 }
 
+/// The body of each beat, produced fresh for every beat.
+pub type Report = std::sync::Arc<
+    dyn Fn() -> futures::future::BoxFuture<'static, serde_json::Value> + Send + Sync,
+>;
+
 /// How the loop reports losing the control plane.
 pub struct CutOff {
     /// Failed beats in a row that count as cut off; 0 = never.
@@ -52,8 +60,9 @@ pub async fn run(
     path: PathBuf,
     interval: Duration,
     cut_off: CutOff,
+    report: Report,
 ) -> Stopped {
-    let stopped = beat_loop(&mut creds, &path, interval, &cut_off).await;
+    let stopped = beat_loop(&mut creds, &path, interval, &cut_off, &report).await;
     if stopped == Stopped::Revoked {
         cut_off.fire("this host's credentials were revoked");
     }
@@ -65,6 +74,7 @@ async fn beat_loop(
     path: &std::path::Path,
     interval: Duration,
     cut_off: &CutOff,
+    report: &Report,
 ) -> Stopped {
     let mut missed = 0u32;
     let client = match reqwest::Client::builder().timeout(CP_CALL_TIMEOUT).build() {
@@ -84,12 +94,13 @@ async fn beat_loop(
                 Err(stop) => return stop,
             }
         }
-        let ok = match beat(&client, creds).await {
+        let body = report().await;
+        let ok = match beat(&client, creds, &body).await {
             Beat::Ok => true,
             Beat::Unauthorized => match rotate(creds, path).await {
                 Ok(c) => {
                     *creds = c;
-                    match beat(&client, creds).await {
+                    match beat(&client, creds, &body).await {
                         Beat::Ok => true,
                         _ => {
                             tracing::warn!("heartbeat after refresh failed");
@@ -127,9 +138,15 @@ fn expires_soon(c: &Credentials) -> bool {
     c.host_jwt_expires_at < now + REFRESH_BEFORE_EXPIRY.as_secs()
 }
 
-async fn beat(client: &reqwest::Client, c: &Credentials) -> Beat {
+async fn beat(client: &reqwest::Client, c: &Credentials, body: &serde_json::Value) -> Beat {
     let url = format!("{}/v1/hosts/{}/heartbeat", c.cp_url, c.host_id);
-    match client.post(&url).bearer_auth(&c.host_jwt).send().await {
+    match client
+        .post(&url)
+        .bearer_auth(&c.host_jwt)
+        .json(body)
+        .send()
+        .await
+    {
         Ok(r) if r.status().is_success() => Beat::Ok,
         Ok(r) if matches!(r.status().as_u16(), 401 | 403) => Beat::Unauthorized,
         Ok(r) if r.status().as_u16() == 404 => Beat::Gone,

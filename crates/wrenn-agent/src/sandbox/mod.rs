@@ -178,16 +178,40 @@ fn envd_url(net: &SandboxNet) -> String {
     format!("http://{}:{ENVD_PORT}", net.host_ip)
 }
 
-fn host_memory_mb() -> u64 {
+/// A `/proc/meminfo` field in MiB (0 when unreadable).
+fn meminfo_mb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map(|kb| kb / 1024)
         .unwrap_or(0)
+}
+
+fn host_memory_mb() -> u64 {
+    meminfo_mb("MemTotal")
+}
+
+/// What a host has and what its sandboxes take of it: sent with every heartbeat, read by the
+/// control plane's least-loaded placement.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Capacity {
+    /// CPUs of the machine.
+    pub vcpus: u32,
+    /// vCPUs of the sandboxes with a VM (may exceed `vcpus`: they are overcommitted).
+    pub vcpus_allocated: u64,
+    pub memory_mib: u64,
+    /// The kernel's MemAvailable.
+    pub memory_available_mib: u64,
+    /// Guest memory of the sandboxes with a VM.
+    pub memory_allocated_mib: u64,
+    /// Free space on the files root.
+    pub disk_free_mib: u64,
+    /// Sandboxes with a VM.
+    pub sandboxes: u64,
 }
 
 impl Manager {
@@ -252,6 +276,26 @@ impl Manager {
         });
         metrics::spawn_sampler(Arc::downgrade(&mgr), mgr.stop.clone());
         Ok(mgr)
+    }
+
+    /// This host's [`Capacity`] now.
+    pub async fn capacity(&self) -> Capacity {
+        let (mut vcpus, mut memory, mut n) = (0u64, 0u64, 0u64);
+        for l in self.live.read().await.values() {
+            let r = l.record();
+            vcpus += u64::from(r.vcpus);
+            memory += u64::from(r.memory_mb);
+            n += 1;
+        }
+        Capacity {
+            vcpus: self.host_cpus,
+            vcpus_allocated: vcpus,
+            memory_mib: self.host_mem_mb,
+            memory_available_mib: meminfo_mb("MemAvailable"),
+            memory_allocated_mib: memory,
+            disk_free_mib: pause::free_bytes(&self.cfg.root).unwrap_or(0) / (1024 * 1024),
+            sandboxes: n,
+        }
     }
 
     pub fn accel(&self) -> Accel {

@@ -358,7 +358,7 @@ impl Manager {
 }
 
 /// Bytes free for unprivileged writers on the filesystem holding `dir`.
-fn free_bytes(dir: &Path) -> Option<u64> {
+pub(super) fn free_bytes(dir: &Path) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
     Some(st.blocks_available().saturating_mul(st.fragment_size()))
 }

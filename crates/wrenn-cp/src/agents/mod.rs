@@ -366,6 +366,8 @@ mod tests {
             created_by: None,
             created_at: 0,
             credential_gen: 1,
+            capacity: serde_json::json!({}),
+            capacity_at: None,
         };
         pool.remember_host(host);
         assert_eq!(pool.cached_host("host-a").unwrap().credential_gen, 1);

@@ -3,9 +3,9 @@
 //! Flow: an operator creates a one-time registration token (1 h), which also creates the host
 //! row in `pending`; the agent presents the token once at `/v1/hosts/register` and gets a host
 //! JWT (7 days) and a refresh token (60 days, rotated on every refresh). Platform hosts
-//! (`team_id` null) are created by platform admins only; a team's own host by the team's
-//! owners/admins. `teams.is_byoc` is not required yet because no route can set it; once one
-//! can, team-owned tokens should require it (spec §2.6).
+//! (`team_id` null) are created by platform admins only; a team's own host by the owners/admins
+//! of a BYOC team (`teams.is_byoc`, set by a platform admin and re-read here, never taken from
+//! the JWT).
 //!
 //! Registration secrets are refused with 401 whatever the reason (unknown, used, expired,
 //! malformed) so a caller learns nothing about which tokens exist.
@@ -24,7 +24,8 @@ use crate::auth::extract::{HostAuth, TeamAuth, UserAuth};
 use crate::auth::jwt::UserClaims;
 use crate::auth::token;
 use crate::db::{
-    ActorType, DbError, Host, NewAuditEntry, NewHost, NewRegistrationToken, SandboxStatus, now_ms,
+    ActorType, DbError, Host, HostCapacity, NewAuditEntry, NewHost, NewRegistrationToken,
+    SandboxStatus, now_ms,
 };
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::ids::HostId;
@@ -67,7 +68,7 @@ pub struct CreatedToken {
 }
 
 /// Creates the pending host row and its one-time registration token (1 h). A team host needs
-/// a team owner or admin; a platform host (`platform: true`) a platform admin.
+/// an owner or admin of a BYOC team; a platform host (`platform: true`) a platform admin.
 #[utoipa::path(
     post,
     path = "/v1/hosts/registration-tokens",
@@ -79,7 +80,7 @@ pub struct CreatedToken {
         (status = 201, description = "The pending host and its registration token (shown once)", body = CreatedToken),
         (status = 400, description = "Malformed body or invalid name", body = ErrorBody),
         (status = 401, description = "Missing or invalid user token", body = ErrorBody),
-        (status = 403, description = "Not allowed to add hosts here", body = ErrorBody),
+        (status = 403, description = "Not allowed to add hosts here (not an owner/admin, or the team is not BYOC)", body = ErrorBody),
     )
 )]
 pub async fn create_token(
@@ -99,6 +100,12 @@ pub async fn create_token(
         let role = st.db.role_of(&c.team_id, &c.sub).await.map_err(db_err)?;
         if role < crate::db::Role::Admin && !is_admin(&st, &c.sub).await? {
             return Err(ApiError::forbidden("team owner or admin required"));
+        }
+        let team = st.db.team_by_id(&c.team_id).await.map_err(db_err)?;
+        if !team.is_byoc {
+            return Err(ApiError::forbidden(
+                "this team does not bring its own hosts: a platform admin must enable BYOC for it first",
+            ));
         }
         Some(c.team_id.as_str())
     };
@@ -631,17 +638,26 @@ async fn destroy_all(st: &AppState, host: &Host, ids: &[String]) {
     futures::future::join_all(calls).await;
 }
 
-/// The agent's liveness signal: marks the host online and records the time.
+/// A heartbeat's optional body.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct HeartbeatBody {
+    /// What the host has and what its sandboxes take of it; the scheduler places by it.
+    capacity: Option<HostCapacity>,
+}
+
+/// The agent's liveness signal: marks the host online and records the time, and the capacity
+/// report the body carries (an empty body is a plain beat).
 #[utoipa::path(
     post,
     path = "/v1/hosts/{id}/heartbeat",
     tag = "hosts",
     operation_id = "host_heartbeat",
     params(("id" = String, Path, description = "Host ID (must be the host JWT's own)")),
+    request_body(content = Option<HeartbeatBody>, content_type = "application/json"),
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Recorded"),
-        (status = 400, description = "Malformed host ID", body = ErrorBody),
+        (status = 400, description = "Malformed host ID or body", body = ErrorBody),
         (status = 401, description = "Missing or invalid host JWT", body = ErrorBody),
         (status = 403, description = "The JWT is another host's", body = ErrorBody),
         (status = 404, description = "No such host", body = ErrorBody),
@@ -651,11 +667,19 @@ pub async fn heartbeat(
     st: State,
     h: HostAuth,
     ApiPath(id): ApiPath<HostId>,
+    body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
     h.require_host(id.as_str())?;
+    let report = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<HeartbeatBody>(&body)
+            .map_err(|e| ApiError::invalid_request(format!("heartbeat body: {e}")))?
+            .capacity
+    };
     let back = st
         .db
-        .host_heartbeat(id.as_str())
+        .host_heartbeat(id.as_str(), report.as_ref())
         .await
         .map_err(db_err_for("host"))?;
     if back {

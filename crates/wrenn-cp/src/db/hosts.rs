@@ -56,6 +56,50 @@ pub struct Host {
     pub created_at: i64,
     /// Bumped when the host's credentials are revoked; control-plane → agent tokens carry it.
     pub credential_gen: i64,
+    /// What the agent reported in its last heartbeat ([`HostCapacity`]); `{}` before any.
+    #[sqlx(try_from = "JsonText")]
+    #[schema(value_type = Object)]
+    pub capacity: serde_json::Value,
+    /// When that report was heard (Unix ms).
+    pub capacity_at: Option<i64>,
+}
+
+impl Host {
+    /// The last capacity report, when there is a readable one.
+    pub fn reported_capacity(&self) -> Option<HostCapacity> {
+        serde_json::from_value(self.capacity.clone()).ok()
+    }
+}
+
+/// What an agent reports with each heartbeat: its machine and what its sandboxes take of it.
+/// Unknown fields are ignored (a newer agent's heartbeat must not fail).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostCapacity {
+    /// CPUs of the machine.
+    pub vcpus: u32,
+    /// vCPUs of its sandboxes with a VM (may exceed `vcpus`: overcommit).
+    pub vcpus_allocated: u64,
+    pub memory_mib: u64,
+    /// The kernel's MemAvailable.
+    pub memory_available_mib: u64,
+    /// Guest memory of its sandboxes with a VM.
+    pub memory_allocated_mib: u64,
+    /// Free space on the agent's files root.
+    pub disk_free_mib: u64,
+    /// Sandboxes with a VM.
+    pub sandboxes: u64,
+}
+
+/// A host the scheduler may place on, with what the database knows of its load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub host: Host,
+    /// Its `pending` + `running` sandboxes.
+    pub active: i64,
+    /// vCPUs and memory (MiB) of its sandboxes its last capacity report cannot include yet
+    /// (`pending` ones, and those created since shortly before the report).
+    pub unreported_vcpus: i64,
+    pub unreported_memory_mib: i64,
 }
 
 pub struct NewHost<'a> {
@@ -97,7 +141,9 @@ pub struct RefreshToken {
 }
 
 const HOST_COLS: &str = "id, team_id, name, address, status, last_heartbeat_at, specs, created_by, created_at, \
-     credential_gen";
+     credential_gen, capacity, capacity_at";
+/// See [`Db::schedulable_hosts`].
+const UNREPORTED_SLACK_MS: i64 = 5_000;
 const REG_COLS: &str = "id, team_id, host_id, created_by, created_at, expires_at, used_at";
 const REFRESH_COLS: &str = "id, host_id, created_at, expires_at, revoked_at";
 
@@ -114,6 +160,8 @@ impl Db {
             created_by: new.created_by.map(str::to_owned),
             created_at: now_ms(),
             credential_gen: 1,
+            capacity: serde_json::json!({}),
+            capacity_at: None,
         };
         sqlx::query(
             "INSERT INTO hosts (id, team_id, name, address, status, specs, created_by, created_at) \
@@ -155,12 +203,12 @@ impl Db {
         Ok(q.fetch_all(&self.pool).await?)
     }
 
-    /// Online hosts of a BYOC team (`Some`) or of the platform (`None`), each with its load:
-    /// the number of its sandboxes that are `pending` or `running`. For the scheduler.
+    /// Online hosts of a BYOC team (`Some`) or of the platform (`None`), each with its load,
+    /// for the scheduler.
     pub async fn schedulable_hosts(
         &self,
         team_id: Option<&str>,
-    ) -> Result<Vec<(Host, i64)>, DbError> {
+    ) -> Result<Vec<Candidate>, DbError> {
         let hosts: Vec<Host> = self
             .list_hosts(team_id)
             .await?
@@ -170,24 +218,38 @@ impl Db {
         if hosts.is_empty() {
             return Ok(Vec::new());
         }
+        // A create is in the agent's report once its VM exists; rows created up to
+        // UNREPORTED_SLACK_MS before the report was heard may have missed it (the agent
+        // measured a moment before sending).
+        let unreported = format!(
+            "s.status = 'pending' OR h.capacity_at IS NULL OR s.created_at >= h.capacity_at - {UNREPORTED_SLACK_MS}"
+        );
         let sql = format!(
-            "SELECT host_id, COUNT(*) FROM sandboxes WHERE status IN ('pending', 'running') \
-             AND host_id IN ({}) GROUP BY host_id",
+            "SELECT s.host_id, COUNT(*), \
+             CAST(COALESCE(SUM(CASE WHEN {unreported} THEN s.vcpus ELSE 0 END), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(CASE WHEN {unreported} THEN s.memory_mb ELSE 0 END), 0) AS BIGINT) \
+             FROM sandboxes s JOIN hosts h ON h.id = s.host_id \
+             WHERE s.status IN ('pending', 'running') AND s.host_id IN ({}) GROUP BY s.host_id",
             super::row::Placeholders::default().list(hosts.len())
         );
         let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
         for h in &hosts {
             q = q.bind(h.id.clone());
         }
-        let loads: Vec<(String, i64)> = q.fetch_all(&self.pool).await?;
+        let loads: Vec<(String, i64, i64, i64)> = q.fetch_all(&self.pool).await?;
         Ok(hosts
             .into_iter()
-            .map(|h| {
-                let n = loads
+            .map(|host| {
+                let (active, unreported_vcpus, unreported_memory_mib) = loads
                     .iter()
-                    .find(|(id, _)| *id == h.id)
-                    .map_or(0, |(_, n)| *n);
-                (h, n)
+                    .find(|(id, ..)| *id == host.id)
+                    .map_or((0, 0, 0), |(_, n, v, m)| (*n, *v, *m));
+                Candidate {
+                    host,
+                    active,
+                    unreported_vcpus,
+                    unreported_memory_mib,
+                }
             })
             .collect())
     }
@@ -244,23 +306,63 @@ impl Db {
             .await?)
     }
 
-    /// Records a heartbeat: the host is online, seen now. `true` when this call brought it
-    /// back from `unreachable` (one conditional UPDATE: of two replicas hearing it, one wins).
-    pub async fn host_heartbeat(&self, id: &str) -> Result<bool, DbError> {
-        let back = sqlx::query(
-            "UPDATE hosts SET status = $2, last_heartbeat_at = $3 WHERE id = $1 AND status = $4",
-        )
-        .bind(id)
-        .bind(HostStatus::Online.as_str())
-        .bind(now_ms())
-        .bind(HostStatus::Unreachable.as_str())
-        .execute(&self.pool)
-        .await?;
+    /// Records a heartbeat: the host is online, seen now, with its capacity report when the
+    /// beat carried one. `true` when this call brought it back from `unreachable` (one
+    /// conditional UPDATE: of two replicas hearing it, one wins).
+    pub async fn host_heartbeat(
+        &self,
+        id: &str,
+        capacity: Option<&HostCapacity>,
+    ) -> Result<bool, DbError> {
+        let now = now_ms();
+        let report = capacity
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| DbError::Corrupt(e.to_string()))?;
+        let report_at = report.as_ref().map(|_| now);
+        let sql = "UPDATE hosts SET status = $2, last_heartbeat_at = $3, \
+                   capacity = COALESCE($4, capacity), capacity_at = COALESCE($5, capacity_at) \
+                   WHERE id = $1";
+        let back = sqlx::query(sqlx::AssertSqlSafe(format!("{sql} AND status = $6")))
+            .bind(id)
+            .bind(HostStatus::Online.as_str())
+            .bind(now)
+            .bind(&report)
+            .bind(report_at)
+            .bind(HostStatus::Unreachable.as_str())
+            .execute(&self.pool)
+            .await?;
         if back.rows_affected() == 1 {
             return Ok(true);
         }
-        self.set_host_status(id, HostStatus::Online, None).await?;
+        let r = sqlx::query(sql)
+            .bind(id)
+            .bind(HostStatus::Online.as_str())
+            .bind(now)
+            .bind(&report)
+            .bind(report_at)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(DbError::NotFound);
+        }
         Ok(false)
+    }
+
+    /// Claims the next reconcile pass of host `id` for `lease_ms`: `true` for the one caller
+    /// (of any replica) that gets it, `false` while another's claim runs.
+    pub async fn claim_host_reconcile(&self, id: &str, lease_ms: i64) -> Result<bool, DbError> {
+        let now = now_ms();
+        let r = sqlx::query(
+            "UPDATE hosts SET reconcile_lease_until = $2 WHERE id = $1 \
+             AND (reconcile_lease_until IS NULL OR reconcile_lease_until <= $3)",
+        )
+        .bind(id)
+        .bind(now.saturating_add(lease_ms))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     /// Records a heartbeat or registration: status, address and the time seen.

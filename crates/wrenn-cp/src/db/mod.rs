@@ -30,7 +30,10 @@ pub use api_keys::{ApiKey, NewApiKey};
 pub use audit::{ActorType, AuditEntry, NewAuditEntry};
 pub use crypto::{EnvdTokenCipher, KEY_LEN};
 pub use error::{DbError, TokenRejection};
-pub use hosts::{Host, HostStatus, NewHost, NewRegistrationToken, RefreshToken, RegistrationToken};
+pub use hosts::{
+    Candidate, Host, HostCapacity, HostStatus, NewHost, NewRegistrationToken, RefreshToken,
+    RegistrationToken,
+};
 pub use page::{Page, PageRequest};
 pub use pool::{Backend, Db, DbConfig};
 pub use sandboxes::{NewSandbox, OnTimeout, Sandbox, SandboxFilter, SandboxPatch};

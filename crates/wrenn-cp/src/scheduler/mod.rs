@@ -5,17 +5,19 @@
 //! holding its snapshot template when it starts from one. Among them a [`Placement`] strategy
 //! chooses:
 //!
-//! - `least-loaded` (default): the fewest `pending` + `running` sandboxes in the database;
-//!   among equals the one this process picked least recently, so a burst of creates (whose
-//!   `pending` rows are not written yet when the next pick happens) spreads instead of piling
-//!   onto one host.
+//! - `least-loaded` (default): the most headroom — free vCPUs and free memory as fractions of
+//!   the machine, whichever is scarcer — from the capacity its agent reported in the last
+//!   heartbeat, less the sandboxes placed on it since (their rows are in the database before
+//!   the next report). Among equals (to the percent), the fewest `pending` + `running`
+//!   sandboxes, then the one this process picked least recently, so a burst of creates
+//!   spreads instead of piling onto one host. A host that never reported ranks as full.
 //! - `round-robin`: the hosts in ID order, each pick the next after the previous one.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::db::{Db, Host, Team};
+use crate::db::{Candidate, Db, Host, Team};
 use crate::error::{ApiError, ErrorCode};
 
 /// How the scheduler chooses among the candidate hosts (`wrenn server --placement`).
@@ -41,7 +43,7 @@ impl std::str::FromStr for Placement {
 
 /// One placement strategy: a host among the candidates (with their loads), or none.
 trait Strategy: Send + Sync + std::fmt::Debug {
-    fn choose(&self, candidates: Vec<(Host, i64)>) -> Option<Host>;
+    fn choose(&self, candidates: Vec<Candidate>) -> Option<Host>;
 }
 
 /// Per-process state of the strategies (a tie-breaker / cursor, not a source of truth).
@@ -98,27 +100,49 @@ impl Scheduler {
     }
 }
 
-/// Least load, then least recently picked (never picked counts as oldest).
+/// Headroom of a candidate in percent (may be negative: overcommitted); `None` when its agent
+/// never reported its capacity.
+fn headroom_pct(c: &Candidate) -> Option<i64> {
+    let cap = c.host.reported_capacity()?;
+    if cap.vcpus == 0 || cap.memory_mib == 0 {
+        return None;
+    }
+    let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let free_vcpus = i64::from(cap.vcpus) - signed(cap.vcpus_allocated) - c.unreported_vcpus;
+    // Committed guest memory, bounded by what the kernel says is actually available.
+    let free_mem = (signed(cap.memory_mib) - signed(cap.memory_allocated_mib))
+        .min(signed(cap.memory_available_mib))
+        - c.unreported_memory_mib;
+    let pct = |free: i64, total: i64| free.saturating_mul(100) / total.max(1);
+    Some(pct(free_vcpus, i64::from(cap.vcpus)).min(pct(free_mem, signed(cap.memory_mib))))
+}
+
+/// Most headroom, then fewest active sandboxes, then least recently picked (never picked
+/// counts as oldest).
 #[derive(Debug, Default)]
 struct LeastLoaded {
     last_pick: Mutex<HashMap<String, Instant>>,
 }
 
 impl Strategy for LeastLoaded {
-    fn choose(&self, candidates: Vec<(Host, i64)>) -> Option<Host> {
+    fn choose(&self, candidates: Vec<Candidate>) -> Option<Host> {
         let mut last = self
             .last_pick
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (host, _) = candidates
-            .into_iter()
-            .min_by_key(|(h, load)| (*load, last.get(&h.id).copied()))?;
-        last.insert(host.id.clone(), Instant::now());
+        let best = candidates.into_iter().min_by_key(|c| {
+            (
+                std::cmp::Reverse(headroom_pct(c).unwrap_or(i64::MIN)),
+                c.active,
+                last.get(&c.host.id).copied(),
+            )
+        })?;
+        last.insert(best.host.id.clone(), Instant::now());
         // Hosts that disappeared must not keep entries forever.
         if last.len() > 10_000 {
             last.clear();
         }
-        Some(host)
+        Some(best.host)
     }
 }
 
@@ -129,8 +153,8 @@ struct RoundRobin {
 }
 
 impl Strategy for RoundRobin {
-    fn choose(&self, candidates: Vec<(Host, i64)>) -> Option<Host> {
-        let mut hosts: Vec<Host> = candidates.into_iter().map(|(h, _)| h).collect();
+    fn choose(&self, candidates: Vec<Candidate>) -> Option<Host> {
+        let mut hosts: Vec<Host> = candidates.into_iter().map(|c| c.host).collect();
         hosts.sort_by(|a, b| a.id.cmp(&b.id));
         let mut last = self
             .last
@@ -147,12 +171,12 @@ impl Strategy for RoundRobin {
 }
 
 /// The candidates among `only` (all of them when `None`).
-fn restrict(candidates: Vec<(Host, i64)>, only: Option<&[String]>) -> Vec<(Host, i64)> {
+fn restrict(candidates: Vec<Candidate>, only: Option<&[String]>) -> Vec<Candidate> {
     match only {
         None => candidates,
         Some(ids) => candidates
             .into_iter()
-            .filter(|(h, _)| ids.contains(&h.id))
+            .filter(|c| ids.contains(&c.host.id))
             .collect(),
     }
 }
@@ -160,7 +184,7 @@ fn restrict(candidates: Vec<(Host, i64)>, only: Option<&[String]>) -> Vec<(Host,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::HostStatus;
+    use crate::db::{HostCapacity, HostStatus};
 
     fn host(id: &str) -> Host {
         Host {
@@ -174,7 +198,35 @@ mod tests {
             created_by: None,
             created_at: 0,
             credential_gen: 1,
+            capacity: serde_json::json!({}),
+            capacity_at: None,
         }
+    }
+
+    /// A candidate that never reported capacity, with `active` sandboxes.
+    fn cand(id: &str, active: i64) -> Candidate {
+        Candidate {
+            host: host(id),
+            active,
+            unreported_vcpus: 0,
+            unreported_memory_mib: 0,
+        }
+    }
+
+    /// A 4-CPU, 8 GiB host that reported `vcpus`/`mem` MiB allocated.
+    fn reported(id: &str, vcpus: u64, mem: u64) -> Candidate {
+        let cap = HostCapacity {
+            vcpus: 4,
+            vcpus_allocated: vcpus,
+            memory_mib: 8192,
+            memory_available_mib: 7000,
+            memory_allocated_mib: mem,
+            disk_free_mib: 10_000,
+            sandboxes: vcpus,
+        };
+        let mut c = cand(id, 0);
+        c.host.capacity = serde_json::to_value(cap).unwrap();
+        c
     }
 
     #[test]
@@ -186,7 +238,7 @@ mod tests {
                 ["a", "b", "c"]
                     .into_iter()
                     .zip(loads)
-                    .map(|(id, n)| (host(id), n))
+                    .map(|(id, n)| cand(id, n))
                     .collect(),
             )
             .unwrap()
@@ -204,9 +256,47 @@ mod tests {
     }
 
     #[test]
+    fn least_loaded_places_by_reported_free_capacity() {
+        let s = LeastLoaded::default();
+        // b has the most free vCPUs and memory, whatever the row counts say.
+        let mut a = reported("a", 3, 1024);
+        a.active = 0;
+        let mut b = reported("b", 1, 1024);
+        b.active = 5;
+        let c = reported("c", 2, 512);
+        assert_eq!(
+            s.choose(vec![a.clone(), b.clone(), c.clone()]).unwrap().id,
+            "b"
+        );
+        // The scarcer resource decides: b's memory is nearly all taken.
+        let b_full = reported("b", 1, 8000);
+        assert_eq!(
+            s.choose(vec![a.clone(), b_full, c.clone()]).unwrap().id,
+            "c"
+        );
+        // Sandboxes placed since the report count against it.
+        let mut b_busy = b.clone();
+        b_busy.unreported_vcpus = 2;
+        b_busy.unreported_memory_mib = 1024;
+        assert_eq!(
+            s.choose(vec![a.clone(), b_busy, c.clone()]).unwrap().id,
+            "c"
+        );
+        // Real memory pressure counts too (MemAvailable below the uncommitted memory).
+        let mut c_tight = c.clone();
+        c_tight.host.capacity["memory_available_mib"] = 100.into();
+        assert_eq!(s.choose(vec![a.clone(), c_tight]).unwrap().id, "a");
+        // A host that never reported ranks after those that did.
+        assert_eq!(s.choose(vec![cand("z", 0), a.clone()]).unwrap().id, "a");
+        assert_eq!(headroom_pct(&cand("z", 0)), None);
+        assert_eq!(headroom_pct(&reported("q", 2, 1024)), Some(50));
+        assert_eq!(headroom_pct(&reported("q", 6, 1024)), Some(-50));
+    }
+
+    #[test]
     fn a_template_restricts_the_candidates() {
         let s = LeastLoaded::default();
-        let all = || vec![(host("a"), 0), (host("b"), 5), (host("c"), 9)];
+        let all = || vec![cand("a", 0), cand("b", 5), cand("c", 9)];
         let holders = ["b".to_owned(), "c".to_owned()];
         // The least-loaded host does not hold it: the least-loaded holder wins.
         assert_eq!(s.choose(restrict(all(), Some(&holders))).unwrap().id, "b");
@@ -223,7 +313,7 @@ mod tests {
         let s = RoundRobin::default();
         assert!(s.choose(Vec::new()).is_none());
         let pick = |ids: &[&str]| {
-            s.choose(ids.iter().map(|id| (host(id), 100)).collect())
+            s.choose(ids.iter().map(|id| cand(id, 100)).collect())
                 .unwrap()
                 .id
         };

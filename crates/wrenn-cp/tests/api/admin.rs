@@ -51,6 +51,10 @@ db_test! {
         assert_eq!(items.len(), 3, "{teams}");
         assert!(items.iter().all(|t| t["is_byoc"] == false), "{teams}");
 
+        // Before the flag, team B cannot register a host of its own.
+        let (st, v) = app.post("/v1/hosts/registration-tokens", Some(&tb), json!({"name": "b0"})).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+
         // An online platform host: before the flag, team B may be placed there...
         let p = app.post("/v1/hosts/registration-tokens", Some(&ta), json!({"platform": true, "name": "p1"})).await.1;
         let (st, _) = app

@@ -23,8 +23,22 @@ impl App {
         out
     }
 
-    /// Creates a registration token with `user`; returns the response.
+    /// Makes the team of `user`'s token bring its own hosts (as a platform admin would).
+    async fn make_byoc(&self, user: &str) {
+        let (st, me) = self.get("/v1/me", Some(user)).await;
+        assert_eq!(st, StatusCode::OK, "{me}");
+        self.db
+            .set_team_byoc(me["team_id"].as_str().unwrap(), true)
+            .await
+            .unwrap();
+    }
+
+    /// Creates a registration token with `user` (a team token: its team made BYOC first);
+    /// returns the response.
     async fn reg_token(&self, user: &str, body: Value) -> Value {
+        if body["platform"] != json!(true) {
+            self.make_byoc(user).await;
+        }
         let (s, v) = self
             .post("/v1/hosts/registration-tokens", Some(user), body)
             .await;
@@ -90,6 +104,28 @@ db_test! {
         assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
         let h = db.host_by_id(&host_id).await.unwrap();
         assert!(h.last_heartbeat_at.is_some());
+        assert_eq!((h.capacity.clone(), h.capacity_at), (json!({}), None));
+
+        // A beat carrying its capacity: stored with the time heard, shown on the host.
+        let cap = json!({"vcpus": 4, "vcpus_allocated": 2, "memory_mib": 8192, "memory_available_mib": 6000,
+                         "memory_allocated_mib": 1024, "disk_free_mib": 50_000, "sandboxes": 2, "future_field": 1});
+        let url = format!("/v1/hosts/{host_id}/heartbeat");
+        let (st, v) = app.send(Method::POST, &url, Some(&jwt), Some(json!({"capacity": cap}))).await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+        let (_, shown) = app.get(&format!("/v1/hosts/{host_id}"), Some(&ta)).await;
+        assert_eq!(shown["capacity"]["vcpus_allocated"], 2, "{shown}");
+        assert_eq!(shown["capacity"]["disk_free_mib"], 50_000, "{shown}");
+        assert!(shown["capacity_at"].as_i64().unwrap() >= h.last_heartbeat_at.unwrap());
+        // A plain beat keeps the last report; a malformed one is refused and changes nothing.
+        assert_eq!(app.heartbeat(&host_id, &jwt).await.0, StatusCode::NO_CONTENT);
+        let kept = db.host_by_id(&host_id).await.unwrap();
+        assert_eq!(kept.capacity["memory_mib"], 8192);
+        for bad in [json!({"capacity": {"vcpus": -1}}), json!({"capacity": "lots"}), json!([1])] {
+            let (st, v) = app.send(Method::POST, &url, Some(&jwt), Some(bad.clone())).await;
+            assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{bad}: {v}");
+        }
+        let after = db.host_by_id(&host_id).await.unwrap();
+        assert_eq!((after.capacity, after.capacity_at), (kept.capacity, kept.capacity_at));
 
         // The token is one-time.
         let before = app.host_counts().await;
@@ -179,6 +215,11 @@ db_test! {
         assert_eq!(st, StatusCode::OK, "{sw}");
         let tc = token(&sw);
         let before = app.host_counts().await;
+        // Bob owns team B, but B does not bring its own hosts (yet).
+        let (st, v) = app.post("/v1/hosts/registration-tokens", Some(&tb), json!({})).await;
+        assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "forbidden"), "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("BYOC"), "{v}");
+        app.make_byoc(&ta).await;
         let (st, v) = app.post("/v1/hosts/registration-tokens", Some(&tc), json!({})).await;
         assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "forbidden"), "{v}");
         // Only a platform admin makes platform tokens.

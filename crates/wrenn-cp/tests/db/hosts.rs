@@ -134,3 +134,28 @@ db_test! {
         assert!(matches!(db.revoke_refresh_token("a").await, Err(DbError::NotFound)));
     }
 }
+
+db_test! {
+    async fn one_reconcile_claim_per_lease(db) {
+        let host = db.create_host(NewHost {
+            team_id: None, name: "p-1", address: "10.0.0.1:7000",
+            specs: serde_json::json!({}), created_by: None,
+        }).await.unwrap();
+        // Two replicas asking at once: one wins; the lease then keeps the other out.
+        let (a, b) = tokio::join!(
+            db.claim_host_reconcile(&host.id, 60_000),
+            db.claim_host_reconcile(&host.id, 60_000)
+        );
+        assert_eq!([a.unwrap(), b.unwrap()].iter().filter(|w| **w).count(), 1);
+        assert!(!db.claim_host_reconcile(&host.id, 60_000).await.unwrap());
+        // Once a lease has run out, the next claim wins.
+        let other = db.create_host(NewHost {
+            team_id: None, name: "p-2", address: "10.0.0.2:7000",
+            specs: serde_json::json!({}), created_by: None,
+        }).await.unwrap();
+        assert!(db.claim_host_reconcile(&other.id, 0).await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        assert!(db.claim_host_reconcile(&other.id, 0).await.unwrap());
+        assert!(!db.claim_host_reconcile(&host.id, 60_000).await.unwrap());
+    }
+}

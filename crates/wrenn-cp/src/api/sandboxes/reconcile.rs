@@ -129,10 +129,15 @@ pub(super) async fn expired(st: &AppState, sb: Sandbox) -> Sandbox {
     }
 }
 
-/// Reconciles every online host every `every`, until the process ends.
+/// Reconciles every online host every `every`, until the process ends. Hosts are visited
+/// concurrently, each bounded by `every` (a dead or slow host cannot stall the others), and
+/// each pass over a host is claimed in the database first, so with several control-plane
+/// replicas one of them reconciles a host per interval (no orphan destroyed twice).
 pub async fn run_reconciler(st: Arc<AppState>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A little shorter than the interval: this replica's next tick must find its claim over.
+    let lease_ms = i64::try_from(every.as_millis() * 9 / 10).unwrap_or(i64::MAX);
     loop {
         tick.tick().await;
         let hosts = match st.db.list_all_hosts().await {
@@ -142,11 +147,32 @@ pub async fn run_reconciler(st: Arc<AppState>, every: Duration) {
                 continue;
             }
         };
-        for host in hosts.iter().filter(|h| h.status == HostStatus::Online) {
-            if let Err(e) = reconcile_host(&st, host).await {
-                tracing::debug!(host = %host.id, error = %e, "reconciler: host not reconciled");
-            }
-        }
+        let passes = hosts
+            .iter()
+            .filter(|h| h.status == HostStatus::Online)
+            .map(|host| {
+                let st = &st;
+                async move {
+                    match st.db.claim_host_reconcile(&host.id, lease_ms).await {
+                        Ok(true) => {}
+                        Ok(false) => return,
+                        Err(e) => {
+                            tracing::warn!(host = %host.id, error = %e, "reconciler: could not claim host");
+                            return;
+                        }
+                    }
+                    match tokio::time::timeout(every, reconcile_host(st, host)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(host = %host.id, error = %e, "reconciler: host not reconciled")
+                        }
+                        Err(_) => {
+                            tracing::warn!(host = %host.id, "reconciler: host pass timed out")
+                        }
+                    }
+                }
+            });
+        futures::future::join_all(passes).await;
     }
 }
 
