@@ -241,6 +241,17 @@ fn agent_registers_heartbeats_and_is_cut_off_by_revocation() {
         h2["last_heartbeat_at"].as_i64() > h1["last_heartbeat_at"].as_i64(),
         "{h1} {h2}"
     );
+    // Each beat carries the host's capacity.
+    let cap = &h2["capacity"];
+    assert!(cap["vcpus"].as_u64() >= Some(1), "{h2}");
+    assert!(cap["memory_mib"].as_u64() > Some(0), "{h2}");
+    assert!(cap["memory_available_mib"].as_u64() > Some(0), "{h2}");
+    assert!(cap["disk_free_mib"].as_u64() > Some(0), "{h2}");
+    assert_eq!(
+        (cap["sandboxes"].as_u64(), cap["vcpus_allocated"].as_u64()),
+        (Some(0), Some(0)),
+        "{h2}"
+    );
 
     // Tokens of the control plane's key and the host's generation pass; others do not.
     let cp_key = signer(data.path());
@@ -267,9 +278,10 @@ fn agent_registers_heartbeats_and_is_cut_off_by_revocation() {
         assert_eq!(e.code, connectrpc::ErrorCode::Unauthenticated, "{what}");
     }
 
-    // A restarted agent comes back as the same host from its credentials file.
+    // A restarted agent comes back as the same host from its credentials file, also when
+    // its (now used) registration token is still on its command line.
     drop(agent);
-    let args = agent_args(None);
+    let args = agent_args(Some(token));
     let mut agent = spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
     wait_port(agent_port, &mut agent);
     rt.block_on(ping(

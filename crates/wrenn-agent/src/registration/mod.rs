@@ -4,7 +4,8 @@
 //! - `--register <token> --cp-url <url>`: present the one-time token at
 //!   `POST /v1/hosts/register`; the answer (host ID, host JWT, refresh token, the control
 //!   plane's public key, the credential generation) is kept in `host-credentials.json` under
-//!   the files root (0600, written atomically).
+//!   the files root (0600, written atomically). A refused token (used: e.g. still in the
+//!   service's settings at a restart) with a credentials file present starts from the file.
 //! - neither flag but a credentials file: start as the host it names.
 //! - `--host-id` + `--cp-public-key` (tests, static setups): no control plane to talk to.
 //!
@@ -130,7 +131,22 @@ pub async fn resolve(cfg: &AgentConfig) -> Result<Identity, RegistrationError> {
     let path = credentials_path(&cfg.root);
     if let Some(token) = &cfg.register {
         let cp_url = cfg.cp_url.as_deref().ok_or(RegistrationError::NoCpUrl)?;
-        let creds = register(cfg, cp_url, token).await?;
+        let creds = match register(cfg, cp_url, token).await {
+            Ok(c) => c,
+            // A one-time token left in the service's settings: a restart must not fail
+            // when this host already registered with it (or with an earlier one).
+            Err(RegistrationError::Refused { status: 401, .. })
+                if matches!(load(&path), Ok(Some(_))) =>
+            {
+                tracing::warn!(
+                    "registration token refused (used or expired); continuing with the saved credentials"
+                );
+                let mut creds = load(&path)?.ok_or(RegistrationError::NoIdentity)?;
+                creds.cp_url = cp_url.trim_end_matches('/').to_owned();
+                return from_credentials(creds);
+            }
+            Err(e) => return Err(e),
+        };
         save(&path, &creds)?;
         tracing::info!(host_id = %creds.host_id, cp_url, "registered with the control plane");
         return from_credentials(creds);
