@@ -17,8 +17,10 @@ use crate::server::AppState;
 
 /// A host silent this long is unreachable (three missed 30 s heartbeats).
 pub const STALE_AFTER: Duration = Duration::from_secs(90);
-/// How often the monitor looks.
-pub const CHECK_EVERY: Duration = Duration::from_secs(15);
+/// How often the monitor looks at most: a sixth of the staleness window, 1 s to 15 s.
+pub fn check_every(stale_after: Duration) -> Duration {
+    (stale_after / 6).clamp(Duration::from_secs(1), Duration::from_secs(15))
+}
 
 /// One pass: marks the hosts silent for longer than `stale_after`; returns how many.
 pub async fn check_hosts(st: &AppState, stale_after: Duration) -> usize {

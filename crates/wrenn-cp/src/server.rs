@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub plain_listen: Option<SocketAddr>,
     /// How new sandboxes are placed among the hosts (`--placement`).
     pub placement: Placement,
+    /// A host silent this long is `unreachable` and its sandboxes `missing`
+    /// (`--host-stale-secs`; [`crate::hostmonitor::STALE_AFTER`] by default).
+    pub host_stale_after: std::time::Duration,
 }
 
 /// [`DEFAULT_LISTEN`] and `/var/lib/wrenn`, plain HTTP, SQLite, no domain.
@@ -57,6 +60,7 @@ impl Default for ServerConfig {
             domain: None,
             plain_listen: None,
             placement: Placement::default(),
+            host_stale_after: crate::hostmonitor::STALE_AFTER,
         }
     }
 }
@@ -326,8 +330,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     // Hosts whose agent went silent → `unreachable`, their sandboxes → `missing`.
     let monitor = tokio::spawn(crate::hostmonitor::run(
         state.clone(),
-        crate::hostmonitor::CHECK_EVERY,
-        crate::hostmonitor::STALE_AFTER,
+        crate::hostmonitor::check_every(config.host_stale_after),
+        config.host_stale_after,
     ));
     let listener = bind(config.listen).await?;
     let addr = listener.local_addr().map_err(ServerError::Serve)?;

@@ -28,10 +28,15 @@ pub struct ServerArgs {
     /// (the certificate must cover both; the SDKs use port 443).
     #[arg(long, env = "WRENN_DOMAIN")]
     pub domain: Option<String>,
-    /// How new sandboxes are placed among the hosts: `least-loaded` (fewest sandboxes) or
-    /// `round-robin`.
+    /// How new sandboxes are placed among the hosts: `least-loaded` (most free vCPUs and
+    /// memory, as the hosts' heartbeats report them) or `round-robin`.
     #[arg(long, env = "WRENN_PLACEMENT", default_value = "least-loaded")]
     pub placement: wrenn_cp::scheduler::Placement,
+    /// Seconds without a heartbeat after which a host is `unreachable` and its sandboxes
+    /// `missing` (agents beat every 30 s by default).
+    #[arg(long, env = "WRENN_HOST_STALE_SECS", default_value_t = 90,
+          value_parser = clap::value_parser!(u64).range(2..=86_400))]
+    pub host_stale_secs: u64,
 }
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -51,6 +56,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             domain: args.domain,
             plain_listen: None,
             placement: args.placement,
+            host_stale_after: std::time::Duration::from_secs(args.host_stale_secs),
         }))
         .context("control plane")
 }

@@ -77,7 +77,10 @@ async fn beat_loop(
     report: &Report,
 ) -> Stopped {
     let mut missed = 0u32;
-    let client = match reqwest::Client::builder().timeout(CP_CALL_TIMEOUT).build() {
+    // A beat that hangs (a link dropping packets) counts as missed within about one
+    // interval, so a cut-off agent notices after ~N intervals, not N × the call timeout.
+    let timeout = interval.clamp(Duration::from_secs(2), CP_CALL_TIMEOUT);
+    let client = match reqwest::Client::builder().timeout(timeout).build() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "heartbeat HTTP client");

@@ -24,7 +24,7 @@ pub const HOST_ID: &str = "test-host";
 pub const OUTSIDE_IP: &str = "192.0.2.1";
 pub const OUTSIDE_PORT: u16 = 8080;
 
-fn run(cmd: &mut Command) -> String {
+pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
@@ -34,7 +34,7 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn ip(args: &[&str]) -> String {
+pub fn ip(args: &[&str]) -> String {
     run(Command::new("ip").args(args))
 }
 

@@ -62,7 +62,7 @@ macro_rules! e2e_test {
 
 /// A PostgreSQL URL reachable from inside the test's network namespace: the throwaway
 /// cluster's Unix socket (its TCP port is on the root namespace's loopback).
-fn pg_admin_url() -> String {
+pub fn pg_admin_url() -> String {
     let url = std::env::var(wrenn_cp::db::testing::PG_URL_VAR).unwrap_or_else(|_| {
         panic!(
             "WRENN_TEST_PG_URL is not set: the PostgreSQL half of the E2E tests needs a cluster \
