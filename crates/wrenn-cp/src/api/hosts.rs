@@ -32,6 +32,8 @@ use crate::ids::HostId;
 use crate::server::AppState;
 
 pub const DEFAULT_HOST_NAME: &str = "host";
+/// Most hosts (pending ones included) a BYOC team may have.
+pub const MAX_HOSTS_PER_TEAM: usize = 32;
 /// Longest accepted agent address.
 pub const MAX_ADDRESS_LEN: usize = 256;
 
@@ -81,6 +83,7 @@ pub struct CreatedToken {
         (status = 400, description = "Malformed body or invalid name", body = ErrorBody),
         (status = 401, description = "Missing or invalid user token", body = ErrorBody),
         (status = 403, description = "Not allowed to add hosts here (not an owner/admin, or the team is not BYOC)", body = ErrorBody),
+        (status = 409, description = "The team has MAX_HOSTS_PER_TEAM (32) hosts already", body = ErrorBody),
     )
 )]
 pub async fn create_token(
@@ -106,6 +109,13 @@ pub async fn create_token(
             return Err(ApiError::forbidden(
                 "this team does not bring its own hosts: a platform admin must enable BYOC for it first",
             ));
+        }
+        let hosts = st.db.list_hosts(Some(&c.team_id)).await.map_err(db_err)?;
+        if hosts.len() >= MAX_HOSTS_PER_TEAM {
+            return Err(ApiError::conflict(format!(
+                "the team has {} hosts, the most allowed; delete one first",
+                hosts.len()
+            )));
         }
         Some(c.team_id.as_str())
     };
@@ -215,6 +225,55 @@ fn address(v: &str) -> Result<String, ApiError> {
     }
 }
 
+/// A team's (BYOC) host address, on top of [`address`]: the control plane calls it, so a
+/// tenant must not point it at the control plane's own machine or the cloud's metadata
+/// service. An IP literal (a name could resolve to anything, and change), not loopback,
+/// link-local, unspecified, multicast or broadcast; private ranges are fine (VPNs).
+fn team_address(v: &str) -> Result<(), ApiError> {
+    use std::net::IpAddr;
+    let bad = |why: &str| ApiError::invalid_request(format!("a team host's address {why}"));
+    let host = match v.parse::<SocketAddr>() {
+        Ok(sa) if sa.port() == 0 => return Err(bad("needs a port")),
+        Ok(sa) => sa.ip().to_string(),
+        Err(_) => {
+            let uri: Uri = v.parse().map_err(|_| bad("is malformed"))?;
+            if uri.port_u16() == Some(0) {
+                return Err(bad("needs a port"));
+            }
+            uri.host()
+                .unwrap_or_default()
+                .trim_matches(['[', ']'])
+                .to_owned()
+        }
+    };
+    let ip: IpAddr = host
+        .parse()
+        .map_err(|_| bad("must be an IP address, not a name"))?;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let refused = match ip {
+        IpAddr::V4(a) => {
+            a.is_loopback()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || a.is_broadcast()
+                || a.octets()[0] == 0
+        }
+        IpAddr::V6(a) => {
+            a.is_loopback() || a.is_unspecified() || a.is_multicast() || a.is_unicast_link_local()
+        }
+    };
+    if refused {
+        return Err(bad(
+            "may not be loopback, link-local, unspecified, multicast or broadcast",
+        ));
+    }
+    Ok(())
+}
+
 fn token_refused() -> ApiError {
     ApiError::unauthorized("invalid, expired or already used token")
 }
@@ -263,7 +322,7 @@ fn refresh_expiry(t: &token::OpaqueToken) -> Result<i64, ApiError> {
     request_body = Register,
     responses(
         (status = 201, description = "The host is online; its credentials", body = HostCredentials),
-        (status = 400, description = "Malformed body, address or name", body = ErrorBody),
+        (status = 400, description = "Malformed body, address or name (a team's host: an IP address that is not loopback, link-local, unspecified, multicast or broadcast)", body = ErrorBody),
         (status = 401, description = "Invalid, expired or already used token", body = ErrorBody),
     )
 )]
@@ -288,6 +347,13 @@ pub async fn register(
     }))
     .map_err(ApiError::internal)?;
     let hash = token::hash_presented(&req.token).ok_or_else(token_refused)?;
+    // A team's host gets the stricter address check before its token is used.
+    match st.db.registration_token_team(&hash).await {
+        Ok(Some(_)) => team_address(&address)?,
+        Ok(None) => {}
+        Err(DbError::NotFound) => return Err(token_refused()),
+        Err(e) => return Err(db_err(e)),
+    }
     let used = st
         .db
         .consume_registration_token(&hash)
@@ -709,7 +775,37 @@ pub async fn heartbeat(
 
 #[cfg(test)]
 mod tests {
-    use super::address;
+    use super::{address, team_address};
+
+    #[test]
+    fn team_addresses() {
+        for ok in [
+            "10.0.0.2:50051",
+            "192.168.1.9:1",
+            "203.0.113.7:50051",
+            "http://10.0.0.2:50051",
+            "https://[2001:db8::1]:443",
+        ] {
+            assert!(team_address(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1:50051",
+            "127.9.9.9:1",
+            "[::1]:50051",
+            "0.0.0.0:50051",
+            "169.254.169.254:80",
+            "http://169.254.169.254:80",
+            "[::ffff:127.0.0.1]:1",
+            "[fe80::1]:1",
+            "224.0.0.1:1",
+            "255.255.255.255:1",
+            "10.0.0.2:0",
+            "https://agent.example:443",
+            "http://localhost:50051",
+        ] {
+            assert!(team_address(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn addresses() {

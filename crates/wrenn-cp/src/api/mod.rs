@@ -7,7 +7,7 @@ mod api_keys;
 mod auth;
 pub mod e2b;
 mod health;
-mod hosts;
+pub mod hosts;
 pub mod sandboxes;
 mod teams;
 pub mod validate;

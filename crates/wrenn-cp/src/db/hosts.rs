@@ -419,6 +419,23 @@ impl Db {
         Ok(tok)
     }
 
+    /// The team a registration token registers for (`Ok(None)`: a platform host), without
+    /// using it; `NotFound` when it is unknown, used or expired.
+    pub async fn registration_token_team(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<String>, DbError> {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT team_id FROM host_registration_tokens \
+             WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
+        )
+        .bind(token_hash)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(t,)| t).ok_or(DbError::NotFound)
+    }
+
     /// Uses a registration token exactly once. The check and the mark are one conditional
     /// UPDATE, so of two concurrent registrations with one token only one succeeds.
     pub async fn consume_registration_token(

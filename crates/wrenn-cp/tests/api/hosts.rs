@@ -6,6 +6,8 @@ use wrenn_cp::db_test;
 
 use super::{App, SECRET, code, token};
 
+/// What the tests' team hosts register with (see [`App::register`]).
+const TEAM_HOST_ADDRESS: &str = "10.0.0.2:50051";
 const UNKNOWN_TOKEN: &str = "00000000000000000000000000000000000000000000000000000000000000aa";
 
 impl App {
@@ -46,18 +48,45 @@ impl App {
         v
     }
 
+    /// Registers with `reg_token`. A team's host may not give a loopback address (the API
+    /// refuses it) and these tests must reach nothing off this machine, so a team host
+    /// registers as 10.0.0.2 and its row is then pointed at loopback, where nothing answers.
     async fn register(&self, reg_token: &str) -> (StatusCode, Value) {
-        self.post(
-            "/v1/hosts/register",
-            None,
-            json!({
-                "token": reg_token,
-                "name": "rack-1",
-                "address": "127.0.0.1:50051",
-                "specs": {"cpu_count": 2, "memory_bytes": 4_294_967_296_u64, "arch": "x86_64"},
-            }),
-        )
-        .await
+        let team_host = matches!(
+            self.db
+                .registration_token_team(&sha256_hex(reg_token))
+                .await,
+            Ok(Some(_))
+        );
+        let address = if team_host {
+            TEAM_HOST_ADDRESS
+        } else {
+            "127.0.0.1:50051"
+        };
+        let r = self
+            .post(
+                "/v1/hosts/register",
+                None,
+                json!({
+                    "token": reg_token,
+                    "name": "rack-1",
+                    "address": address,
+                    "specs": {"cpu_count": 2, "memory_bytes": 4_294_967_296_u64, "arch": "x86_64"},
+                }),
+            )
+            .await;
+        if team_host && r.0 == StatusCode::CREATED {
+            let id = r.1["host"]["id"].as_str().unwrap();
+            self.db
+                .set_host_status(
+                    id,
+                    wrenn_cp::db::HostStatus::Online,
+                    Some("127.0.0.1:50051"),
+                )
+                .await
+                .unwrap();
+        }
+        r
     }
 
     async fn heartbeat(&self, host_id: &str, auth: &str) -> (StatusCode, Value) {
@@ -94,7 +123,7 @@ db_test! {
         assert_eq!(r["host"]["id"], host_id.as_str());
         assert_eq!(r["host"]["status"], "online");
         assert_eq!(r["host"]["name"], "rack-1");
-        assert_eq!(r["host"]["address"], "127.0.0.1:50051");
+        assert_eq!(r["host"]["address"], TEAM_HOST_ADDRESS);
         assert_eq!(r["host"]["specs"]["cpu_count"], 2);
         let jwt = s(&r, "host_jwt");
         let refresh1 = s(&r, "refresh_token");
@@ -291,6 +320,11 @@ db_test! {
             json!({"token": reg, "address": "127.0.0.1:1", "name": ""}),
             json!({"token": reg, "address": "127.0.0.1:1", "extra": true}),
             json!({"token": 1, "address": "127.0.0.1:1"}),
+            // A team's host: an IP address, never loopback, link-local (metadata) or a name.
+            json!({"token": reg, "address": "127.0.0.1:50051"}),
+            json!({"token": reg, "address": "http://169.254.169.254:80"}),
+            json!({"token": reg, "address": "[::1]:50051"}),
+            json!({"token": reg, "address": "https://agent.example:443"}),
         ];
         for b in bad_registers {
             let (st, v) = app.post("/v1/hosts/register", None, b.clone()).await;
@@ -575,5 +609,24 @@ db_test! {
         app.state = state;
         let got = placed(&app, &key, &team).await;
         assert_eq!(got, [hosts[0].clone(), hosts[1].clone(), hosts[0].clone(), hosts[1].clone()]);
+    }
+}
+
+db_test! {
+    async fn a_team_has_at_most_max_hosts(db) {
+        use wrenn_cp::api::hosts::MAX_HOSTS_PER_TEAM;
+        let app = App::new(db.clone());
+        let _admin = app.signup("ada@example.com", "Ada").await;
+        let b = app.signup("bob@example.com", "Bob").await;
+        let tb = token(&b);
+        app.make_byoc(&tb).await;
+        for n in 0..MAX_HOSTS_PER_TEAM {
+            let (st, v) = app.post("/v1/hosts/registration-tokens", Some(&tb), json!({"name": format!("h{n}")})).await;
+            assert_eq!(st, StatusCode::CREATED, "{v}");
+        }
+        let before = app.host_counts().await;
+        let (st, v) = app.post("/v1/hosts/registration-tokens", Some(&tb), json!({"name": "one-more"})).await;
+        assert_eq!((st, code(&v)), (StatusCode::CONFLICT, "conflict"), "{v}");
+        assert_eq!(app.host_counts().await, before);
     }
 }
