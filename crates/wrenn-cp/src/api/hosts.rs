@@ -390,7 +390,9 @@ pub struct Refresh {
     refresh_token: String,
 }
 
-/// Rotation: the presented refresh token is revoked and a new one issued in one transaction.
+/// Rotation: a new refresh token (and host JWT) for the presented one, which stays valid for
+/// a 2-minute grace in case this response is lost (its replacement's first use ends that);
+/// presenting it after its grace revokes every refresh token of the host.
 #[utoipa::path(
     post,
     path = "/v1/hosts/auth/refresh",
@@ -398,7 +400,7 @@ pub struct Refresh {
     operation_id = "refresh_host_credentials",
     request_body = Refresh,
     responses(
-        (status = 200, description = "A new host JWT and a new refresh token (the old one is revoked)", body = HostCredentials),
+        (status = 200, description = "A new host JWT and a new refresh token (the old one stays valid for a 2-minute grace)", body = HostCredentials),
         (status = 400, description = "Malformed body or host ID", body = ErrorBody),
         (status = 401, description = "Invalid, expired or revoked refresh token", body = ErrorBody),
     )
@@ -408,14 +410,9 @@ pub async fn refresh(
     ApiJson(req): ApiJson<Refresh>,
 ) -> Result<ApiJson<HostCredentials>, ApiError> {
     let hash = token::hash_presented(&req.refresh_token).ok_or_else(token_refused)?;
-    let current = st.db.valid_refresh_token(&hash).await.map_err(token_err)?;
-    // A token presented for another host is refused without being rotated.
-    if current.host_id != req.host_id.as_str() {
-        return Err(token_refused());
-    }
     let host = st
         .db
-        .host_by_id(&current.host_id)
+        .host_by_id(req.host_id.as_str())
         .await
         .map_err(|e| match e {
             DbError::NotFound => token_refused(),
@@ -423,16 +420,11 @@ pub async fn refresh(
         })?;
     let new = token::generate_refresh_token().map_err(ApiError::internal)?;
     let expires_at = refresh_expiry(&new)?;
-    let rotated = st
-        .db
-        .rotate_refresh_token(&hash, &new.hash, expires_at)
+    // Refused untouched when the token is another host's.
+    st.db
+        .rotate_refresh_token(&host.id, &hash, &new.hash, expires_at)
         .await
         .map_err(token_err)?;
-    if rotated.host_id != host.id {
-        return Err(ApiError::internal(
-            "refresh token rotated onto another host",
-        ));
-    }
     Ok(ApiJson(credentials(&st, host, new, expires_at)?))
 }
 

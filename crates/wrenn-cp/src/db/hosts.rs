@@ -142,6 +142,8 @@ pub struct RefreshToken {
 
 const HOST_COLS: &str = "id, team_id, name, address, status, last_heartbeat_at, specs, created_by, created_at, \
      credential_gen, capacity, capacity_at";
+/// How long a rotated refresh token stays valid (see [`Db::rotate_refresh_token`]).
+pub const REFRESH_GRACE_MS: i64 = 120_000;
 /// See [`Db::schedulable_hosts`].
 const UNREPORTED_SLACK_MS: i64 = 5_000;
 const REG_COLS: &str = "id, team_id, host_id, created_by, created_at, expires_at, used_at";
@@ -481,7 +483,7 @@ impl Db {
             expires_at,
             revoked_at: None,
         };
-        insert_refresh(&mut *self.pool.acquire().await?, &tok, token_hash).await?;
+        insert_refresh(&mut *self.pool.acquire().await?, &tok, token_hash, None).await?;
         Ok(tok)
     }
 
@@ -489,7 +491,7 @@ impl Db {
     pub async fn valid_refresh_token(&self, token_hash: &str) -> Result<RefreshToken, DbError> {
         let sql = format!(
             "SELECT {REFRESH_COLS} FROM host_refresh_tokens \
-             WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2"
+             WHERE token_hash = $1 AND (revoked_at IS NULL OR revoked_at > $2) AND expires_at > $2"
         );
         let t: Option<RefreshToken> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(token_hash)
@@ -499,40 +501,89 @@ impl Db {
         t.ok_or(DbError::TokenRejected(TokenRejection::Unknown))
     }
 
-    /// Rotation: issues the new token for the old one's host and revokes the old one, in one
-    /// transaction, so a crash leaves either the old token valid or the new one, never neither
-    /// and never both. The old token must be valid; two concurrent rotations of one token
-    /// yield exactly one new token (the revoke is a conditional UPDATE).
+    /// Rotation of the refresh token `old_hash` of host `host_id`, in one transaction:
+    /// - the old token stays valid for [`REFRESH_GRACE_MS`] more (an agent that lost the
+    ///   response retries with it), unless its own replacement is used first;
+    /// - tokens issued earlier from the old one (lost responses) and the token the old one
+    ///   replaced are revoked now, so one chain stays live;
+    /// - a token presented after it was revoked (replayed after its grace, or revoked) is a
+    ///   stolen or cloned credential: every refresh token of its host is revoked.
+    ///
+    /// A token of another host is refused untouched.
     pub async fn rotate_refresh_token(
         &self,
+        host_id: &str,
         old_hash: &str,
         new_hash: &str,
         new_expires_at: i64,
     ) -> Result<RefreshToken, DbError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
-        let host_id: Option<String> = sqlx::query_scalar(
-            "UPDATE host_refresh_tokens SET revoked_at = $2 \
-             WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2 RETURNING host_id",
+        let row: Option<(String, String, i64, Option<i64>, Option<String>)> = sqlx::query_as(
+            "SELECT id, host_id, expires_at, revoked_at, replaces_id FROM host_refresh_tokens \
+             WHERE token_hash = $1",
         )
         .bind(old_hash)
-        .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(host_id) = host_id else {
-            drop(tx);
-            return Err(DbError::TokenRejected(
-                self.refresh_rejection(old_hash).await?,
-            ));
+        let Some((old_id, owner, expires_at, revoked_at, replaces)) = row else {
+            return Err(DbError::TokenRejected(TokenRejection::Unknown));
         };
+        if owner != host_id {
+            return Err(DbError::TokenRejected(TokenRejection::Unknown));
+        }
+        if expires_at <= now {
+            return Err(DbError::TokenRejected(TokenRejection::Expired));
+        }
+        if revoked_at.is_some_and(|r| r <= now) {
+            let r = sqlx::query(
+                "UPDATE host_refresh_tokens SET revoked_at = $2 \
+                 WHERE host_id = $1 AND (revoked_at IS NULL OR revoked_at > $2)",
+            )
+            .bind(&owner)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            if r.rows_affected() > 0 {
+                tracing::warn!(host_id = %owner, revoked = r.rows_affected(), "a revoked refresh token was presented again: every refresh token of the host is revoked");
+            }
+            return Err(DbError::TokenRejected(TokenRejection::Revoked));
+        }
+        // Claim the old token (a row lock on PostgreSQL: concurrent rotations queue here);
+        // its grace never grows.
+        let grace_end = now.saturating_add(REFRESH_GRACE_MS);
+        let claimed = sqlx::query(
+            "UPDATE host_refresh_tokens SET revoked_at = CASE \
+             WHEN revoked_at IS NULL OR revoked_at > $2 THEN $2 ELSE revoked_at END \
+             WHERE id = $1 AND (revoked_at IS NULL OR revoked_at > $3)",
+        )
+        .bind(&old_id)
+        .bind(grace_end)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            return Err(DbError::TokenRejected(TokenRejection::Revoked));
+        }
+        // Earlier siblings, and the parent whose grace this use ends.
+        sqlx::query(
+            "UPDATE host_refresh_tokens SET revoked_at = $3 \
+             WHERE (replaces_id = $1 OR id = $2) AND (revoked_at IS NULL OR revoked_at > $3)",
+        )
+        .bind(&old_id)
+        .bind(replaces.as_deref().unwrap_or(""))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         let tok = RefreshToken {
             id: crate::ids::TokenId::generate().into_string(),
-            host_id,
+            host_id: owner,
             created_at: now,
             expires_at: new_expires_at,
             revoked_at: None,
         };
-        insert_refresh(&mut tx, &tok, new_hash).await?;
+        insert_refresh(&mut tx, &tok, new_hash, Some(&old_id)).await?;
         tx.commit().await?;
         Ok(tok)
     }
@@ -545,7 +596,7 @@ impl Db {
             .await?;
         Ok(match t {
             None => TokenRejection::Unknown,
-            Some(t) if t.revoked_at.is_some() => TokenRejection::Revoked,
+            Some(t) if t.revoked_at.is_some_and(|r| r <= now_ms()) => TokenRejection::Revoked,
             Some(_) => TokenRejection::Expired,
         })
     }
@@ -554,7 +605,7 @@ impl Db {
     pub async fn revoke_refresh_token(&self, token_hash: &str) -> Result<(), DbError> {
         let r = sqlx::query(
             "UPDATE host_refresh_tokens SET revoked_at = $2 \
-             WHERE token_hash = $1 AND revoked_at IS NULL",
+             WHERE token_hash = $1 AND (revoked_at IS NULL OR revoked_at > $2)",
         )
         .bind(token_hash)
         .bind(now_ms())
@@ -584,7 +635,7 @@ impl Db {
         let h = h.ok_or(DbError::NotFound)?;
         sqlx::query(
             "UPDATE host_refresh_tokens SET revoked_at = $2 \
-             WHERE host_id = $1 AND revoked_at IS NULL",
+             WHERE host_id = $1 AND (revoked_at IS NULL OR revoked_at > $2)",
         )
         .bind(host_id)
         .bind(now_ms())
@@ -612,7 +663,7 @@ impl Db {
     pub async fn revoke_host_refresh_tokens(&self, host_id: &str) -> Result<u64, DbError> {
         let r = sqlx::query(
             "UPDATE host_refresh_tokens SET revoked_at = $2 \
-             WHERE host_id = $1 AND revoked_at IS NULL",
+             WHERE host_id = $1 AND (revoked_at IS NULL OR revoked_at > $2)",
         )
         .bind(host_id)
         .bind(now_ms())
@@ -626,16 +677,18 @@ async fn insert_refresh(
     conn: &mut sqlx::AnyConnection,
     tok: &RefreshToken,
     token_hash: &str,
+    replaces: Option<&str>,
 ) -> Result<(), DbError> {
     sqlx::query(
-        "INSERT INTO host_refresh_tokens (id, host_id, token_hash, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO host_refresh_tokens (id, host_id, token_hash, created_at, expires_at, replaces_id) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&tok.id)
     .bind(&tok.host_id)
     .bind(token_hash)
     .bind(tok.created_at)
     .bind(tok.expires_at)
+    .bind(replaces)
     .execute(conn)
     .await?;
     Ok(())

@@ -31,8 +31,8 @@ pub use audit::{ActorType, AuditEntry, NewAuditEntry};
 pub use crypto::{EnvdTokenCipher, KEY_LEN};
 pub use error::{DbError, TokenRejection};
 pub use hosts::{
-    Candidate, Host, HostCapacity, HostStatus, NewHost, NewRegistrationToken, RefreshToken,
-    RegistrationToken,
+    Candidate, Host, HostCapacity, HostStatus, NewHost, NewRegistrationToken, REFRESH_GRACE_MS,
+    RefreshToken, RegistrationToken,
 };
 pub use page::{Page, PageRequest};
 pub use pool::{Backend, Db, DbConfig};

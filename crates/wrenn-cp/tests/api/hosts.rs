@@ -166,7 +166,8 @@ db_test! {
         assert_eq!(st, StatusCode::UNAUTHORIZED);
         assert_eq!(app.host_counts().await, before);
 
-        // Refresh rotation: the old refresh token stops working.
+        // Refresh rotation. The old token survives a lost response: presented again within
+        // its grace it gets another token, and the one issued before is superseded.
         let body = |t: &str| json!({"host_id": host_id, "refresh_token": t});
         let (st, r2) = app.post("/v1/hosts/auth/refresh", None, body(&refresh1)).await;
         assert_eq!(st, StatusCode::OK, "{r2}");
@@ -174,17 +175,30 @@ db_test! {
         assert_ne!(refresh1, refresh2);
         let (st, _) = app.heartbeat(&host_id, &s(&r2, "host_jwt")).await;
         assert_eq!(st, StatusCode::NO_CONTENT);
-        let (st, v) = app.post("/v1/hosts/auth/refresh", None, body(&refresh1)).await;
-        assert_eq!((st, code(&v)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+        let (st, r3) = app.post("/v1/hosts/auth/refresh", None, body(&refresh1)).await;
+        assert_eq!(st, StatusCode::OK, "retry within the grace: {r3}");
+        let refresh3 = s(&r3, "refresh_token");
         // Presented for another host: refused and not rotated.
         let other = app.reg_token(&ta, json!({})).await;
         let other_id = s(&other["host"], "id");
         let (st, _) = app
-            .post("/v1/hosts/auth/refresh", None, json!({"host_id": other_id, "refresh_token": refresh2}))
+            .post("/v1/hosts/auth/refresh", None, json!({"host_id": other_id, "refresh_token": refresh3}))
             .await;
         assert_eq!(st, StatusCode::UNAUTHORIZED);
-        let (st, _) = app.post("/v1/hosts/auth/refresh", None, body(&refresh2)).await;
-        assert_eq!(st, StatusCode::OK);
+        // The replacement's first use ends the old token's grace.
+        let (st, r4) = app.post("/v1/hosts/auth/refresh", None, body(&refresh3)).await;
+        assert_eq!(st, StatusCode::OK, "{r4}");
+        let refresh4 = s(&r4, "refresh_token");
+        assert_eq!(app.heartbeat(&host_id, &s(&r4, "host_jwt")).await.0, StatusCode::NO_CONTENT);
+        // A token presented after it was revoked (here the superseded refresh2) is a replay:
+        // every refresh token of the host goes, refresh4 included; the host JWT still works
+        // until it expires (the agent must register again then).
+        let (st, v) = app.post("/v1/hosts/auth/refresh", None, body(&refresh2)).await;
+        assert_eq!((st, code(&v)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+        for t in [&refresh1, &refresh3, &refresh4] {
+            let (st, _) = app.post("/v1/hosts/auth/refresh", None, body(t)).await;
+            assert_eq!(st, StatusCode::UNAUTHORIZED);
+        }
 
         // Another host's path: 403.
         let (st, v) = app.heartbeat(&other_id, &jwt).await;

@@ -83,54 +83,65 @@ db_test! {
         let host = db.create_host(NewHost {
             team_id: None, name: "h", address: "", specs: serde_json::json!({}), created_by: None,
         }).await.unwrap();
+        let other = db.create_host(NewHost {
+            team_id: None, name: "o", address: "", specs: serde_json::json!({}), created_by: None,
+        }).await.unwrap();
         let later = now_ms() + 60_000;
         let r1 = db.issue_refresh_token(&host.id, "r1", later).await.unwrap();
         assert_eq!(db.valid_refresh_token("r1").await.unwrap(), r1);
 
-        let r2 = db.rotate_refresh_token("r1", "r2", later).await.unwrap();
+        // Another host's token: refused, nothing changes.
+        assert_eq!(rejected(db.rotate_refresh_token(&other.id, "r1", "x", later).await), TokenRejection::Unknown);
+        assert!(db.valid_refresh_token("x").await.is_err());
+
+        let r2 = db.rotate_refresh_token(&host.id, "r1", "r2", later).await.unwrap();
         assert_eq!(r2.host_id, host.id);
         assert_ne!(r2.id, r1.id);
         assert!(db.valid_refresh_token("r2").await.is_ok());
+        // r1 is in its grace: still valid, its revocation set in the future.
+        let r1_now = db.valid_refresh_token("r1").await.unwrap();
+        assert!(r1_now.revoked_at.unwrap() > now_ms() + wrenn_cp::db::REFRESH_GRACE_MS - 5_000);
+        // r2's first use ends r1's grace.
+        db.rotate_refresh_token(&host.id, "r2", "r3", later).await.unwrap();
         assert_eq!(rejected(db.valid_refresh_token("r1").await), TokenRejection::Unknown);
-        // A rotated token cannot be rotated again; the failed rotation issues nothing.
-        assert_eq!(rejected(db.rotate_refresh_token("r1", "r3", later).await), TokenRejection::Revoked);
+        assert!(db.valid_refresh_token("r3").await.is_ok());
+        // Presenting r1 again: a replay, every refresh token of the host goes (r3 too).
+        assert_eq!(rejected(db.rotate_refresh_token(&host.id, "r1", "r4", later).await), TokenRejection::Revoked);
         assert!(db.valid_refresh_token("r3").await.is_err());
-        assert_eq!(rejected(db.rotate_refresh_token("zz", "r4", later).await), TokenRejection::Unknown);
+        assert!(db.valid_refresh_token("r4").await.is_err());
+        assert_eq!(rejected(db.rotate_refresh_token(&host.id, "zz", "r5", later).await), TokenRejection::Unknown);
 
         db.issue_refresh_token(&host.id, "expired", now_ms() - 1).await.unwrap();
-        assert_eq!(rejected(db.rotate_refresh_token("expired", "r5", later).await), TokenRejection::Expired);
+        assert_eq!(rejected(db.rotate_refresh_token(&host.id, "expired", "r6", later).await), TokenRejection::Expired);
 
-        // Concurrent rotations of one token: exactly one new token.
+        // Concurrent rotations of one token (lost responses retried at once): each answers,
+        // and exactly one of the new tokens stays valid.
+        db.issue_refresh_token(&host.id, "c", later).await.unwrap();
         let mut tasks = Vec::new();
         for i in 0..10 {
-            let db = db.clone();
+            let (db, h) = (db.clone(), host.id.clone());
             tasks.push(tokio::spawn(async move {
-                db.rotate_refresh_token("r2", &format!("n{i}"), later).await
+                db.rotate_refresh_token(&h, "c", &format!("n{i}"), later).await
             }));
         }
-        let mut ok = 0;
         for t in tasks {
-            if t.await.unwrap().is_ok() {
-                ok += 1;
-            }
+            t.await.unwrap().unwrap();
         }
-        assert_eq!(ok, 1);
-
-        let winner = (0..10).map(|i| format!("n{i}")).collect::<Vec<_>>();
         let mut valid = Vec::new();
-        for h in &winner {
-            if db.valid_refresh_token(h).await.is_ok() {
+        for h in (0..10).map(|i| format!("n{i}")) {
+            if db.valid_refresh_token(&h).await.is_ok() {
                 valid.push(h.clone());
             }
         }
-        assert_eq!(valid.len(), 1);
+        assert_eq!(valid.len(), 1, "{valid:?}");
         db.revoke_refresh_token(&valid[0]).await.unwrap();
         assert!(db.valid_refresh_token(&valid[0]).await.is_err());
         db.issue_refresh_token(&host.id, "a", later).await.unwrap();
         db.issue_refresh_token(&host.id, "b", later).await.unwrap();
-        // a, b and the expired-but-never-revoked one.
-        assert_eq!(db.revoke_host_refresh_tokens(&host.id).await.unwrap(), 3);
+        // a, b, c (in its grace) and the expired-but-never-revoked one.
+        assert_eq!(db.revoke_host_refresh_tokens(&host.id).await.unwrap(), 4);
         assert!(db.valid_refresh_token("a").await.is_err());
+        assert!(db.valid_refresh_token("c").await.is_err());
         assert!(matches!(db.revoke_refresh_token("a").await, Err(DbError::NotFound)));
     }
 }
