@@ -520,7 +520,26 @@ pub async fn revoke(
         .await
         .map_err(db_err_for("host"))?;
     st.agents.forget_host(&host.id);
-    tracing::info!(host_id = %host.id, credential_gen = host.credential_gen, "host credentials revoked");
+    // Nothing answers for its sandboxes any more (the agent refuses our tokens): `missing`,
+    // like a silent host's, instead of a 502 on every call; a delete then stops them.
+    let missing = st
+        .db
+        .transition_host_sandboxes(&host.id, SandboxStatus::Missing)
+        .await
+        .map_err(db_err)?;
+    tracing::info!(host_id = %host.id, credential_gen = host.credential_gen, missing = missing.len(), "host credentials revoked");
+    let entry = NewAuditEntry {
+        team_id: host.team_id.as_deref(),
+        actor_type: ActorType::User,
+        actor_id: Some(&c.sub),
+        action: "host.revoke",
+        target_type: "host",
+        target_id: Some(&host.id),
+        details: serde_json::json!({ "missing_sandboxes": missing }),
+    };
+    if let Err(e) = st.db.append_audit(entry).await {
+        tracing::error!(host_id = %host.id, error = %e, "could not write audit entry");
+    }
     Ok(ApiJson(host))
 }
 

@@ -377,6 +377,9 @@ db_test! {
 
 db_test! {
     async fn host_revoke_withdraws_every_credential(db) {
+        use wrenn_cp::db::SandboxStatus::*;
+        use wrenn_cp::db::testing::new_sandbox;
+
         let app = App::new(db.clone());
         let a = app.signup("ada@example.com", "Ada").await; // platform admin
         let b = app.signup("bob@example.com", "Bob").await; // owns team B
@@ -403,11 +406,28 @@ db_test! {
         assert_eq!(app.post(&revoke, None, json!({})).await.0, StatusCode::UNAUTHORIZED);
         assert_eq!(app.host_counts().await, before);
         assert_eq!(app.heartbeat(&host_id, &jwt).await.0, StatusCode::NO_CONTENT);
+        // Sandboxes on it: running, paused, stopped.
+        let team_b = s(&b["team"], "id");
+        let mut rows = Vec::new();
+        for path in [&[Running][..], &[Running, Paused], &[Running, Stopped]] {
+            let sb = db.insert_pending_sandbox(new_sandbox(&team_b, Some(&host_id))).await.unwrap();
+            for to in path {
+                db.transition_sandbox(&sb.id, *to, None).await.unwrap();
+            }
+            rows.push(sb.id);
+        }
 
         let (st, h) = app.post(&revoke, Some(&tb), json!({})).await;
         assert_eq!(st, StatusCode::OK, "{h}");
         assert_eq!(h["credential_gen"], 2);
         assert_eq!(h["status"], "pending");
+        // Nothing answers for its sandboxes now: missing (the stopped one stays stopped), and
+        // a forced delete later stops them.
+        let mut got = Vec::new();
+        for id in &rows {
+            got.push(db.get_sandbox(&team_b, id).await.unwrap().status);
+        }
+        assert_eq!(got, [Missing, Missing, Stopped]);
         // The host JWT and the refresh token are dead.
         let (st, v) = app.heartbeat(&host_id, &jwt).await;
         assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
@@ -419,6 +439,11 @@ db_test! {
         let (st, h) = app.post(&revoke, Some(&ta), json!({})).await;
         assert_eq!(st, StatusCode::OK, "{h}");
         assert_eq!(h["credential_gen"], 3);
+        let (st, v) = app.send(Method::DELETE, &format!("/v1/hosts/{host_id}?force=true"), Some(&tb), None).await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+        for id in &rows {
+            assert_eq!(db.get_sandbox(&team_b, id).await.unwrap().status, Stopped);
+        }
     }
 }
 
