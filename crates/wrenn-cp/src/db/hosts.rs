@@ -142,6 +142,8 @@ pub struct RefreshToken {
 
 const HOST_COLS: &str = "id, team_id, name, address, status, last_heartbeat_at, specs, created_by, created_at, \
      credential_gen, capacity, capacity_at";
+/// id, host_id, expires_at, revoked_at, replaces_id of a refresh token.
+type RefreshRow = (String, String, i64, Option<i64>, Option<String>);
 /// How long a rotated refresh token stays valid (see [`Db::rotate_refresh_token`]).
 pub const REFRESH_GRACE_MS: i64 = 120_000;
 /// See [`Db::schedulable_hosts`].
@@ -519,7 +521,7 @@ impl Db {
     ) -> Result<RefreshToken, DbError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
-        let row: Option<(String, String, i64, Option<i64>, Option<String>)> = sqlx::query_as(
+        let row: Option<RefreshRow> = sqlx::query_as(
             "SELECT id, host_id, expires_at, revoked_at, replaces_id FROM host_refresh_tokens \
              WHERE token_hash = $1",
         )
@@ -586,19 +588,6 @@ impl Db {
         insert_refresh(&mut tx, &tok, new_hash, Some(&old_id)).await?;
         tx.commit().await?;
         Ok(tok)
-    }
-
-    async fn refresh_rejection(&self, hash: &str) -> Result<TokenRejection, DbError> {
-        let sql = format!("SELECT {REFRESH_COLS} FROM host_refresh_tokens WHERE token_hash = $1");
-        let t: Option<RefreshToken> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match t {
-            None => TokenRejection::Unknown,
-            Some(t) if t.revoked_at.is_some_and(|r| r <= now_ms()) => TokenRejection::Revoked,
-            Some(_) => TokenRejection::Expired,
-        })
     }
 
     /// Revokes one refresh token; unknown or already revoked is [`DbError::NotFound`].
