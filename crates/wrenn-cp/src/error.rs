@@ -223,6 +223,12 @@ impl ApiError {
         Self::new(ErrorCode::Unavailable, message)
     }
 
+    /// Replaces the client-facing message.
+    pub fn with_message(mut self, message: impl Into<Cow<'static, str>>) -> Self {
+        self.message = message.into();
+        self
+    }
+
     /// Attaches a private cause (logged, not sent).
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());
@@ -303,7 +309,8 @@ impl IntoResponse for ApiError {
         self.log();
         let mut resp = (status, axum::Json(self.body())).into_response();
         if let Some(after) = self.retry_after {
-            let secs = after.as_secs().max(1);
+            // Rounded up: coming back a fraction early would be refused again.
+            let secs = (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1);
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

@@ -97,6 +97,8 @@ pub struct AppState {
     pub scheduler: Scheduler,
     /// The E2B domain, when configured (see [`ServerConfig::domain`]).
     pub domain: Option<String>,
+    /// Login/signup attempt limits and the password-hashing bound.
+    pub auth_limits: crate::auth::limits::AuthLimits,
 }
 
 impl AppState {
@@ -131,6 +133,7 @@ impl AppState {
             agents: AgentPool::new(Arc::new(agent_signer)),
             scheduler: Scheduler::with_placement(placement),
             domain,
+            auth_limits: Default::default(),
         }))
     }
 }
@@ -268,6 +271,37 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> 
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
+/// The TCP peer of a connection (`ConnectInfo<PeerAddr>`), whichever listener accepted it.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// A listener that hands out [`PeerAddr`] (axum implements `Connected` for `SocketAddr` on
+/// its own listener types only, not on ours, e.g. TLS).
+struct Peers<L>(L);
+
+impl<L: axum::serve::Listener> axum::serve::Listener for Peers<L> {
+    type Io = L::Io;
+    type Addr = L::Addr;
+
+    fn accept(&mut self) -> impl std::future::Future<Output = (Self::Io, Self::Addr)> + Send {
+        self.0.accept()
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Peers<L>>>
+    for PeerAddr
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Peers<L>>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
 /// Serves `app` on `listener` until `stopped` turns true, then lets in-flight requests finish.
 fn spawn_serve<L>(
     listener: L,
@@ -275,15 +309,18 @@ fn spawn_serve<L>(
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<std::io::Result<()>>
 where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
+    L: axum::serve::Listener<Addr = SocketAddr>,
 {
     tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
+        // Peer addresses for the per-client limits (`auth::extract::ClientIp`).
+        axum::serve(
+            Peers(listener),
+            app.into_make_service_with_connect_info::<PeerAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await
     })
 }
 

@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{State, db_err, db_err_for, validate};
-use crate::auth::extract::UserAuth;
+use crate::auth::extract::{ClientIp, UserAuth};
 use crate::auth::jwt::{self, UserIdentity};
 use crate::auth::password;
 use crate::db::{DbError, Membership, Role, Team, User};
@@ -96,19 +96,24 @@ fn issue(st: &AppState, user: User, team: Team, role: Role) -> Result<AuthRespon
         (status = 400, description = "Malformed body, invalid email, name or password", body = ErrorBody),
         (status = 409, description = "`email_taken`", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many attempts from this address, or too many logins in progress; `Retry-After` says when to retry", body = ErrorBody),
         (status = 415, description = "Not `application/json`", body = ErrorBody),
     )
 )]
 pub async fn signup(
     st: State,
+    ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<SignupRequest>,
 ) -> Result<(StatusCode, ApiJson<AuthResponse>), ApiError> {
+    st.auth_limits.attempt_from(ip)?;
     let email = validate::email(&req.email)?;
     let name = validate::name("name", &req.name)?;
     password::validate_new_password(&req.password)?;
+    let slot = st.auth_limits.hashing().await?;
     let hash = password::hash_password_async(req.password)
         .await
         .map_err(ApiError::internal)?;
+    drop(slot);
     // Team names are capped at 100 characters like every name.
     let team_name: String = format!("{name}'s team")
         .chars()
@@ -146,14 +151,21 @@ pub async fn signup(
         (status = 401, description = "Invalid email or password", body = ErrorBody),
         (status = 403, description = "The account belongs to no team", body = ErrorBody),
         (status = 415, description = "Not `application/json`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many attempts from this address or on this account, or too many logins in progress; `Retry-After` says when to retry", body = ErrorBody),
     )
 )]
 pub async fn login(
     st: State,
+    ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<ApiJson<AuthResponse>, ApiError> {
+    st.auth_limits.attempt_from(ip)?;
     // A malformed email cannot match a row; it still goes through the dummy verify.
-    let user = match validate::email(&req.email) {
+    let email = validate::email(&req.email);
+    if let Ok(e) = &email {
+        st.auth_limits.attempt_on(e)?;
+    }
+    let user = match email {
         Ok(email) => match st.db.user_by_email(&email).await {
             Ok(u) => Some(u),
             Err(DbError::NotFound) => None,
@@ -163,7 +175,9 @@ pub async fn login(
     };
     let stored = user.as_ref().and_then(|u| u.password_hash.clone());
     // An over-long password is refused inside verify_or_dummy without being hashed.
+    let slot = st.auth_limits.hashing().await?;
     let ok = password::verify_or_dummy_async(req.password, stored).await;
+    drop(slot);
     let user = match user {
         Some(u) if ok => u,
         _ => return Err(ApiError::unauthorized("invalid email or password")),

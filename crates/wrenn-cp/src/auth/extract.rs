@@ -608,3 +608,24 @@ mod tests {
         let _ = UserId::generate();
     }
 }
+
+/// The TCP peer's address when the server was started with connect info (`wrenn server`);
+/// `None` for in-process callers (tests).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<crate::server::PeerAddr>>()
+                .map(|c| c.0.0.ip()),
+        ))
+    }
+}

@@ -6,6 +6,7 @@ pub mod api_key;
 pub mod cache;
 pub mod extract;
 pub mod jwt;
+pub mod limits;
 pub mod password;
 pub mod token;
 

@@ -94,3 +94,51 @@ db_test! {
         assert_eq!(s, StatusCode::UNAUTHORIZED);
     }
 }
+
+db_test! {
+    async fn logins_are_rate_limited_per_address_and_per_account(db) {
+        use axum::body::Body;
+        use axum::extract::ConnectInfo;
+        use axum::http::Request;
+        use wrenn_cp::server::PeerAddr;
+
+        let app = App::new(db.clone());
+        app.signup("ada@example.com", "Ada").await;
+        let login = |ip: &str, email: &str| {
+            let mut req = Request::builder()
+                .method(Method::POST)
+                .uri("/v1/auth/login")
+                .header("content-type", "application/json")
+                .body(Body::from(json!({"email": email, "password": "wrong password"}).to_string()))
+                .unwrap();
+            req.extensions_mut().insert(ConnectInfo(PeerAddr(format!("{ip}:40000").parse().unwrap())));
+            let router = app.router.clone();
+            async move {
+                use tower::ServiceExt;
+                let resp = router.oneshot(req).await.unwrap();
+                let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+                (resp.status(), retry)
+            }
+        };
+        // One address: a burst of 20 attempts (each a 401), then 429 with Retry-After.
+        for n in 0..20 {
+            let (st, _) = login("203.0.113.9", &format!("u{n}@example.com")).await;
+            assert_eq!(st, StatusCode::UNAUTHORIZED);
+        }
+        let (st, retry) = login("203.0.113.9", "u99@example.com").await;
+        assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
+        assert!(retry.unwrap().parse::<u64>().unwrap() >= 1);
+        // Another address is not held back by it.
+        assert_eq!(login("203.0.113.10", "x@example.com").await.0, StatusCode::UNAUTHORIZED);
+        // One account, from many addresses: 10 attempts, then 429, even with the right
+        // password; other accounts still answer.
+        for n in 0..10 {
+            let (st, _) = login(&format!("198.51.100.{n}"), "ada@example.com").await;
+            assert_eq!(st, StatusCode::UNAUTHORIZED);
+        }
+        assert_eq!(login("198.51.100.200", "ada@example.com").await.0, StatusCode::TOO_MANY_REQUESTS);
+        let (st, v) = app.post("/v1/auth/login", None, json!({"email": "ada@example.com", "password": PASSWORD})).await;
+        assert_eq!((st, code(&v)), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"), "{v}");
+        assert_eq!(login("198.51.100.201", "bob@example.com").await.0, StatusCode::UNAUTHORIZED);
+    }
+}
