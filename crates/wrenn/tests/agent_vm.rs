@@ -47,6 +47,33 @@ fn create_exec_files_destroy_leaves_nothing() {
         }
         let used_before = info.disk_used_bytes;
 
+        // A guest printing nonstop to its console: QEMU keeps the last 64 KiB in memory and
+        // nothing on the host's disk grows with it.
+        let run_dir = env.root.path().join("sandboxes").join(&id).join("run");
+        let run_bytes = || -> u64 {
+            std::fs::read_dir(&run_dir)
+                .expect("run dir")
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        };
+        let before_console = run_bytes();
+        let t = std::time::Instant::now();
+        let (_, err, code) = sh(
+            &c,
+            &id,
+            "head -c 2097152 /dev/zero | tr '\\0' A | sudo tee /dev/ttyS0 > /dev/null",
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+        eprintln!("2 MiB to the console in {} ms", t.elapsed().as_millis());
+        assert!(
+            run_bytes() < before_console + 64 * 1024,
+            "console output reached the host's disk: {before_console} → {} bytes",
+            run_bytes()
+        );
+
         // 10 MiB through WriteFile (client stream) and back through ReadFile.
         let data: Vec<u8> = (0..10 * 1024 * 1024u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)

@@ -107,9 +107,6 @@ impl VmSpec {
     pub fn pid_file(&self) -> PathBuf {
         pid_file(&self.run_dir)
     }
-    pub fn serial_log(&self) -> PathBuf {
-        serial_log(&self.run_dir)
-    }
 }
 
 pub fn qmp_socket(run_dir: &Path) -> PathBuf {
@@ -117,9 +114,6 @@ pub fn qmp_socket(run_dir: &Path) -> PathBuf {
 }
 pub fn pid_file(run_dir: &Path) -> PathBuf {
     run_dir.join("vmm.pid")
-}
-pub fn serial_log(run_dir: &Path) -> PathBuf {
-    run_dir.join("serial.log")
 }
 pub fn spec_file(run_dir: &Path) -> PathBuf {
     run_dir.join("spec.json")

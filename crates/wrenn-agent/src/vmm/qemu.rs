@@ -16,6 +16,9 @@ use super::{
     spec_file,
 };
 
+/// Bytes of console output QEMU keeps (the ring's size; a power of two).
+pub const SERIAL_RING_BYTES: usize = 64 * 1024;
+
 /// Kernel arguments every guest gets. The TSC ones make the Debian kernel's clock calibration
 /// reliable under TCG (it hangs at random without them) and are harmless under KVM.
 pub const BASE_KERNEL_ARGS: &str = "console=ttyS0 root=/dev/vda rw panic=-1 \
@@ -610,8 +613,10 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         });
     }
     a.extend([
+        // The console in a ring in QEMU's memory (QMP `ringbuf-read`), never a file: a guest
+        // printing nonstop must not fill the host's disk.
         "-chardev".into(),
-        format!("file,id=serial0,path={},append=on", opt(&spec.serial_log())),
+        format!("ringbuf,id=serial0,size={SERIAL_RING_BYTES}"),
         "-serial".into(),
         "chardev:serial0".into(),
         "-qmp".into(),
@@ -620,6 +625,11 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         spec.pid_file().display().to_string(),
         // Re-parented to init: the VM outlives the agent. Returns once QEMU is initialised.
         "-daemonize".into(),
+        // seccomp: QEMU's filter, plus no obsolete syscalls and no scheduler/affinity
+        // changes. `spawn` and `elevateprivileges` stay allowed: -daemonize forks (QEMU 7.2
+        // exits at start with either denied) and saving state goes through `exec:cat`.
+        "-sandbox".into(),
+        "on,obsolete=deny,resourcecontrol=deny".into(),
     ]);
     a
 }
@@ -693,9 +703,10 @@ mod tests {
             after(&a, "-netdev"),
             ["tap,id=net0,ifname=tap0,script=no,downscript=no"]
         );
+        assert_eq!(after(&a, "-chardev"), ["ringbuf,id=serial0,size=65536"]);
         assert_eq!(
-            after(&a, "-chardev"),
-            ["file,id=serial0,path=/run/wrenn/abc/serial.log,append=on"]
+            after(&a, "-sandbox"),
+            ["on,obsolete=deny,resourcecontrol=deny"]
         );
         assert_eq!(after(&a, "-serial"), ["chardev:serial0"]);
         assert_eq!(
