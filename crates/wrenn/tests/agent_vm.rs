@@ -160,6 +160,63 @@ fn create_exec_files_destroy_leaves_nothing() {
     });
 }
 
+/// A TCP listener at a private address (10.99.0.1) in the test's "outside" namespace,
+/// routed from the host namespace; killed (by PID) on drop.
+struct PrivateListener {
+    ip: &'static str,
+    child: std::process::Child,
+}
+
+impl PrivateListener {
+    fn start(env: &AgentEnv) -> PrivateListener {
+        let ip = "10.99.0.1";
+        let ov = format!("wt{}y", env.tag);
+        agent::ip(&[
+            "-n",
+            &env.outside_ns,
+            "addr",
+            "add",
+            &format!("{ip}/32"),
+            "dev",
+            &ov,
+        ]);
+        agent::ip(&["route", "add", &format!("{ip}/32"), "via", OUTSIDE_IP]);
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &env.outside_ns,
+                "python3",
+                "-m",
+                "http.server",
+                "--bind",
+                ip,
+            ])
+            .arg(OUTSIDE_PORT.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("private listener");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        // The host reaches it: the positive control for the sandbox's "closed".
+        while std::net::TcpStream::connect((ip, OUTSIDE_PORT)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "private listener did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        PrivateListener { ip, child }
+    }
+}
+
+impl Drop for PrivateListener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -233,6 +290,33 @@ fn four_sandboxes_are_isolated() {
             "closed",
             "egress must not open sandbox-to-sandbox"
         );
+        // ...nor private ranges: a listener at 10.99.0.1 the host itself reaches.
+        let private = PrivateListener::start(&env);
+        let (out, _, _) = sh(&c, &ids[3], &probe(private.ip, OUTSIDE_PORT)).await;
+        assert_eq!(out.trim(), "closed", "egress must not reach private ranges");
+        let (out, _, _) = sh(&c, &ids[3], &probe("169.254.169.254", 80)).await;
+        assert_eq!(out.trim(), "closed");
+        // A spoofed source never leaves the sandbox: count what reaches the host.
+        agent::run(std::process::Command::new("nft").args([
+            "add table inet wspy; add chain inet wspy pre { type filter hook prerouting priority -400; policy accept; }; \
+             add rule inet wspy pre ip saddr 192.0.2.77 counter",
+        ]));
+        let (out, err, code) = sh(
+            &c,
+            &ids[3],
+            &format!(
+                "sudo ip addr add 192.0.2.77/32 dev eth0 && \
+                 timeout -s KILL 8 python3 -c \"import socket; s=socket.socket(); s.bind(('192.0.2.77', 0)); s.settimeout(4); s.connect(('{OUTSIDE_IP}', {OUTSIDE_PORT}))\"; \
+                 echo rc=$?; sudo ip addr del 192.0.2.77/32 dev eth0"
+            ),
+        )
+        .await;
+        assert_eq!(code, 0, "{out} {err}");
+        assert!(!out.contains("rc=0"), "a spoofed connection went through: {out}");
+        let spy = agent::run(std::process::Command::new("nft").args(["list", "chain", "inet", "wspy", "pre"]));
+        agent::run(std::process::Command::new("nft").args(["delete", "table", "inet", "wspy"]));
+        assert!(spy.contains("packets 0 bytes 0"), "spoofed packets reached the host: {spy}");
+        drop(private);
         for id in ids {
             c.destroy_sandbox(pb::DestroySandboxRequest {
                 sandbox_id: id,

@@ -59,9 +59,17 @@ pub(crate) fn host_ruleset(prefix: &str, l: &SlotLayout, allow_internet: bool) -
     )
 }
 
-/// Rules inside the sandbox namespace: the host's connections to `host_ip` are DNATed to the
-/// guest; the guest may only answer, unless `allow_internet`, in which case its traffic leaves
-/// through the veth SNATed to the namespace's veth address.
+/// Where a guest with internet access still may not go: this network, private and
+/// carrier-grade NAT ranges, loopback, link-local (the cloud metadata service at
+/// 169.254.169.254), multicast and reserved.
+pub(crate) const EGRESS_DENIED: &str = "0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, \
+     169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/3";
+
+/// Rules inside the sandbox namespace: nothing from the tap but the guest's own IPv4 address
+/// (no spoofed sources, no IPv6); the host's connections to `host_ip` are DNATed to the
+/// guest; the guest may only answer, unless `allow_internet`, in which case its traffic to
+/// public addresses ([`EGRESS_DENIED`] aside) leaves through the veth SNATed to the
+/// namespace's veth address.
 pub(crate) fn sandbox_ruleset(prefix: &str, l: &SlotLayout, allow_internet: bool) -> String {
     let p = &l.ns_veth;
     let tap = &l.tap;
@@ -71,7 +79,10 @@ pub(crate) fn sandbox_ruleset(prefix: &str, l: &SlotLayout, allow_internet: bool
                 "\t\toifname \"{p}\" ip saddr {GUEST_IP} snat ip to {}\n",
                 l.ns_veth_ip
             ),
-            format!("\t\tiifname \"{tap}\" oifname \"{p}\" accept\n"),
+            format!(
+                "\t\tiifname \"{tap}\" ip daddr {{ {EGRESS_DENIED} }} drop\n\
+                 \t\tiifname \"{tap}\" oifname \"{p}\" accept\n"
+            ),
         )
     } else {
         (String::new(), String::new())
@@ -79,6 +90,11 @@ pub(crate) fn sandbox_ruleset(prefix: &str, l: &SlotLayout, allow_internet: bool
     format!(
         "{reset}\
          table inet {prefix} {{\n\
+         \tchain guard {{\n\
+         \t\ttype filter hook prerouting priority raw; policy accept;\n\
+         \t\tiifname \"{tap}\" ip saddr != {GUEST_IP} drop\n\
+         \t\tiifname \"{tap}\" meta nfproto ipv6 drop\n\
+         \t}}\n\
          \tchain prerouting {{\n\
          \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
          \t\tiifname \"{p}\" ip daddr {host_ip} dnat ip to {GUEST_IP}\n\
