@@ -81,7 +81,7 @@ impl EnvdClient {
         struct Uploaded {
             path: String,
         }
-        let body = r.bytes().await?;
+        let body = super::read_capped(r, super::SMALL_BODY_LIMIT, "/files upload").await?;
         let written: Vec<Uploaded> = serde_json::from_slice(&body)
             .map_err(|e| EnvdError::Protocol(format!("/files answer: {e}")))?;
         let path = written

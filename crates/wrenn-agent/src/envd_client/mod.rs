@@ -34,6 +34,11 @@ const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on unary calls (list, signal, mkdir, ...): they never take long on a live envd.
 const UNARY_TIMEOUT: Duration = Duration::from_secs(30);
 const ACCESS_TOKEN_HEADER: &str = "x-access-token";
+/// The most the agent reads of a small answer from envd (`/metrics`, an upload's reply): the
+/// guest controls envd, and a body past this is an error, not memory.
+pub const SMALL_BODY_LIMIT: usize = 64 * 1024;
+/// The most of an error body kept (the rest is not read).
+const ERROR_BODY_LIMIT: usize = 4 * 1024;
 
 /// A failed envd call.
 #[derive(Debug, thiserror::Error)]
@@ -360,21 +365,53 @@ impl EnvdClient {
         if !r.status().is_success() {
             return Err(http_error(r).await);
         }
-        let body = r.bytes().await?;
+        let body = read_capped(r, SMALL_BODY_LIMIT, "/metrics").await?;
         serde_json::from_slice(&body)
             .map_err(|e| EnvdError::Protocol(format!("/metrics body: {e}")))
     }
 }
 
+/// Reads a whole body of at most `limit` bytes, each chunk within [`UNARY_TIMEOUT`]: a
+/// longer or stalled body is a protocol error (what was read is dropped).
+async fn read_capped(
+    mut r: reqwest::Response,
+    limit: usize,
+    what: &str,
+) -> Result<bytes::Bytes, EnvdError> {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let chunk = tokio::time::timeout(UNARY_TIMEOUT, r.chunk())
+            .await
+            .map_err(|_| EnvdError::Protocol(format!("{what} answer stalled")))??;
+        let Some(chunk) = chunk else {
+            return Ok(buf.freeze());
+        };
+        if buf.len() + chunk.len() > limit {
+            return Err(EnvdError::Protocol(format!(
+                "{what} answer is over {limit} bytes"
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+}
+
 /// The error of a non-success plain-route response: envd's `{"code","message"}` body, or
-/// the raw text when it is something else.
-async fn http_error(r: reqwest::Response) -> EnvdError {
+/// the raw text when it is something else (at most [`ERROR_BODY_LIMIT`] bytes of it).
+async fn http_error(mut r: reqwest::Response) -> EnvdError {
     #[derive(Deserialize)]
     struct Body {
         message: Option<String>,
     }
     let status = r.status().as_u16();
-    let text = r.text().await.unwrap_or_default();
+    let mut raw = Vec::new();
+    while raw.len() < ERROR_BODY_LIMIT {
+        match tokio::time::timeout(HEALTH_PROBE_TIMEOUT, r.chunk()).await {
+            Ok(Ok(Some(c))) => raw.extend_from_slice(&c),
+            _ => break,
+        }
+    }
+    raw.truncate(ERROR_BODY_LIMIT);
+    let text = String::from_utf8_lossy(&raw).into_owned();
     let message = serde_json::from_str::<Body>(&text)
         .ok()
         .and_then(|b| b.message)
@@ -392,6 +429,67 @@ fn now_rfc3339() -> Result<String, EnvdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hostile envd on loopback: every answer is an endless body. Returns its URL and the
+    /// count of bytes it managed to send.
+    async fn endless_envd() -> (String, Arc<std::sync::atomic::AtomicU64>) {
+        use axum::body::Body;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
+        let endless = move |status: u16| {
+            let counter = counter.clone();
+            let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+            let stream = futures::stream::repeat_with(move || {
+                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                Ok::<_, std::convert::Infallible>(chunk.clone())
+            });
+            axum::response::Response::builder()
+                .status(status)
+                .body(Body::from_stream(stream))
+                .unwrap()
+        };
+        let (ok, err) = (endless.clone(), endless);
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || async move { ok(200) }),
+            )
+            .route(
+                "/files",
+                axum::routing::post(move || async move { err(500) }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}"), sent)
+    }
+
+    #[tokio::test]
+    async fn endless_answers_are_cut_off_at_a_fixed_bound() {
+        let (url, sent) = endless_envd().await;
+        let c = EnvdClient::new(&url, Some("tok")).unwrap();
+        match c.metrics().await {
+            Err(EnvdError::Protocol(m)) => assert!(m.contains("over"), "{m}"),
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+        let body = futures::stream::once(async {
+            Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"hi"))
+        });
+        match c.write_file("/tmp/x", None, body).await {
+            Err(EnvdError::Http {
+                status: 500,
+                message,
+            }) => {
+                assert!(message.len() <= ERROR_BODY_LIMIT, "{}", message.len())
+            }
+            other => panic!("expected the 500, got {other:?}"),
+        }
+        // What the server pushed before the client stopped reading: socket buffers, not
+        // the endless body.
+        let n = sent.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(n < 32 * 1024 * 1024, "the agent read {n} bytes");
+    }
 
     #[test]
     fn url_validation() {
