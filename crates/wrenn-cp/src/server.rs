@@ -99,6 +99,8 @@ pub struct AppState {
     pub domain: Option<String>,
     /// Login/signup attempt limits and the password-hashing bound.
     pub auth_limits: crate::auth::limits::AuthLimits,
+    /// Per-team bound on buffered `exec`s.
+    pub exec_slots: crate::api::sandboxes::exec::ExecSlots,
 }
 
 impl AppState {
@@ -134,6 +136,7 @@ impl AppState {
             scheduler: Scheduler::with_placement(placement),
             domain,
             auth_limits: Default::default(),
+            exec_slots: Default::default(),
         }))
     }
 }

@@ -2,6 +2,7 @@
 //! with its output; `GET /v1/sandboxes/{id}/exec/stream` (WebSocket) streams it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -107,6 +108,38 @@ pub(super) fn span(route: &'static str, sandbox_id: &SandboxId, agent: &Agent) -
     tracing::info_span!("sandbox_io", route, sandbox_id = %sandbox_id, host_id = %agent.host_id())
 }
 
+/// Buffered `exec`s one team may have running at once: each holds up to 2 × 16 MiB of output
+/// in the control plane until it ends.
+pub const EXECS_PER_TEAM: usize = 8;
+
+/// Per-team slots for buffered `exec`s, so one tenant's output cannot take the control
+/// plane's memory from the others.
+#[derive(Debug, Default)]
+pub struct ExecSlots {
+    teams: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl ExecSlots {
+    /// A slot for `team`, or 429 while it has [`EXECS_PER_TEAM`] running.
+    pub fn acquire(&self, team: &str) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let sem = {
+            let mut teams = self.teams.lock().unwrap_or_else(|e| e.into_inner());
+            if teams.len() > 10_000 {
+                teams.retain(|_, s| s.available_permits() < EXECS_PER_TEAM);
+            }
+            teams
+                .entry(team.to_owned())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(EXECS_PER_TEAM)))
+                .clone()
+        };
+        sem.try_acquire_owned().map_err(|_| {
+            ApiError::rate_limited(Duration::from_secs(1)).with_message(format!(
+                "the team has {EXECS_PER_TEAM} commands running through /exec; wait for one, or use /exec/stream"
+            ))
+        })
+    }
+}
+
 /// Runs a command to its end.
 #[utoipa::path(
     post,
@@ -122,6 +155,7 @@ pub(super) fn span(route: &'static str, sandbox_id: &SandboxId, agent: &Agent) -
         (status = 404, description = "No such sandbox", body = ErrorBody),
         (status = 409, description = "The sandbox is not running", body = ErrorBody),
         (status = 413, description = "More than 16 MiB of output on a stream", body = ErrorBody),
+        (status = 429, description = "The team has 8 commands running through /exec already (`Retry-After`)", body = ErrorBody),
         (status = 504, description = "The command ran out of time and was killed", body = ErrorBody),
     )
 )]
@@ -140,6 +174,7 @@ pub async fn exec(
     )?;
     let timeout = timeout_sec(body.timeout_sec)?;
     let (_, agent) = running(&st, auth.team_id(), &id).await?;
+    let _slot = st.exec_slots.acquire(auth.team_id())?;
     let span = span("exec", &id, &agent);
     async move {
         let req = exec_request(id.as_str(), cmd, timeout);
@@ -283,6 +318,20 @@ async fn exec_session(mut socket: WebSocket, agent: Agent, id: SandboxId) {
 mod tests {
     use super::*;
     use crate::api::sandboxes::ws::parse_frame;
+
+    #[test]
+    fn a_team_has_a_fixed_number_of_exec_slots() {
+        let slots = ExecSlots::default();
+        let held: Vec<_> = (0..EXECS_PER_TEAM)
+            .map(|_| slots.acquire("team-a").unwrap())
+            .collect();
+        let e = slots.acquire("team-a").unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        // Another team is not held back; a slot comes back when its exec ends.
+        let _b = slots.acquire("team-b").unwrap();
+        drop(held);
+        assert!(slots.acquire("team-a").is_ok());
+    }
 
     #[test]
     fn output_encoding() {
