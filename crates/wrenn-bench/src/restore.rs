@@ -27,7 +27,7 @@ pub(crate) async fn create(cp: &Cp, memory_mb: u32) -> anyhow::Result<String> {
             Method::POST,
             "/v1/sandboxes",
             None,
-            Some(json!({"memory_mb": memory_mb, "timeout_sec": 0})),
+            Some(json!({"memory_mb": memory_mb, "timeout_sec": 3600})),
             201,
         )
         .await?;

@@ -224,7 +224,7 @@ async fn with_cp(
             Method::POST,
             "/v1/sandboxes",
             None,
-            Some(json!({"memory_mb": 256, "timeout_sec": 0})),
+            Some(json!({"memory_mb": 256, "timeout_sec": 3600})),
             201,
         )
         .await?;

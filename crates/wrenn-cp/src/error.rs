@@ -47,6 +47,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// 429: too many requests; `Retry-After` says when to come back.
     RateLimited,
+    /// 429: the team is at one of its quotas (sandboxes, vCPUs, memory, disk, timeout).
+    QuotaExceeded,
     /// 500: a bug or an unexpected failure (details only in the server log).
     InternalError,
     /// 502: a host agent answered with an error.
@@ -63,7 +65,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -75,6 +77,7 @@ impl ErrorCode {
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::RateLimited,
+        ErrorCode::QuotaExceeded,
         ErrorCode::InternalError,
         ErrorCode::AgentError,
         ErrorCode::HostUnavailable,
@@ -97,6 +100,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::InternalError => "internal_error",
             ErrorCode::AgentError => "agent_error",
             ErrorCode::HostUnavailable => "host_unavailable",
@@ -119,7 +123,7 @@ impl ErrorCode {
             }
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited | ErrorCode::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::AgentError | ErrorCode::HostUnavailable => StatusCode::BAD_GATEWAY,
             ErrorCode::NoHostsAvailable | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{PageQuery, State, db_err, db_err_for};
 use crate::auth::extract::UserAuth;
-use crate::db::{ActorType, AuditEntry, Host, NewAuditEntry, Page, Team, User};
+use crate::db::{
+    ActorType, AuditEntry, Host, NewAuditEntry, Page, Quota, QuotaOverrides, Team, Usage, User,
+};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::ids::TeamId;
 use crate::server::AppState;
@@ -20,6 +22,7 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(list_users))
         .routes(routes!(list_teams))
         .routes(routes!(set_byoc))
+        .routes(routes!(get_quota, set_quota))
         .routes(routes!(list_hosts))
         .routes(routes!(list_audit))
 }
@@ -135,6 +138,101 @@ pub async fn set_byoc(
         tracing::error!(team = %team.id, error = %e, "could not write audit entry");
     }
     Ok(ApiJson(team))
+}
+
+/// A team's quota: the admin's overrides, the limits in effect and what the team holds.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TeamQuota {
+    team_id: String,
+    overrides: QuotaOverrides,
+    effective: Quota,
+    usage: Usage,
+}
+
+async fn team_quota(st: &AppState, team_id: &str) -> Result<TeamQuota, ApiError> {
+    let overrides = st.db.team_quota_overrides(team_id).await.map_err(db_err)?;
+    Ok(TeamQuota {
+        team_id: team_id.to_owned(),
+        effective: overrides.apply(crate::db::quotas::DEFAULT_QUOTA),
+        overrides,
+        usage: st.db.team_usage(team_id).await.map_err(db_err)?,
+    })
+}
+
+/// A team's quota and usage.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/teams/{id}/quota",
+    tag = "admin",
+    operation_id = "admin_get_team_quota",
+    params(("id" = String, Path, description = "Team ID")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Overrides, effective limits and usage", body = TeamQuota),
+        (status = 400, description = "Malformed team ID", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+        (status = 403, description = "Not a platform admin", body = ErrorBody),
+        (status = 404, description = "No such team", body = ErrorBody),
+    )
+)]
+pub async fn get_quota(
+    st: State,
+    UserAuth(c): UserAuth,
+    ApiPath(id): ApiPath<TeamId>,
+) -> Result<ApiJson<TeamQuota>, ApiError> {
+    require_admin(&st, &c.sub).await?;
+    st.db
+        .team_by_id(id.as_str())
+        .await
+        .map_err(db_err_for("team"))?;
+    Ok(ApiJson(team_quota(&st, id.as_str()).await?))
+}
+
+/// Replaces a team's quota overrides; fields left out take the platform's defaults (`{}`
+/// resets the team to them). Applies to the next create or resume.
+#[utoipa::path(
+    put,
+    path = "/v1/admin/teams/{id}/quota",
+    tag = "admin",
+    operation_id = "admin_set_team_quota",
+    params(("id" = String, Path, description = "Team ID")),
+    request_body = QuotaOverrides,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Overrides, effective limits and usage", body = TeamQuota),
+        (status = 400, description = "Malformed team ID or body, or a negative limit", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+        (status = 403, description = "Not a platform admin", body = ErrorBody),
+        (status = 404, description = "No such team", body = ErrorBody),
+    )
+)]
+pub async fn set_quota(
+    st: State,
+    UserAuth(c): UserAuth,
+    ApiPath(id): ApiPath<TeamId>,
+    ApiJson(body): ApiJson<QuotaOverrides>,
+) -> Result<ApiJson<TeamQuota>, ApiError> {
+    require_admin(&st, &c.sub).await?;
+    if let Some(f) = body.negative_field() {
+        return Err(ApiError::invalid_request(format!("{f} must be at least 0")));
+    }
+    st.db
+        .set_team_quota(id.as_str(), &body)
+        .await
+        .map_err(db_err_for("team"))?;
+    let entry = NewAuditEntry {
+        team_id: Some(id.as_str()),
+        actor_type: ActorType::User,
+        actor_id: Some(&c.sub),
+        action: "team.quota",
+        target_type: "team",
+        target_id: Some(id.as_str()),
+        details: serde_json::to_value(&body).unwrap_or_default(),
+    };
+    if let Err(e) = st.db.append_audit(entry).await {
+        tracing::error!(team = %id, error = %e, "could not write audit entry");
+    }
+    Ok(ApiJson(team_quota(&st, id.as_str()).await?))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -18,6 +18,7 @@ pub mod hot;
 pub mod ids;
 pub mod page;
 mod pool;
+pub mod quotas;
 mod row;
 mod sandboxes;
 pub mod status;
@@ -36,6 +37,7 @@ pub use hosts::{
 };
 pub use page::{Page, PageRequest};
 pub use pool::{Backend, Db, DbConfig};
+pub use quotas::{Quota, QuotaOverrides, Usage};
 pub use sandboxes::{NewSandbox, OnTimeout, Sandbox, SandboxFilter, SandboxPatch};
 pub use status::SandboxStatus;
 pub use teams::{Member, Membership, Role, Team};

@@ -110,3 +110,82 @@ db_test! {
         assert_eq!(t["is_byoc"], false);
     }
 }
+
+db_test! {
+    async fn team_quotas_bound_creates_resumes_and_timeouts(db) {
+        use wrenn_cp::db::SandboxStatus::*;
+        use wrenn_cp::db::testing::{count_rows, new_sandbox};
+
+        wrenn_cp::api::sandboxes::ensure_platform_templates(&db).await.unwrap();
+        let app = App::new(db.clone());
+        let a = app.signup("ada@example.com", "Ada").await; // platform admin
+        let b = app.signup("bob@example.com", "Bob").await;
+        let (ta, tb) = (token(&a), token(&b));
+        let team_b = s(&b["team"], "id");
+        let (_, kb) = app.key(&tb).await;
+        let quota = format!("/v1/admin/teams/{team_b}/quota");
+
+        // Defaults; no deadline is not among them.
+        let (st, q) = app.get(&quota, Some(&ta)).await;
+        assert_eq!(st, StatusCode::OK, "{q}");
+        assert_eq!((q["effective"]["max_sandboxes"].as_i64(), &q["usage"]["sandboxes"]), (Some(100), &json!(0)));
+        let (st, v) = app.post("/v1/sandboxes", Some(&kb), json!({"timeout_sec": 0})).await;
+        assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{v}");
+        let (st, v) = app.post("/v1/sandboxes", Some(&kb), json!({"timeout_sec": 86_400})).await;
+        assert_eq!((st, code(&v)), (StatusCode::SERVICE_UNAVAILABLE, "no_hosts_available"), "within the quota: {v}");
+
+        // Only an admin sets quotas; bad bodies change nothing.
+        let (st, _) = app.send(Method::PUT, &quota, Some(&tb), Some(json!({"max_sandboxes": 1000}))).await;
+        assert_eq!(st, StatusCode::FORBIDDEN);
+        for bad in [json!({"max_sandboxes": -1}), json!({"max_cpus": 3}), json!({"max_vcpus": "many"})] {
+            let (st, v) = app.send(Method::PUT, &quota, Some(&ta), Some(bad.clone())).await;
+            assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{bad}: {v}");
+        }
+        assert_eq!(count_rows(&db, "team_quotas").await, 0);
+        let (st, q) = app
+            .send(Method::PUT, &quota, Some(&ta), Some(json!({"max_sandboxes": 2, "max_vcpus": 3, "allow_no_timeout": true, "max_timeout_sec": 600})))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{q}");
+        assert_eq!(q["effective"]["max_sandboxes"], 2);
+        assert_eq!(q["effective"]["max_memory_mb"], 262_144, "untouched fields keep the default");
+
+        // The next request sees it: no deadline allowed now, an hour is not.
+        let (st, v) = app.post("/v1/sandboxes", Some(&kb), json!({"timeout_sec": 0})).await;
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        let (st, v) = app.post("/v1/sandboxes", Some(&kb), json!({"timeout_sec": 3600})).await;
+        assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{v}");
+
+        // Two live sandboxes (one running, one paused): a third is refused before anything
+        // is written.
+        let running = db.insert_pending_sandbox(new_sandbox(&team_b, None)).await.unwrap();
+        db.transition_sandbox(&running.id, Running, None).await.unwrap();
+        let host = db
+            .create_host(wrenn_cp::db::NewHost { team_id: None, name: "dead", address: "127.0.0.1:1", specs: json!({}), created_by: None })
+            .await
+            .unwrap();
+        let paused = db.insert_pending_sandbox(new_sandbox(&team_b, Some(&host.id))).await.unwrap();
+        db.transition_sandbox(&paused.id, Running, None).await.unwrap();
+        db.transition_sandbox(&paused.id, Paused, None).await.unwrap();
+        let rows = count_rows(&db, "sandboxes").await;
+        let (st, v) = app.post("/v1/sandboxes", Some(&kb), json!({"timeout_sec": 60})).await;
+        assert_eq!((st, code(&v)), (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"), "{v}");
+        assert_eq!(count_rows(&db, "sandboxes").await, rows);
+        // vCPUs count running sandboxes only: 1 in use, 2 more would make 3 (allowed), a
+        // resume of the paused one (1) too; a 3-vCPU create would not fit.
+        db.transition_sandbox(&running.id, Stopped, None).await.unwrap();
+        let (st, v) = app.post("/v1/sandboxes", Some(&kb), json!({"timeout_sec": 60, "vcpus": 4})).await;
+        assert_eq!((st, code(&v)), (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"), "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("vCPUs"), "{v}");
+        let (st, q) = app.get(&quota, Some(&ta)).await;
+        assert_eq!((st, &q["usage"]["sandboxes"], &q["usage"]["vcpus"]), (StatusCode::OK, &json!(1), &json!(0)), "{q}");
+        // A resume that would pass the vCPU quota is refused too.
+        app.send(Method::PUT, &quota, Some(&ta), Some(json!({"max_vcpus": 0}))).await;
+        let (st, v) = app.post(&format!("/v1/sandboxes/{}/resume", paused.id), Some(&kb), json!({})).await;
+        assert_eq!((st, code(&v)), (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"), "{v}");
+        assert_eq!(db.get_sandbox(&team_b, &paused.id).await.unwrap().status, Paused);
+        // {} resets to the defaults.
+        let (st, q) = app.send(Method::PUT, &quota, Some(&ta), Some(json!({}))).await;
+        assert_eq!((st, &q["overrides"]), (StatusCode::OK, &json!({})), "{q}");
+        assert_eq!(count_rows(&db, "team_quotas").await, 0);
+    }
+}

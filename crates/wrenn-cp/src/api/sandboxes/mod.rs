@@ -302,6 +302,60 @@ fn check_timeout(v: i64) -> Result<i64, ApiError> {
     in_range("timeout_sec", v, 0, MAX_TIMEOUT_SEC)
 }
 
+/// A timeout the team's quota allows: at most its `max_timeout_sec`, and 0 (no deadline)
+/// only with `allow_no_timeout`.
+async fn check_timeout_quota(
+    st: &AppState,
+    team_id: &str,
+    timeout_sec: i64,
+) -> Result<(), ApiError> {
+    let q = st.db.team_quota(team_id).await.map_err(db_err)?;
+    if timeout_sec == 0 && !q.allow_no_timeout {
+        return Err(bad(
+            "timeout_sec 0 (no deadline) is not allowed for this team; give a timeout",
+        ));
+    }
+    if timeout_sec > q.max_timeout_sec {
+        return Err(bad(format!(
+            "timeout_sec is over this team's maximum of {} s",
+            q.max_timeout_sec
+        )));
+    }
+    Ok(())
+}
+
+/// 429 `quota_exceeded` unless the team can take `vcpus`/`memory_mb` more running, and (for a
+/// new sandbox, `new_disk_mb`) one more sandbox and that much disk. Counted from the rows, so
+/// concurrent creates may pass the last slot together: a bound, not an exact ledger.
+pub(crate) async fn check_quota(
+    st: &AppState,
+    team_id: &str,
+    vcpus: i64,
+    memory_mb: i64,
+    new_disk_mb: Option<i64>,
+) -> Result<(), ApiError> {
+    let q = st.db.team_quota(team_id).await.map_err(db_err)?;
+    let u = st.db.team_usage(team_id).await.map_err(db_err)?;
+    let over = |what: &str, used: i64, more: i64, max: i64| {
+        (used.saturating_add(more) > max).then(|| {
+            ApiError::new(
+                crate::error::ErrorCode::QuotaExceeded,
+                format!("the team's quota of {max} {what} would be exceeded ({used} in use)"),
+            )
+        })
+    };
+    let checks = [
+        over("vCPUs", u.vcpus, vcpus, q.max_vcpus),
+        over("MiB of memory", u.memory_mb, memory_mb, q.max_memory_mb),
+        new_disk_mb.and_then(|_| over("sandboxes", u.sandboxes, 1, q.max_sandboxes)),
+        new_disk_mb.and_then(|d| over("MiB of disk", u.disk_mb, d, q.max_disk_mb)),
+    ];
+    match checks.into_iter().flatten().next() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// Everything a create needs checked, the template included; reads nothing else.
 async fn validate_create(
     db: &Db,
@@ -469,12 +523,21 @@ pub(crate) async fn create_sandbox(
     idempotency_key: Option<String>,
 ) -> Result<(Sandbox, String), ApiError> {
     let mut spec = validate_create(&st.db, auth.team_id(), req).await?;
+    check_timeout_quota(st, &spec.team_id, spec.timeout_sec).await?;
     if let Some(key) = &idempotency_key
         && let Some(found) = idempotent(st, &spec.team_id, key).await?
     {
         return Ok(found);
     }
     spec.idempotency_key = idempotency_key.clone();
+    check_quota(
+        st,
+        &spec.team_id,
+        spec.vcpus,
+        spec.memory_mb,
+        Some(spec.disk_size_mb),
+    )
+    .await?;
     let made = create_placed(st, auth, spec).await;
     match (made, &idempotency_key) {
         // A concurrent request with the same key inserted its row first.
@@ -906,6 +969,7 @@ pub async fn keepalive(
     };
     if let Some(t) = req.timeout_sec {
         check_timeout(t)?;
+        check_timeout_quota(&st, auth.team_id(), t).await?;
     }
     let (sb, agent) = running(&st, auth.team_id(), &id).await?;
     let timeout = req.timeout_sec.unwrap_or(sb.timeout_sec);
@@ -1049,6 +1113,7 @@ pub async fn resume(
     ApiPath(id): ApiPath<SandboxId>,
 ) -> Result<ApiJson<SandboxView>, ApiError> {
     let (sb, agent) = in_status(&st, auth.team_id(), &id, SandboxStatus::Paused).await?;
+    check_quota(&st, auth.team_id(), sb.vcpus, sb.memory_mb, None).await?;
     let resumed = resume_on(&st, sb, &agent, &Actor::from(&auth)).await?;
     Ok(ApiJson(resumed.into()))
 }
