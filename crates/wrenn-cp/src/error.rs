@@ -254,6 +254,11 @@ impl ApiError {
         self.code
     }
 
+    /// The client-facing message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// When a 429 tells the client to come back.
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after

@@ -199,15 +199,18 @@ e2e_test! {
                 .call(Method::POST, &format!("/v1/hosts/{}/revoke", sys.host_id), Some(sys.user_jwt()), None)
                 .await;
             assert_eq!(s, StatusCode::OK, "{v}");
-            for (m, path) in [
-                (Method::POST, format!("/v1/sandboxes/{id}/keepalive")),
-                (Method::DELETE, format!("/v1/sandboxes/{id}")),
-            ] {
-                let (s, v) = sys.call(m.clone(), &path, Some(&key), None).await;
-                assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_GATEWAY, Some("agent_error")), "{m} {path}: {v}");
-            }
+            // Nothing answers for the sandbox any more: it is missing, not a 502 per call.
             let (_, v) = sys.call(Method::GET, &format!("/v1/sandboxes/{id}"), Some(&key), None).await;
-            assert_eq!(v["status"], "running", "a refused delete changes nothing: {v}");
+            assert_eq!(v["status"], "missing", "{v}");
+            let (s, v) = sys.call(Method::POST, &format!("/v1/sandboxes/{id}/keepalive"), Some(&key), None).await;
+            assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("invalid_state")), "{v}");
+            // A delete settles the row; the agent refused the destroy (the control plane's
+            // tokens are of a revoked generation), so the VM is still there.
+            let (s, v) = sys.call(Method::DELETE, &format!("/v1/sandboxes/{id}"), Some(&key), None).await;
+            assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+            let (_, v) = sys.call(Method::GET, &format!("/v1/sandboxes/{id}"), Some(&key), None).await;
+            assert_eq!(v["status"], "stopped", "{v}");
+            assert_eq!(sys.env.qemu_pids().len(), 1, "the agent refused the revoked control plane's destroy");
         });
     }
 }

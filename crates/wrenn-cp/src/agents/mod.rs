@@ -75,27 +75,49 @@ impl AgentError {
 
 /// How an agent's answer reaches the API caller. Codes that describe the caller's request
 /// (bad argument, missing object, wrong state) keep their meaning; the rest say the host
-/// failed, without leaking host internals beyond the agent's message.
+/// failed, without its internals.
+/// Longest agent message passed on to a tenant.
+const MAX_TENANT_MESSAGE: usize = 300;
+
 impl From<AgentError> for ApiError {
+    /// Codes that describe the request (bad argument, not found, wrong state ...) keep the
+    /// agent's message, which is about the sandbox (cut to [`MAX_TENANT_MESSAGE`]); the
+    /// others get a fixed one: a host failure's details (paths, addresses, command output)
+    /// are the operator's, in the log.
     fn from(e: AgentError) -> Self {
         tracing::warn!(error = %e, "agent call failed");
-        let msg = e.message();
+        let msg = || -> String {
+            let m = e.message();
+            match m.char_indices().nth(MAX_TENANT_MESSAGE) {
+                Some((i, _)) => format!("{}…", &m[..i]),
+                None => m,
+            }
+        };
         match e.code() {
-            Some(RpcCode::InvalidArgument | RpcCode::OutOfRange) => ApiError::invalid_request(msg),
-            Some(RpcCode::NotFound) => ApiError::new(ErrorCode::NotFound, msg),
-            Some(RpcCode::FailedPrecondition) => ApiError::invalid_state(msg),
-            Some(RpcCode::AlreadyExists) => ApiError::conflict(msg),
-            Some(RpcCode::PermissionDenied) => ApiError::forbidden(msg),
+            Some(RpcCode::InvalidArgument | RpcCode::OutOfRange) => {
+                ApiError::invalid_request(msg())
+            }
+            Some(RpcCode::NotFound) => ApiError::new(ErrorCode::NotFound, msg()),
+            Some(RpcCode::FailedPrecondition) => ApiError::invalid_state(msg()),
+            Some(RpcCode::AlreadyExists) => ApiError::conflict(msg()),
+            Some(RpcCode::PermissionDenied) => ApiError::forbidden(msg()),
             // The contract's 502 `host_unavailable`: the request was fine, the host was not.
             Some(RpcCode::Unavailable | RpcCode::DeadlineExceeded) | None => ApiError::new(
                 ErrorCode::HostUnavailable,
-                format!("host unreachable: {msg}"),
+                "the sandbox's host did not answer; retry later",
             ),
             Some(RpcCode::Unauthenticated) => ApiError::new(
                 ErrorCode::AgentError,
                 "the host refused the control plane's credentials",
             ),
-            Some(_) => ApiError::new(ErrorCode::AgentError, format!("host agent: {msg}")),
+            Some(RpcCode::ResourceExhausted) => ApiError::new(
+                ErrorCode::AgentError,
+                "the sandbox's host is out of resources (disk or memory) for this operation",
+            ),
+            Some(_) => ApiError::new(
+                ErrorCode::AgentError,
+                "the sandbox's host failed the operation; details are in the host's log",
+            ),
         }
     }
 }
@@ -318,6 +340,43 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_failures_reach_tenants_without_host_details() {
+        let api = |code: RpcCode, msg: &str| {
+            ApiError::from(AgentError::rpc(
+                "host-1",
+                ConnectError::new(code, msg.to_owned()),
+            ))
+        };
+        let secret =
+            "qemu-img: /var/lib/wrenn/sandboxes/abc/root.qcow2: No space left; 10.0.0.7:50051";
+        for code in [
+            RpcCode::Internal,
+            RpcCode::Unknown,
+            RpcCode::ResourceExhausted,
+            RpcCode::Unavailable,
+            RpcCode::DataLoss,
+        ] {
+            let e = api(code, secret);
+            assert!(
+                !e.message().contains("/var/lib") && !e.message().contains("10.0.0.7"),
+                "{code:?}: {}",
+                e.message()
+            );
+        }
+        // The caller's own mistakes keep the agent's words, cut short.
+        let e = api(RpcCode::InvalidArgument, "path must be absolute");
+        assert_eq!(
+            (e.code(), e.message()),
+            (ErrorCode::InvalidRequest, "path must be absolute")
+        );
+        let long = "x".repeat(1000);
+        assert_eq!(
+            api(RpcCode::NotFound, &long).message().chars().count(),
+            MAX_TENANT_MESSAGE + 1
+        );
+    }
 
     #[test]
     fn base_uris() {
