@@ -232,6 +232,12 @@ prefixed_id!(
     "token"
 );
 prefixed_id!(
+    /// A team invitation (`inv-…`).
+    InvitationId,
+    "inv",
+    "invitation"
+);
+prefixed_id!(
     /// An audit-log entry (`log-…`).
     AuditLogId,
     "log",

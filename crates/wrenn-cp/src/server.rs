@@ -47,6 +47,8 @@ pub struct ServerConfig {
     /// A host silent this long is `unreachable` and its sandboxes `missing`
     /// (`--host-stale-secs`; [`crate::hostmonitor::STALE_AFTER`] by default).
     pub host_stale_after: std::time::Duration,
+    /// Who may sign up (`--signup open|closed|invite`).
+    pub signup: crate::db::SignupGate,
 }
 
 /// [`DEFAULT_LISTEN`] and `/var/lib/wrenn`, plain HTTP, SQLite, no domain.
@@ -61,6 +63,7 @@ impl Default for ServerConfig {
             plain_listen: None,
             placement: Placement::default(),
             host_stale_after: crate::hostmonitor::STALE_AFTER,
+            signup: crate::db::SignupGate::Open,
         }
     }
 }
@@ -101,6 +104,17 @@ pub struct AppState {
     pub auth_limits: crate::auth::limits::AuthLimits,
     /// Per-team bound on buffered `exec`s.
     pub exec_slots: crate::api::sandboxes::exec::ExecSlots,
+    /// Who may sign up (`--signup`).
+    pub signup: crate::db::SignupGate,
+}
+
+/// The configurable parts of [`AppState`].
+#[derive(Debug, Clone, Default)]
+pub struct StateOptions {
+    /// See [`ServerConfig::domain`].
+    pub domain: Option<String>,
+    pub placement: Placement,
+    pub signup: crate::db::SignupGate,
 }
 
 impl AppState {
@@ -118,23 +132,31 @@ impl AppState {
         agent_signer: CpSigner,
         domain: Option<String>,
     ) -> Result<Arc<Self>, JwtKeyError> {
-        Self::with_options(db, jwt_secret, agent_signer, domain, Placement::default())
+        Self::with_options(
+            db,
+            jwt_secret,
+            agent_signer,
+            StateOptions {
+                domain,
+                ..Default::default()
+            },
+        )
     }
 
     pub fn with_options(
         db: Db,
         jwt_secret: &[u8],
         agent_signer: CpSigner,
-        domain: Option<String>,
-        placement: Placement,
+        o: StateOptions,
     ) -> Result<Arc<Self>, JwtKeyError> {
         Ok(Arc::new(AppState {
             db,
             jwt: JwtKeys::from_secret(jwt_secret)?,
             key_cache: new_key_cache(),
             agents: AgentPool::new(Arc::new(agent_signer)),
-            scheduler: Scheduler::with_placement(placement),
-            domain,
+            scheduler: Scheduler::with_placement(o.placement),
+            domain: o.domain,
+            signup: o.signup,
             auth_limits: Default::default(),
             exec_slots: Default::default(),
         }))
@@ -359,8 +381,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         db.clone(),
         &secrets.jwt_secret,
         signer,
-        domain.clone(),
-        config.placement,
+        StateOptions {
+            domain: domain.clone(),
+            placement: config.placement,
+            signup: config.signup,
+        },
     )?;
     // Brings rows in line with what the agents did on their own (deadlines, crashes).
     let reconciler = tokio::spawn(crate::api::sandboxes::run_reconciler(

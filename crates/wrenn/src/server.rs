@@ -37,6 +37,10 @@ pub struct ServerArgs {
     #[arg(long, env = "WRENN_HOST_STALE_SECS", default_value_t = 90,
           value_parser = clap::value_parser!(u64).range(2..=86_400))]
     pub host_stale_secs: u64,
+    /// Who may sign up: `open`, `closed` (no one; the first account aside) or `invite` (only
+    /// emails a team invited).
+    #[arg(long, env = "WRENN_SIGNUP", default_value = "open")]
+    pub signup: wrenn_cp::db::SignupGate,
 }
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -57,6 +61,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             plain_listen: None,
             placement: args.placement,
             host_stale_after: std::time::Duration::from_secs(args.host_stale_secs),
+            signup: args.signup,
         }))
         .context("control plane")
 }

@@ -94,6 +94,7 @@ fn issue(st: &AppState, user: User, team: Team, role: Role) -> Result<AuthRespon
     responses(
         (status = 201, description = "Account and personal team created; a user token for it", body = AuthResponse),
         (status = 400, description = "Malformed body, invalid email, name or password", body = ErrorBody),
+        (status = 403, description = "Signup is closed, or (`--signup invite`) this email has no invitation", body = ErrorBody),
         (status = 409, description = "`email_taken`", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 429, description = "`rate_limited`: too many attempts from this address, or too many logins in progress; `Retry-After` says when to retry", body = ErrorBody),
@@ -121,7 +122,7 @@ pub async fn signup(
         .collect();
     let (user, team) = match st
         .db
-        .create_account(&email, Some(&hash), &name, &team_name)
+        .signup(&email, Some(&hash), &name, &team_name, st.signup)
         .await
     {
         Err(DbError::AlreadyExists(_)) => {
@@ -130,6 +131,7 @@ pub async fn signup(
                 "an account with this email exists",
             ));
         }
+        Err(DbError::SignupRefused(why)) => return Err(ApiError::forbidden(why)),
         r => r.map_err(db_err)?,
     };
     tracing::info!(user_id = %user.id, is_admin = user.is_admin, "signup");

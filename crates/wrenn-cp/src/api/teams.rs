@@ -11,9 +11,9 @@ use utoipa_axum::routes;
 
 use super::{PageQuery, State, db_err, db_err_for, validate};
 use crate::auth::extract::UserAuth;
-use crate::db::{AuditEntry, DbError, Member, Membership, Page, Role};
+use crate::db::{AuditEntry, DbError, Invitation, Member, Membership, Page, Role};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
-use crate::ids::{TeamId, UserId};
+use crate::ids::{InvitationId, TeamId, UserId};
 use crate::server::AppState;
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
@@ -21,6 +21,8 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(list, create))
         .routes(routes!(list_members, add_member))
         .routes(routes!(remove_member, change_role))
+        .routes(routes!(list_invitations, invite))
+        .routes(routes!(delete_invitation))
         .routes(routes!(team_audit))
 }
 
@@ -325,4 +327,121 @@ pub async fn team_audit(
             .await
             .map_err(db_err)?,
     ))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Invite {
+    /// An email without an account yet.
+    email: String,
+    /// Default `member`.
+    role: Option<GrantableRole>,
+}
+
+/// Invites an email that has no account yet: its signup joins the team with the role (and,
+/// when signup is by invitation, is allowed only then). Valid 7 days; inviting the same email
+/// again replaces the invitation. Owners and admins only.
+#[utoipa::path(
+    post,
+    path = "/v1/teams/{id}/invitations",
+    tag = "teams",
+    operation_id = "invite_to_team",
+    params(("id" = String, Path, description = "Team ID")),
+    request_body = Invite,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The invitation", body = Invitation),
+        (status = 400, description = "Malformed body, email or team ID", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+        (status = 403, description = "Not an owner or admin of the team", body = ErrorBody),
+        (status = 404, description = "No such team (or not a member)", body = ErrorBody),
+        (status = 409, description = "The email has an account: add it as a member", body = ErrorBody),
+    )
+)]
+pub async fn invite(
+    st: State,
+    UserAuth(c): UserAuth,
+    ApiPath(team): ApiPath<TeamId>,
+    ApiJson(req): ApiJson<Invite>,
+) -> Result<(StatusCode, ApiJson<Invitation>), ApiError> {
+    let email = validate::email(&req.email)?;
+    let role: Role = req.role.unwrap_or(GrantableRole::Member).into();
+    require_manager(&st, &team, &c.sub).await?;
+    match st.db.user_by_email(&email).await {
+        Ok(_) => {
+            return Err(ApiError::conflict(
+                "this email has an account: add it with POST /v1/teams/{id}/members",
+            ));
+        }
+        Err(DbError::NotFound) => {}
+        Err(e) => return Err(db_err(e)),
+    }
+    let inv = st
+        .db
+        .invite(team.as_str(), &email, role, &c.sub)
+        .await
+        .map_err(db_err)?;
+    Ok((StatusCode::CREATED, ApiJson(inv)))
+}
+
+/// The team's pending invitations (owners and admins).
+#[utoipa::path(
+    get,
+    path = "/v1/teams/{id}/invitations",
+    tag = "teams",
+    operation_id = "list_team_invitations",
+    params(("id" = String, Path, description = "Team ID")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Pending invitations, newest first", body = Vec<Invitation>),
+        (status = 400, description = "Malformed team ID", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+        (status = 403, description = "Not an owner or admin of the team", body = ErrorBody),
+        (status = 404, description = "No such team (or not a member)", body = ErrorBody),
+    )
+)]
+pub async fn list_invitations(
+    st: State,
+    UserAuth(c): UserAuth,
+    ApiPath(team): ApiPath<TeamId>,
+) -> Result<ApiJson<Vec<Invitation>>, ApiError> {
+    require_manager(&st, &team, &c.sub).await?;
+    Ok(ApiJson(
+        st.db
+            .team_invitations(team.as_str())
+            .await
+            .map_err(db_err)?,
+    ))
+}
+
+/// Withdraws an invitation (owners and admins).
+#[utoipa::path(
+    delete,
+    path = "/v1/teams/{id}/invitations/{invitation_id}",
+    tag = "teams",
+    operation_id = "delete_team_invitation",
+    params(
+        ("id" = String, Path, description = "Team ID"),
+        ("invitation_id" = String, Path, description = "Invitation ID"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Withdrawn"),
+        (status = 400, description = "Malformed ID", body = ErrorBody),
+        (status = 401, description = "Missing or invalid user token", body = ErrorBody),
+        (status = 403, description = "Not an owner or admin of the team", body = ErrorBody),
+        (status = 404, description = "No such team or invitation", body = ErrorBody),
+    )
+)]
+pub async fn delete_invitation(
+    st: State,
+    UserAuth(c): UserAuth,
+    ApiPath((team, id)): ApiPath<(TeamId, InvitationId)>,
+) -> Result<StatusCode, ApiError> {
+    require_manager(&st, &team, &c.sub).await?;
+    st.db
+        .delete_invitation(team.as_str(), id.as_str())
+        .await
+        .map_err(db_err_for("invitation"))?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -25,6 +25,9 @@ pub enum DbError {
     /// A unique constraint refused the row (duplicate email, slug, name ...).
     #[error("already exists: {0}")]
     AlreadyExists(String),
+    /// Signup is closed, or needs an invitation this email does not have.
+    #[error("signup refused: {0}")]
+    SignupRefused(&'static str),
     /// The change would leave a team without an owner.
     #[error("a team must keep at least one owner")]
     LastOwner,

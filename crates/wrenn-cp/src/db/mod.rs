@@ -16,6 +16,7 @@ mod error;
 mod hosts;
 pub mod hot;
 pub mod ids;
+pub mod invitations;
 pub mod page;
 mod pool;
 pub mod quotas;
@@ -35,6 +36,7 @@ pub use hosts::{
     Candidate, Host, HostCapacity, HostStatus, NewHost, NewRegistrationToken, REFRESH_GRACE_MS,
     RefreshToken, RegistrationToken,
 };
+pub use invitations::Invitation;
 pub use page::{Page, PageRequest};
 pub use pool::{Backend, Db, DbConfig};
 pub use quotas::{Quota, QuotaOverrides, Usage};
@@ -42,7 +44,7 @@ pub use sandboxes::{NewSandbox, OnTimeout, Sandbox, SandboxFilter, SandboxPatch}
 pub use status::SandboxStatus;
 pub use teams::{Member, Membership, Role, Team};
 pub use templates::{Template, TemplateSpec};
-pub use users::User;
+pub use users::{SignupGate, User};
 
 /// Milliseconds since the Unix epoch: the one timestamp format in the database.
 pub fn now_ms() -> i64 {

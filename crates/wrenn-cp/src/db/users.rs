@@ -108,7 +108,7 @@ impl Db {
     ) -> Result<User, DbError> {
         let mut tx = self.begin_write().await?;
         let user = self
-            .insert_user_first_is_admin(&mut tx, email, password_hash, name)
+            .insert_user_first_is_admin(&mut tx, email, password_hash, name, SignupGate::Open)
             .await?;
         tx.commit().await?;
         Ok(user)
@@ -123,13 +123,29 @@ impl Db {
         name: &str,
         team_name: &str,
     ) -> Result<(User, super::Team), DbError> {
+        self.signup(email, password_hash, name, team_name, SignupGate::Open)
+            .await
+    }
+
+    /// A new account and its own team, if `gate` lets this email in (the first account
+    /// always gets in: it becomes the platform admin). The account joins every team that
+    /// invited its email, in the same transaction.
+    pub async fn signup(
+        &self,
+        email: &str,
+        password_hash: Option<&str>,
+        name: &str,
+        team_name: &str,
+        gate: SignupGate,
+    ) -> Result<(User, super::Team), DbError> {
         let mut tx = self.begin_write().await?;
         let user = self
-            .insert_user_first_is_admin(&mut tx, email, password_hash, name)
+            .insert_user_first_is_admin(&mut tx, email, password_hash, name, gate)
             .await?;
         let now = user.created_at;
         let team =
             super::teams::insert_team_owned_by(&mut tx, team_name, false, &user.id, now).await?;
+        super::invitations::accept_all(&mut tx, &user, now).await?;
         tx.commit().await?;
         Ok((user, team))
     }
@@ -143,6 +159,7 @@ impl Db {
         email: &str,
         password_hash: Option<&str>,
         name: &str,
+        gate: SignupGate,
     ) -> Result<User, DbError> {
         if self.backend() == super::Backend::Postgres {
             // Serialises concurrent first signups; released at commit.
@@ -153,6 +170,19 @@ impl Db {
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
             .fetch_one(&mut **tx)
             .await?;
+        let email_norm = email.trim().to_lowercase();
+        match gate {
+            _ if count == 0 => {}
+            SignupGate::Open => {}
+            SignupGate::Closed => return Err(DbError::SignupRefused("signup is closed")),
+            SignupGate::Invite => {
+                if !super::invitations::is_invited(tx, &email_norm, now_ms()).await? {
+                    return Err(DbError::SignupRefused(
+                        "signup needs an invitation for this email",
+                    ));
+                }
+            }
+        }
         let user = User {
             id: crate::ids::UserId::generate().into_string(),
             email: email.trim().to_lowercase(),
@@ -174,5 +204,30 @@ impl Db {
         .execute(&mut **tx)
         .await?;
         Ok(user)
+    }
+}
+
+/// Who may sign up (`wrenn server --signup`); the first account always may.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SignupGate {
+    #[default]
+    Open,
+    /// No one.
+    Closed,
+    /// Emails with a pending team invitation.
+    Invite,
+}
+
+impl std::str::FromStr for SignupGate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "open" => Ok(SignupGate::Open),
+            "closed" => Ok(SignupGate::Closed),
+            "invite" => Ok(SignupGate::Invite),
+            other => Err(format!(
+                "unknown signup mode {other:?} (open, closed or invite)"
+            )),
+        }
     }
 }

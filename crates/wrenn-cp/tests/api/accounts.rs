@@ -142,3 +142,72 @@ db_test! {
         assert_eq!(login("198.51.100.201", "bob@example.com").await.0, StatusCode::UNAUTHORIZED);
     }
 }
+
+db_test! {
+    async fn signup_open_closed_and_by_invitation(db) {
+        use wrenn_cp::db::SignupGate;
+        use wrenn_cp::db::testing::count_rows;
+        use wrenn_cp::server::{AppState, StateOptions};
+
+        let with = |signup: SignupGate| {
+            let mut app = App::new(db.clone());
+            let state = AppState::with_options(
+                db.clone(), crate::SECRET, wrenn_rpcauth::CpSigner::generate().unwrap(),
+                StateOptions { signup, ..Default::default() },
+            ).unwrap();
+            app.router = wrenn_cp::server::router(state.clone());
+            app.state = state;
+            app
+        };
+        async fn signup(app: &App, email: &str) -> (StatusCode, serde_json::Value) {
+            app.post("/v1/auth/signup", None, json!({"email": email, "password": PASSWORD, "name": "X"})).await
+        }
+        // Closed: the first account still gets in (it is the platform admin), no one after.
+        let closed = with(SignupGate::Closed);
+        let (st, a) = signup(&closed, "ada@example.com").await;
+        assert_eq!(st, StatusCode::CREATED, "{a}");
+        let users = count_rows(&db, "users").await;
+        let (st, v) = signup(&closed, "bob@example.com").await;
+        assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "forbidden"), "{v}");
+        assert_eq!(count_rows(&db, "users").await, users);
+
+        // Invite: only an invited email, which then joins the inviting team.
+        let invite = with(SignupGate::Invite);
+        let ta = token(&a);
+        let team_a = a["team"]["id"].as_str().unwrap().to_owned();
+        let (st, v) = signup(&invite, "bob@example.com").await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+        let inv_path = format!("/v1/teams/{team_a}/invitations");
+        let (st, inv) = invite.post(&inv_path, Some(&ta), json!({"email": "Bob@Example.com", "role": "admin"})).await;
+        assert_eq!(st, StatusCode::CREATED, "{inv}");
+        assert_eq!((inv["email"].as_str(), inv["role"].as_str()), (Some("bob@example.com"), Some("admin")));
+        // An email with an account is added as a member, not invited; bad bodies are 400.
+        let (st, v) = invite.post(&inv_path, Some(&ta), json!({"email": "ada@example.com"})).await;
+        assert_eq!((st, code(&v)), (StatusCode::CONFLICT, "conflict"), "{v}");
+        for bad in [json!({"email": "nope"}), json!({"email": "c@example.com", "role": "owner"}), json!({})] {
+            let (st, v) = invite.post(&inv_path, Some(&ta), bad.clone()).await;
+            assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{bad}: {v}");
+        }
+        let (st, list) = invite.get(&inv_path, Some(&ta)).await;
+        assert_eq!((st, list.as_array().map(Vec::len)), (StatusCode::OK, Some(1)), "{list}");
+
+        let (st, b) = signup(&invite, "bob@example.com").await;
+        assert_eq!(st, StatusCode::CREATED, "{b}");
+        // Bob's default team is his own; he is an admin of Ada's; the invitation is used.
+        assert_ne!(b["team"]["id"], a["team"]["id"]);
+        let (_, me) = invite.get("/v1/me", Some(&token(&b))).await;
+        let roles: Vec<(String, String)> = me["teams"].as_array().unwrap().iter()
+            .map(|m| (m["id"].as_str().unwrap().to_owned(), m["role"].as_str().unwrap().to_owned()))
+            .collect();
+        assert!(roles.contains(&(team_a.clone(), "admin".to_owned())), "{me}");
+        assert_eq!(count_rows(&db, "invitations").await, 0);
+        // Bob (now an admin of team A) cannot withdraw what is gone; Cy cannot sign up.
+        let (st, _) = signup(&invite, "cy@example.com").await;
+        assert_eq!(st, StatusCode::FORBIDDEN);
+        let (_, inv) = invite.post(&inv_path, Some(&ta), json!({"email": "cy@example.com"})).await;
+        let (st, _) = invite.send(Method::DELETE, &format!("{inv_path}/{}", inv["id"].as_str().unwrap()), Some(&ta), None).await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+        let (st, _) = signup(&invite, "cy@example.com").await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "a withdrawn invitation admits no one");
+    }
+}

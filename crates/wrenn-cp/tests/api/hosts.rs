@@ -641,8 +641,9 @@ db_test! {
         let got = placed(&app, &key, &team).await;
         assert_eq!(got, vec![hosts[1].clone(); 4]);
         // Round-robin: both, in turn, whatever the load.
+        let options = wrenn_cp::server::StateOptions { placement: Placement::RoundRobin, ..Default::default() };
         let state = wrenn_cp::server::AppState::with_options(
-            db.clone(), SECRET, wrenn_rpcauth::CpSigner::generate().unwrap(), None, Placement::RoundRobin,
+            db.clone(), SECRET, wrenn_rpcauth::CpSigner::generate().unwrap(), options,
         ).unwrap();
         app.router = wrenn_cp::server::router(state.clone());
         app.state = state;
