@@ -295,6 +295,51 @@ fn input(s: &str) -> Value {
 }
 
 e2e_test! {
+    fn websocket_sessions_end_when_their_key_is_revoked(sys) {
+        sys.block_on(async {
+            let id = id_of(&sys.create_sandbox(json!({"memory_mb": 256})).await);
+            // A second key of the team, used only by these sockets.
+            let (s, k) = sys
+                .call(Method::POST, "/v1/api-keys", Some(sys.user_jwt()), Some(json!({"name": "ws"})))
+                .await;
+            assert_eq!(s, StatusCode::CREATED, "{k}");
+            let key = k["key"].as_str().expect("key").to_owned();
+            let open = |path: String| {
+                let key = key.clone();
+                async move {
+                    let url = format!("ws://127.0.0.1:{SERVER_PORT}{path}?api_key={key}");
+                    tokio_tungstenite::connect_async(url).await.expect("WebSocket").0
+                }
+            };
+            let mut exec = open(format!("/v1/sandboxes/{id}/exec/stream")).await;
+            send(&mut exec, json!({"type": "start", "cmd": "sleep", "args": ["300"]})).await;
+            assert_eq!(recv(&mut exec).await.expect("start")["type"], "start");
+            let mut pty = open(format!("/v1/sandboxes/{id}/pty")).await;
+            send(&mut pty, json!({"type": "start", "cols": 80, "rows": 24})).await;
+            assert_eq!(recv(&mut pty).await.expect("started")["type"], "started");
+
+            let t = Instant::now();
+            let (s, v) = sys
+                .call(Method::DELETE, &format!("/v1/api-keys/{}", k["id"].as_str().unwrap()), Some(sys.user_jwt()), None)
+                .await;
+            assert!(s.is_success(), "{v}");
+            for (what, ws) in [("exec stream", &mut exec), ("pty", &mut pty)] {
+                let f = loop {
+                    let f = recv(ws).await.unwrap_or_else(|| panic!("{what}: an error frame before the close"));
+                    if f["type"] == "error" {
+                        break f;
+                    }
+                };
+                assert_eq!(f["message"], "credentials revoked", "{what}: {f}");
+                assert!(recv(ws).await.is_none(), "{what}: closed after the error");
+                eprintln!("{what} ended {} ms after the key was revoked", t.elapsed().as_millis());
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "sessions ended within seconds");
+        });
+    }
+}
+
+e2e_test! {
     fn pty_outlives_its_socket(sys) {
         sys.block_on(async {
             let key = sys.api_key().to_owned();

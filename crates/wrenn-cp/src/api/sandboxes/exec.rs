@@ -281,16 +281,24 @@ pub async fn exec_stream(
     let ws = ws::upgrade(ws)?;
     let (_, agent) = running(&st, auth.team_id(), &id).await?;
     let span = span("exec_stream", &id, &agent);
-    Ok(ws.on_upgrade(move |socket| exec_session(socket, agent, id).instrument(span)))
+    Ok(ws.on_upgrade(move |mut socket| {
+        async move {
+            ws::while_authorized(&st, &auth, &mut socket, async |s| {
+                exec_session(s, agent, id).await
+            })
+            .await
+        }
+        .instrument(span)
+    }))
 }
 
-async fn exec_session(mut socket: WebSocket, agent: Agent, id: SandboxId) {
-    let Some(frame) = ws::first_frame::<ExecStreamStart>(&mut socket).await else {
+async fn exec_session(socket: &mut WebSocket, agent: Agent, id: SandboxId) {
+    let Some(frame) = ws::first_frame::<ExecStreamStart>(socket).await else {
         return;
     };
     let cmd = match start_command(frame) {
         Ok(c) => c,
-        Err(e) => return ws::fail(&mut socket, e).await,
+        Err(e) => return ws::fail(socket, e).await,
     };
     // No deadline: the command runs until it ends, is stopped or the socket closes.
     let req = exec_request(id.as_str(), cmd, 0);
@@ -300,18 +308,10 @@ async fn exec_session(mut socket: WebSocket, agent: Agent, id: SandboxId) {
         .await
     {
         Ok(s) => s,
-        Err(e) => return ws::fail(&mut socket, ws::agent_message(&agent, e)).await,
+        Err(e) => return ws::fail(socket, ws::agent_message(&agent, e)).await,
     };
     let events = Box::pin(agent_stream!(stream));
-    ws::relay_exec_events(
-        &mut socket,
-        events,
-        &agent,
-        id.as_str(),
-        None,
-        OnClose::Kill,
-    )
-    .await;
+    ws::relay_exec_events(socket, events, &agent, id.as_str(), None, OnClose::Kill).await;
 }
 
 #[cfg(test)]

@@ -255,10 +255,18 @@ pub async fn attach(
     let selector = Selector::parse(&selector)?;
     let (_, agent) = running(&st, auth.team_id(), &id).await?;
     let span = span("process_attach", &id, &agent);
-    Ok(ws.on_upgrade(move |socket| attach_session(socket, agent, id, selector).instrument(span)))
+    Ok(ws.on_upgrade(move |mut socket| {
+        async move {
+            ws::while_authorized(&st, &auth, &mut socket, async |s| {
+                attach_session(s, agent, id, selector).await
+            })
+            .await
+        }
+        .instrument(span)
+    }))
 }
 
-async fn attach_session(mut socket: WebSocket, agent: Agent, id: SandboxId, selector: Selector) {
+async fn attach_session(socket: &mut WebSocket, agent: Agent, id: SandboxId, selector: Selector) {
     let req = pb::AttachProcessRequest {
         sandbox_id: id.as_str().to_owned(),
         process: selector.to_proto().into(),
@@ -270,11 +278,11 @@ async fn attach_session(mut socket: WebSocket, agent: Agent, id: SandboxId, sele
         .await
     {
         Ok(s) => s,
-        Err(e) => return ws::fail(&mut socket, ws::agent_message(&agent, e)).await,
+        Err(e) => return ws::fail(socket, ws::agent_message(&agent, e)).await,
     };
     let events = Box::pin(agent_stream!(stream));
     ws::relay_exec_events(
-        &mut socket,
+        socket,
         events,
         &agent,
         id.as_str(),

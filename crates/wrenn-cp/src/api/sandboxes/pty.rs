@@ -154,7 +154,15 @@ pub async fn pty(
     let ws = ws::upgrade(ws)?;
     let (_, agent) = running(&st, auth.team_id(), &id).await?;
     let span = span("pty", &id, &agent);
-    Ok(ws.on_upgrade(move |socket| pty_session(socket, agent, id).instrument(span)))
+    Ok(ws.on_upgrade(move |mut socket| {
+        async move {
+            ws::while_authorized(&st, &auth, &mut socket, async |s| {
+                pty_session(s, agent, id).await
+            })
+            .await
+        }
+        .instrument(span)
+    }))
 }
 
 /// What the control task sends to the agent, in the client's order.
@@ -165,13 +173,13 @@ enum Control {
     Kill,
 }
 
-async fn pty_session(mut socket: WebSocket, agent: Agent, id: SandboxId) {
-    let Some(frame) = ws::first_frame::<PtyClientFrame>(&mut socket).await else {
+async fn pty_session(socket: &mut WebSocket, agent: Agent, id: SandboxId) {
+    let Some(frame) = ws::first_frame::<PtyClientFrame>(socket).await else {
         return;
     };
     let req = match attach_request(id.as_str(), frame) {
         Ok(r) => r,
-        Err(e) => return ws::fail_with(&mut socket, ServerFrame::error_fatal(e, true)).await,
+        Err(e) => return ws::fail_with(socket, ServerFrame::error_fatal(e, true)).await,
     };
     let tag = req.tag.clone();
     let stream = match agent
@@ -182,7 +190,7 @@ async fn pty_session(mut socket: WebSocket, agent: Agent, id: SandboxId) {
         Ok(s) => s,
         Err(e) => {
             let m = ws::agent_message(&agent, e);
-            return ws::fail_with(&mut socket, ServerFrame::error_fatal(m, true)).await;
+            return ws::fail_with(socket, ServerFrame::error_fatal(m, true)).await;
         }
     };
     let events = Box::pin(agent_stream!(stream));
@@ -191,7 +199,7 @@ async fn pty_session(mut socket: WebSocket, agent: Agent, id: SandboxId) {
     let control = tokio::spawn(
         control_task(agent.clone(), id.as_str().to_owned(), tag, ctl_rx, err_tx).in_current_span(),
     );
-    relay(&mut socket, events, ctl_tx, err_rx, &agent).await;
+    relay(socket, events, ctl_tx, err_rx, &agent).await;
     // The control task drains what the client already sent, then ends; the PTY lives on.
     drop(control);
 }

@@ -83,6 +83,48 @@ impl FromRequestParts<Arc<AppState>> for WsAuth {
     }
 }
 
+/// How often a live session re-checks its credentials.
+pub const RECHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Whether `auth` still grants access: its API key not revoked, its user still a member of
+/// the team. A database outage keeps the session (it is not a revocation).
+async fn still_authorized(st: &AppState, auth: &TeamAuth) -> bool {
+    let r = match auth {
+        TeamAuth::ApiKey(p) => st
+            .db
+            .api_key_by_id(p.team_id.as_str(), p.key_id.as_str())
+            .await
+            .map(|_| ()),
+        TeamAuth::User(c) => st.db.role_of(&c.team_id, &c.sub).await.map(|_| ()),
+    };
+    !matches!(r, Err(crate::db::DbError::NotFound))
+}
+
+/// Runs a WebSocket session while `auth` stays valid (checked every [`RECHECK_EVERY`]); on
+/// revocation the session is dropped (its agent stream with it) and the socket closed with
+/// an error frame and 1008.
+pub async fn while_authorized<F>(st: &AppState, auth: &TeamAuth, socket: &mut WebSocket, session: F)
+where
+    F: AsyncFnOnce(&mut WebSocket),
+{
+    let revoked = async {
+        loop {
+            tokio::time::sleep(RECHECK_EVERY).await;
+            if !still_authorized(st, auth).await {
+                return;
+            }
+        }
+    };
+    let ended = tokio::select! {
+        _ = session(&mut *socket) => true,
+        _ = revoked => false,
+    };
+    if !ended {
+        tracing::info!(team_id = %auth.team_id(), "credentials revoked: WebSocket session ended");
+        fail(socket, "credentials revoked").await;
+    }
+}
+
 /// The upgrade, or a 400 envelope for a plain HTTP request to a WebSocket route.
 pub fn upgrade(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
