@@ -28,6 +28,9 @@ const READ_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// A `running` row the agent does not list is only stopped if it was running this long before
 /// the list was taken (clock skew between replicas, a create settling).
 const MISSING_GRACE_MS: i64 = 30_000;
+/// Bounds on one host's `ListSandboxes` answer.
+const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
+const MAX_LIST_ENTRIES: usize = 10_000;
 /// How old a VM no row knows must be before it is destroyed.
 pub const ORPHAN_GRACE_MS: i64 = 60_000;
 /// A `pending` row older than a create can take has lost its create task.
@@ -199,12 +202,31 @@ pub async fn reconcile_host(st: &AppState, host: &Host) -> Result<(), crate::age
             return Ok(());
         }
     };
-    let listed = agent
+    // A host (a BYOC tenant's, say) may answer anything: the answer is bounded in bytes and
+    // in entries.
+    let mut listed = agent
         .rpc()
-        .list_sandboxes_with_options(pb::ListSandboxesRequest::default(), agent.opts())
+        .list_sandboxes_with_options(
+            pb::ListSandboxesRequest::default(),
+            agent.opts().with_max_message_size(MAX_LIST_BYTES),
+        )
         .await
         .map_err(|e| agent.err(e))?
         .into_owned();
+    let mut complete = true;
+    for (what, n) in [
+        ("sandboxes", listed.sandboxes.len()),
+        ("reaped", listed.reaped_ids.len()),
+        ("paused", listed.paused_ids.len()),
+    ] {
+        if n > MAX_LIST_ENTRIES {
+            complete = false;
+            tracing::warn!(host = %host.id, what, n, "reconciler: host listed too many; the rest is ignored this pass");
+        }
+    }
+    listed.sandboxes.truncate(MAX_LIST_ENTRIES);
+    listed.reaped_ids.truncate(MAX_LIST_ENTRIES);
+    listed.paused_ids.truncate(MAX_LIST_ENTRIES);
     let on_agent: HashSet<&str> = listed
         .sandboxes
         .iter()
@@ -274,7 +296,9 @@ pub async fn reconcile_host(st: &AppState, host: &Host) -> Result<(), crate::age
         }
         // A `missing` row the agent does not know is gone for good; a running one only after
         // the grace (a create that just finished may not be listed yet).
-        let gone = !on_agent.contains(sb.id.as_str())
+        // A cut list says nothing about what it left out.
+        let gone = complete
+            && !on_agent.contains(sb.id.as_str())
             && !listed.reaped_ids.contains(&sb.id)
             && !listed.paused_ids.contains(&sb.id)
             && (sb.status == SandboxStatus::Missing
