@@ -199,6 +199,15 @@ impl Manager {
         if running.is_empty() {
             return;
         }
+        for l in &running {
+            match crate::vmm::cap_serial_log(&l.vm.run_dir) {
+                Ok(true) => {
+                    debug!(sandbox_id = %l.vm.sandbox_id, "console log over its limit: emptied")
+                }
+                Ok(false) => {}
+                Err(e) => debug!(sandbox_id = %l.vm.sandbox_id, error = %e, "console log cap"),
+            }
+        }
         let taken = futures::future::join_all(running.into_iter().map(|l| async move {
             let s = sample_one(&l).await;
             (l, s)

@@ -107,6 +107,9 @@ impl VmSpec {
     pub fn pid_file(&self) -> PathBuf {
         pid_file(&self.run_dir)
     }
+    pub fn serial_log(&self) -> PathBuf {
+        serial_log(&self.run_dir)
+    }
 }
 
 pub fn qmp_socket(run_dir: &Path) -> PathBuf {
@@ -114,6 +117,31 @@ pub fn qmp_socket(run_dir: &Path) -> PathBuf {
 }
 pub fn pid_file(run_dir: &Path) -> PathBuf {
     run_dir.join("vmm.pid")
+}
+pub fn serial_log(run_dir: &Path) -> PathBuf {
+    run_dir.join("serial.log")
+}
+
+/// Largest the console log may grow to before it is emptied (checked every metrics round).
+pub const SERIAL_LOG_LIMIT: u64 = 1024 * 1024;
+
+/// Empties the console log in `run_dir` once it is over [`SERIAL_LOG_LIMIT`]. QEMU appends
+/// (`O_APPEND`), so its next write lands at the new end.
+pub fn cap_serial_log(run_dir: &Path) -> std::io::Result<bool> {
+    let path = serial_log(run_dir);
+    let len = match std::fs::metadata(&path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if len <= SERIAL_LOG_LIMIT {
+        return Ok(false);
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)?
+        .set_len(0)?;
+    Ok(true)
 }
 pub fn spec_file(run_dir: &Path) -> PathBuf {
     run_dir.join("spec.json")
@@ -266,4 +294,28 @@ pub trait Vmm: Send + Sync {
     /// QMP events from now on (subscribe right after boot/adopt). Each VM has its own
     /// channel; it reports `Closed` once the QMP connection ends, i.e. when QEMU exited.
     fn events(&self, vm: &VmHandle) -> tokio::sync::broadcast::Receiver<VmEvent>;
+}
+
+#[cfg(test)]
+mod serial_log_tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn an_oversized_console_log_is_emptied_and_appends_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!cap_serial_log(dir.path()).unwrap(), "no log yet");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(serial_log(dir.path()))
+            .unwrap();
+        f.write_all(&vec![b'a'; SERIAL_LOG_LIMIT as usize]).unwrap();
+        assert!(!cap_serial_log(dir.path()).unwrap(), "at the limit is fine");
+        f.write_all(b"over").unwrap();
+        assert!(cap_serial_log(dir.path()).unwrap());
+        // The writer (QEMU, O_APPEND) goes on at the new end, not at its old offset.
+        f.write_all(b"next").unwrap();
+        assert_eq!(std::fs::read(serial_log(dir.path())).unwrap(), b"next");
+    }
 }

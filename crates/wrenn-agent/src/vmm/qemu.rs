@@ -16,9 +16,6 @@ use super::{
     spec_file,
 };
 
-/// Bytes of console output QEMU keeps (the ring's size; a power of two).
-pub const SERIAL_RING_BYTES: usize = 64 * 1024;
-
 /// Kernel arguments every guest gets. The TSC ones make the Debian kernel's clock calibration
 /// reliable under TCG (it hangs at random without them) and are harmless under KVM.
 pub const BASE_KERNEL_ARGS: &str = "console=ttyS0 root=/dev/vda rw panic=-1 \
@@ -613,10 +610,10 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         });
     }
     a.extend([
-        // The console in a ring in QEMU's memory (QMP `ringbuf-read`), never a file: a guest
-        // printing nonstop must not fill the host's disk.
+        // Appended to a file the agent keeps under SERIAL_LOG_LIMIT (the sampler truncates
+        // it): a guest printing nonstop must not fill the host's disk.
         "-chardev".into(),
-        format!("ringbuf,id=serial0,size={SERIAL_RING_BYTES}"),
+        format!("file,id=serial0,path={},append=on", opt(&spec.serial_log())),
         "-serial".into(),
         "chardev:serial0".into(),
         "-qmp".into(),
@@ -703,7 +700,10 @@ mod tests {
             after(&a, "-netdev"),
             ["tap,id=net0,ifname=tap0,script=no,downscript=no"]
         );
-        assert_eq!(after(&a, "-chardev"), ["ringbuf,id=serial0,size=65536"]);
+        assert_eq!(
+            after(&a, "-chardev"),
+            ["file,id=serial0,path=/run/wrenn/abc/serial.log,append=on"]
+        );
         assert_eq!(
             after(&a, "-sandbox"),
             ["on,obsolete=deny,resourcecontrol=deny"]
