@@ -115,6 +115,67 @@ const COLS: &str = "id, team_id, host_id, template, status, vcpus, memory_mb, di
     timeout_sec, end_at, on_timeout, envd_version, host_ip, error, created_at, started_at, \
     last_active_at, updated_at, auto_resume";
 
+/// The predicate of the partial index `sandboxes_team_live` (migrations/*/0009), as
+/// [`status_terms`] writes it for [`SandboxStatus::LIVE`].
+const LIVE_STATUSES_SQL: &str = "status IN ('pending', 'running', 'paused', 'missing')";
+
+/// ` AND status IN (...)` for a list's status filter (nothing when empty), with the statuses as
+/// literals in [`SandboxStatus::ALL`] order. Literals, not bound values: they are the enum's
+/// own names, and only a literal predicate lets the databases prove that the partial index
+/// `sandboxes_team_live` applies (SQLite matches it as written, PostgreSQL cannot with a
+/// parameter in a generic plan). A filter within [`SandboxStatus::LIVE`] gets the index's
+/// predicate as well, so it reads the index too.
+fn status_terms(statuses: &[SandboxStatus]) -> String {
+    fn term(set: impl Iterator<Item = SandboxStatus>) -> String {
+        let quoted: Vec<String> = set.map(|s| format!("'{}'", s.as_str())).collect();
+        format!("status IN ({})", quoted.join(", "))
+    }
+    let wanted = || {
+        SandboxStatus::ALL
+            .into_iter()
+            .filter(|s| statuses.contains(s))
+    };
+    if statuses.is_empty() {
+        String::new()
+    } else if wanted().eq(SandboxStatus::LIVE) {
+        format!(" AND {LIVE_STATUSES_SQL}")
+    } else if wanted().all(|s| SandboxStatus::LIVE.contains(&s)) {
+        format!(" AND {LIVE_STATUSES_SQL} AND {}", term(wanted()))
+    } else {
+        format!(" AND {}", term(wanted()))
+    }
+}
+
+/// The SQL of one page of [`Db::list_sandboxes`] (the rows, [`COLS`]) and its values.
+fn page_query(team_id: &str, filter: &SandboxFilter, req: &PageRequest) -> (String, Vec<Arg>) {
+    let mut ph = Placeholders::default();
+    let mut args = Vec::new();
+    let mut sql = format!(
+        "SELECT {COLS} FROM sandboxes s WHERE team_id = {}",
+        ph.next()
+    );
+    args.push(Arg::Text(team_id.to_owned()));
+    sql += &status_terms(&filter.statuses);
+    for (k, v) in &filter.metadata {
+        sql += &format!(
+            " AND EXISTS (SELECT 1 FROM sandbox_metadata m \
+             WHERE m.sandbox_id = s.id AND m.key = {} AND m.value = {})",
+            ph.next(),
+            ph.next()
+        );
+        args.push(Arg::Text(k.clone()));
+        args.push(Arg::Text(v.clone()));
+    }
+    if let Some((at, id)) = &req.after {
+        sql += &format!(" AND (created_at, id) < ({}, {})", ph.next(), ph.next());
+        args.push(Arg::Int(*at));
+        args.push(Arg::Text(id.clone()));
+    }
+    sql += &format!(" ORDER BY created_at DESC, id DESC LIMIT {}", ph.next());
+    args.push(Arg::Int(req.fetch_limit()));
+    (sql, args)
+}
+
 /// A value bound into dynamically built SQL.
 enum Arg {
     Text(String),
@@ -265,40 +326,7 @@ impl Db {
         filter: &SandboxFilter,
         req: &PageRequest,
     ) -> Result<Page<Sandbox>, DbError> {
-        let mut ph = Placeholders::default();
-        let mut args = Vec::new();
-        let mut sql = format!(
-            "SELECT {COLS} FROM sandboxes s WHERE team_id = {}",
-            ph.next()
-        );
-        args.push(Arg::Text(team_id.to_owned()));
-        if !filter.statuses.is_empty() {
-            sql += &format!(" AND status IN ({})", ph.list(filter.statuses.len()));
-            args.extend(
-                filter
-                    .statuses
-                    .iter()
-                    .map(|s| Arg::Text(s.as_str().to_owned())),
-            );
-        }
-        for (k, v) in &filter.metadata {
-            sql += &format!(
-                " AND EXISTS (SELECT 1 FROM sandbox_metadata m \
-                 WHERE m.sandbox_id = s.id AND m.key = {} AND m.value = {})",
-                ph.next(),
-                ph.next()
-            );
-            args.push(Arg::Text(k.clone()));
-            args.push(Arg::Text(v.clone()));
-        }
-        if let Some((at, id)) = &req.after {
-            sql += &format!(" AND (created_at, id) < ({}, {})", ph.next(), ph.next());
-            args.push(Arg::Int(*at));
-            args.push(Arg::Text(id.clone()));
-        }
-        sql += &format!(" ORDER BY created_at DESC, id DESC LIMIT {}", ph.next());
-        args.push(Arg::Int(req.fetch_limit()));
-
+        let (sql, args) = page_query(team_id, filter, req);
         let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
         for a in args {
             q = match a {
@@ -535,4 +563,86 @@ impl Db {
 /// so an envd token's ciphertext can never be read as a traffic token.
 fn traffic_aad(id: &str) -> String {
     format!("{id}/traffic")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Backend;
+    use SandboxStatus::*;
+
+    #[test]
+    fn status_terms_are_canonical_literals() {
+        let live = format!(" AND {LIVE_STATUSES_SQL}");
+        assert_eq!(status_terms(&[]), "");
+        assert_eq!(status_terms(&SandboxStatus::LIVE), live);
+        // E2B's order, and repeats: the same term.
+        assert_eq!(
+            status_terms(&[Missing, Paused, Running, Pending, Running]),
+            live
+        );
+        assert_eq!(
+            status_terms(&[Running, Pending]),
+            format!("{live} AND status IN ('pending', 'running')")
+        );
+        assert_eq!(
+            status_terms(&[Stopped, Running]),
+            " AND status IN ('running', 'stopped')"
+        );
+        assert_eq!(
+            status_terms(&SandboxStatus::ALL),
+            " AND status IN ('pending', 'running', 'paused', 'stopped', 'error', 'missing')"
+        );
+    }
+
+    #[test]
+    fn migrations_have_the_live_predicate() {
+        for sql in [
+            include_str!("../../../../migrations/sqlite/0009_sandboxes_team_live.sql"),
+            include_str!("../../../../migrations/postgres/0009_sandboxes_team_live.sql"),
+        ] {
+            assert!(sql.contains(LIVE_STATUSES_SQL), "{sql}");
+        }
+    }
+
+    /// The plan of a page, on a fresh database (PostgreSQL has no statistics yet: the case
+    /// where it used to sort all of a team's sandboxes for every page).
+    async fn plan(db: &Db, filter: &SandboxFilter, req: &PageRequest) -> String {
+        let (sql, args) = page_query("t", filter, req);
+        let explain = match db.backend() {
+            Backend::Sqlite => format!("EXPLAIN QUERY PLAN {sql}"),
+            Backend::Postgres => format!("EXPLAIN {sql}"),
+        };
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(explain));
+        for a in args {
+            q = match a {
+                Arg::Text(s) => q.bind(s),
+                Arg::Int(i) => q.bind(i),
+            };
+        }
+        let rows = q.fetch_all(&db.pool).await.unwrap();
+        let col = match db.backend() {
+            Backend::Sqlite => 3,
+            Backend::Postgres => 0,
+        };
+        rows.iter()
+            .map(|r| sqlx::Row::get::<String, _>(r, col))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    crate::db_test! {
+        async fn live_pages_read_the_live_index(db) {
+            let first = PageRequest::first(100).unwrap();
+            let later = PageRequest { after: Some((1, "x".repeat(20))), ..first.clone() };
+            for statuses in [SandboxStatus::LIVE.to_vec(), vec![Running], vec![Missing, Paused]] {
+                for req in [&first, &later] {
+                    let filter = SandboxFilter { statuses: statuses.clone(), metadata: vec![] };
+                    let plan = plan(&db, &filter, req).await;
+                    assert!(plan.contains("sandboxes_team_live"), "{statuses:?}: {plan}");
+                    assert!(!plan.contains("Sort") && !plan.contains("TEMP B-TREE"), "{statuses:?}: {plan}");
+                }
+            }
+        }
+    }
 }
