@@ -147,12 +147,13 @@ fn status_terms(statuses: &[SandboxStatus]) -> String {
     }
 }
 
-/// The SQL of one page of [`Db::list_sandboxes`] (the rows, [`COLS`]) and its values.
+/// The SQL of one page of [`Db::list_sandboxes`] (the rows: [`COLS`] and `metadata_json`) and
+/// its values.
 fn page_query(team_id: &str, filter: &SandboxFilter, req: &PageRequest) -> (String, Vec<Arg>) {
     let mut ph = Placeholders::default();
     let mut args = Vec::new();
     let mut sql = format!(
-        "SELECT {COLS} FROM sandboxes s WHERE team_id = {}",
+        "SELECT {COLS}, metadata_json FROM sandboxes s WHERE team_id = {}",
         ph.next()
     );
     args.push(Arg::Text(team_id.to_owned()));
@@ -319,12 +320,16 @@ impl Db {
             auto_resume: new.auto_resume,
             metadata: new.metadata,
         };
+        // What lists read (see migrations/*/0010); sandbox_metadata below stays the source.
+        let metadata_json = serde_json::to_string(&sb.metadata)
+            .map_err(|e| DbError::Corrupt(format!("sandbox metadata: {e}")))?;
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, \
              disk_size_mb, timeout_sec, end_at, on_timeout, envd_token_enc, created_at, \
-             last_active_at, updated_at, auto_resume, idempotency_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+             last_active_at, updated_at, auto_resume, idempotency_key, metadata_json) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18)",
         )
         .bind(&sb.id)
         .bind(&sb.team_id)
@@ -343,6 +348,7 @@ impl Db {
         .bind(sb.updated_at)
         .bind(sb.auto_resume)
         .bind(new.idempotency_key)
+        .bind(metadata_json)
         .execute(&mut *tx)
         .await?;
         for (k, v) in &sb.metadata {
@@ -443,16 +449,17 @@ impl Db {
         req: &PageRequest,
     ) -> Result<Page<Sandbox>, DbError> {
         let (page, args) = page_query(team_id, filter, req);
+        // The metadata is the row's copy (migrations/*/0010), or else sandbox_metadata's.
         let sql = match self.backend() {
             Backend::Sqlite => format!(
-                "SELECT json_group_array(json_array({COLS}, \
+                "SELECT json_group_array(json_array({COLS}, COALESCE(json(metadata_json), \
                  (SELECT json_group_object(key, value) FROM sandbox_metadata m \
-                 WHERE m.sandbox_id = s.id))) FROM ({page}) s"
+                 WHERE m.sandbox_id = s.id)))) FROM ({page}) s"
             ),
             Backend::Postgres => format!(
-                "SELECT json_agg(json_build_array({COLS}, \
+                "SELECT json_agg(json_build_array({COLS}, COALESCE(metadata_json::json, \
                  (SELECT json_object_agg(key, value) FROM sandbox_metadata m \
-                 WHERE m.sandbox_id = s.id)))::text FROM ({page}) s"
+                 WHERE m.sandbox_id = s.id))))::text FROM ({page}) s"
             ),
         };
         let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));

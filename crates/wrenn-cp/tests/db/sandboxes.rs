@@ -298,6 +298,12 @@ db_test! {
         assert_eq!((listed_failed.status, listed_failed.error.as_deref()), (Error, Some("boot \"failed\"")));
         assert!(page.items.iter().any(|s| s.id == bare.id && s.metadata.is_empty()));
 
+        // A row without the metadata copy (written by a replica from before migration 0010):
+        // the list reads sandbox_metadata for it.
+        sqlx::query("UPDATE sandboxes SET metadata_json = NULL WHERE id = $1").bind(&full.id).execute(db.pool()).await.unwrap();
+        let again = db.list_sandboxes(&t.id, &all, &PageRequest::first(10).unwrap()).await.unwrap();
+        assert_eq!(again.items, page.items);
+
         // Nothing to list: an empty page (PostgreSQL's aggregate of no rows is NULL).
         for filter in [SandboxFilter::default(), SandboxFilter { statuses: vec![Paused], metadata: vec![] }] {
             let page = db.list_sandboxes(&t.id, &filter, &PageRequest::first(10).unwrap()).await.unwrap();
