@@ -173,8 +173,7 @@ fn page_query(team_id: &str, filter: &SandboxFilter, req: &PageRequest) -> (Stri
         args.push(Arg::Int(*at));
         args.push(Arg::Text(id.clone()));
     }
-    sql += &format!(" ORDER BY created_at DESC, id DESC LIMIT {}", ph.next());
-    args.push(Arg::Int(req.fetch_limit()));
+    sql += &format!(" ORDER BY created_at DESC, id DESC {}", req.limit_sql());
     (sql, args)
 }
 
