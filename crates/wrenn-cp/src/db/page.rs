@@ -54,6 +54,14 @@ impl PageRequest {
     pub(super) fn fetch_limit(&self) -> i64 {
         i64::from(self.limit) + 1
     }
+
+    /// `LIMIT <fetch_limit>` as a literal (a number this type validated, never text). SQLite
+    /// plans with the value of a bound LIMIT and so marks the statement to be prepared again
+    /// whenever that parameter is bound, i.e. on every execution: a cached statement with
+    /// `LIMIT $n` is parsed and planned anew each time.
+    pub(super) fn limit_sql(&self) -> String {
+        format!("LIMIT {}", self.fetch_limit())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -146,6 +154,7 @@ mod tests {
             PageRequest::new(Some(1001), None),
             Err(DbError::InvalidLimit(1001))
         ));
+        assert_eq!(PageRequest::first(100).unwrap().limit_sql(), "LIMIT 101");
     }
 
     #[test]

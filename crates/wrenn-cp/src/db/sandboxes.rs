@@ -1,12 +1,13 @@
 use std::collections::{BTreeMap, HashMap};
 
+use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 
 use super::page::{self, Keyed, Page, PageRequest};
 use super::row::{Flag, Placeholders};
 use super::status::SandboxStatus;
-use super::{Db, DbError, ids, now_ms};
+use super::{Backend, Db, DbError, ids, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,6 +116,175 @@ const COLS: &str = "id, team_id, host_id, template, status, vcpus, memory_mb, di
     timeout_sec, end_at, on_timeout, envd_version, host_ip, error, created_at, started_at, \
     last_active_at, updated_at, auto_resume";
 
+/// The predicate of the partial index `sandboxes_team_live` (migrations/*/0009), as
+/// [`status_terms`] writes it for [`SandboxStatus::LIVE`].
+const LIVE_STATUSES_SQL: &str = "status IN ('pending', 'running', 'paused', 'missing')";
+
+/// ` AND status IN (...)` for a list's status filter (nothing when empty), with the statuses as
+/// literals in [`SandboxStatus::ALL`] order. Literals, not bound values: they are the enum's
+/// own names, and only a literal predicate lets the databases prove that the partial index
+/// `sandboxes_team_live` applies (SQLite matches it as written, PostgreSQL cannot with a
+/// parameter in a generic plan). A filter within [`SandboxStatus::LIVE`] gets the index's
+/// predicate as well, so it reads the index too.
+fn status_terms(statuses: &[SandboxStatus]) -> String {
+    fn term(set: impl Iterator<Item = SandboxStatus>) -> String {
+        let quoted: Vec<String> = set.map(|s| format!("'{}'", s.as_str())).collect();
+        format!("status IN ({})", quoted.join(", "))
+    }
+    let wanted = || {
+        SandboxStatus::ALL
+            .into_iter()
+            .filter(|s| statuses.contains(s))
+    };
+    if statuses.is_empty() {
+        String::new()
+    } else if wanted().eq(SandboxStatus::LIVE) {
+        format!(" AND {LIVE_STATUSES_SQL}")
+    } else if wanted().all(|s| SandboxStatus::LIVE.contains(&s)) {
+        format!(" AND {LIVE_STATUSES_SQL} AND {}", term(wanted()))
+    } else {
+        format!(" AND {}", term(wanted()))
+    }
+}
+
+/// The SQL of one page of [`Db::list_sandboxes`] (the rows: [`COLS`] and `metadata_json`) and
+/// its values.
+fn page_query(team_id: &str, filter: &SandboxFilter, req: &PageRequest) -> (String, Vec<Arg>) {
+    let mut ph = Placeholders::default();
+    let mut args = Vec::new();
+    let mut sql = format!(
+        "SELECT {COLS}, metadata_json FROM sandboxes s WHERE team_id = {}",
+        ph.next()
+    );
+    args.push(Arg::Text(team_id.to_owned()));
+    sql += &status_terms(&filter.statuses);
+    for (k, v) in &filter.metadata {
+        sql += &format!(
+            " AND EXISTS (SELECT 1 FROM sandbox_metadata m \
+             WHERE m.sandbox_id = s.id AND m.key = {} AND m.value = {})",
+            ph.next(),
+            ph.next()
+        );
+        args.push(Arg::Text(k.clone()));
+        args.push(Arg::Text(v.clone()));
+    }
+    if let Some((at, id)) = &req.after {
+        sql += &format!(" AND (created_at, id) < ({}, {})", ph.next(), ph.next());
+        args.push(Arg::Int(*at));
+        args.push(Arg::Text(id.clone()));
+    }
+    sql += &format!(" ORDER BY created_at DESC, id DESC {}", req.limit_sql());
+    (sql, args)
+}
+
+/// One sandbox of a [`Db::list_sandboxes`] page as the database writes it: a JSON array of
+/// the columns of [`COLS`] in that order, then the metadata object (`null` when none).
+#[derive(Deserialize)]
+struct ListedRow {
+    id: String,
+    team_id: String,
+    host_id: Option<String>,
+    template: String,
+    status: String,
+    vcpus: i64,
+    memory_mb: i64,
+    disk_size_mb: i64,
+    timeout_sec: i64,
+    end_at: Option<i64>,
+    on_timeout: String,
+    envd_version: Option<String>,
+    host_ip: Option<String>,
+    error: Option<String>,
+    created_at: i64,
+    started_at: Option<i64>,
+    last_active_at: i64,
+    updated_at: i64,
+    #[serde(deserialize_with = "json_flag")]
+    auto_resume: bool,
+    #[serde(deserialize_with = "json_metadata")]
+    metadata: BTreeMap<String, String>,
+}
+
+impl TryFrom<ListedRow> for Sandbox {
+    type Error = DbError;
+    fn try_from(r: ListedRow) -> Result<Sandbox, DbError> {
+        Ok(Sandbox {
+            id: r.id,
+            team_id: r.team_id,
+            host_id: r.host_id,
+            template: r.template,
+            status: SandboxStatus::try_from(r.status)?,
+            vcpus: r.vcpus,
+            memory_mb: r.memory_mb,
+            disk_size_mb: r.disk_size_mb,
+            timeout_sec: r.timeout_sec,
+            end_at: r.end_at,
+            on_timeout: OnTimeout::try_from(r.on_timeout)?,
+            envd_version: r.envd_version,
+            host_ip: r.host_ip,
+            error: r.error,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            last_active_at: r.last_active_at,
+            updated_at: r.updated_at,
+            auto_resume: r.auto_resume,
+            metadata: r.metadata,
+        })
+    }
+}
+
+/// A boolean column in JSON: PostgreSQL writes `true`/`false`, SQLite the INTEGER 0/1 it
+/// stores (see [`Flag`]).
+fn json_flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a boolean or 0/1")
+        }
+        fn visit_bool<E: de::Error>(self, b: bool) -> Result<bool, E> {
+            Ok(b)
+        }
+        fn visit_i64<E: de::Error>(self, i: i64) -> Result<bool, E> {
+            Ok(i != 0)
+        }
+        fn visit_u64<E: de::Error>(self, i: u64) -> Result<bool, E> {
+            Ok(i != 0)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// A sandbox's metadata in JSON: an object, `null` for none (PostgreSQL's aggregate of no
+/// rows), or a string holding the object (what SQLite would write, were the aggregate's JSON
+/// subtype not kept through the subquery).
+fn json_metadata<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of strings, or null")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            serde_json::from_str(s).map_err(E::custom)
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = m.next_entry()? {
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(V)
+}
+
 /// A value bound into dynamically built SQL.
 enum Arg {
     Text(String),
@@ -149,12 +319,16 @@ impl Db {
             auto_resume: new.auto_resume,
             metadata: new.metadata,
         };
+        // What lists read (see migrations/*/0010); sandbox_metadata below stays the source.
+        let metadata_json = serde_json::to_string(&sb.metadata)
+            .map_err(|e| DbError::Corrupt(format!("sandbox metadata: {e}")))?;
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, \
              disk_size_mb, timeout_sec, end_at, on_timeout, envd_token_enc, created_at, \
-             last_active_at, updated_at, auto_resume, idempotency_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+             last_active_at, updated_at, auto_resume, idempotency_key, metadata_json) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18)",
         )
         .bind(&sb.id)
         .bind(&sb.team_id)
@@ -173,6 +347,7 @@ impl Db {
         .bind(sb.updated_at)
         .bind(sb.auto_resume)
         .bind(new.idempotency_key)
+        .bind(metadata_json)
         .execute(&mut *tx)
         .await?;
         for (k, v) in &sb.metadata {
@@ -259,59 +434,54 @@ impl Db {
     }
 
     /// A team's sandboxes, newest first, filtered by status and metadata, one page.
+    ///
+    /// One query, one value: the database writes the page as JSON, each sandbox an array of
+    /// `COLS` and its metadata object (see `ListedRow`). Reading the same page as rows
+    /// cost ~100 GETs: through sqlx's `Any` driver every value of every row (101 × 19, and
+    /// 300 × 3 for the metadata) is copied and converted a few times, and on SQLite each row is
+    /// a hand-off from the connection's thread, under SQLite's process-wide allocator and
+    /// page-cache locks.
     pub async fn list_sandboxes(
         &self,
         team_id: &str,
         filter: &SandboxFilter,
         req: &PageRequest,
     ) -> Result<Page<Sandbox>, DbError> {
-        let mut ph = Placeholders::default();
-        let mut args = Vec::new();
-        let mut sql = format!(
-            "SELECT {COLS} FROM sandboxes s WHERE team_id = {}",
-            ph.next()
-        );
-        args.push(Arg::Text(team_id.to_owned()));
-        if !filter.statuses.is_empty() {
-            sql += &format!(" AND status IN ({})", ph.list(filter.statuses.len()));
-            args.extend(
-                filter
-                    .statuses
-                    .iter()
-                    .map(|s| Arg::Text(s.as_str().to_owned())),
-            );
-        }
-        for (k, v) in &filter.metadata {
-            sql += &format!(
-                " AND EXISTS (SELECT 1 FROM sandbox_metadata m \
-                 WHERE m.sandbox_id = s.id AND m.key = {} AND m.value = {})",
-                ph.next(),
-                ph.next()
-            );
-            args.push(Arg::Text(k.clone()));
-            args.push(Arg::Text(v.clone()));
-        }
-        if let Some((at, id)) = &req.after {
-            sql += &format!(" AND (created_at, id) < ({}, {})", ph.next(), ph.next());
-            args.push(Arg::Int(*at));
-            args.push(Arg::Text(id.clone()));
-        }
-        sql += &format!(" ORDER BY created_at DESC, id DESC LIMIT {}", ph.next());
-        args.push(Arg::Int(req.fetch_limit()));
-
-        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+        let (page, args) = page_query(team_id, filter, req);
+        // The metadata is the row's copy (migrations/*/0010), or else sandbox_metadata's.
+        let sql = match self.backend() {
+            Backend::Sqlite => format!(
+                "SELECT json_group_array(json_array({COLS}, COALESCE(json(metadata_json), \
+                 (SELECT json_group_object(key, value) FROM sandbox_metadata m \
+                 WHERE m.sandbox_id = s.id)))) FROM ({page}) s"
+            ),
+            Backend::Postgres => format!(
+                "SELECT json_agg(json_build_array({COLS}, COALESCE(metadata_json::json, \
+                 (SELECT json_object_agg(key, value) FROM sandbox_metadata m \
+                 WHERE m.sandbox_id = s.id))))::text FROM ({page}) s"
+            ),
+        };
+        let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
         for a in args {
             q = match a {
                 Arg::Text(s) => q.bind(s),
                 Arg::Int(i) => q.bind(i),
             };
         }
-        let rows: Vec<Sandbox> = q.fetch_all(&self.pool).await?;
-        let page = page::finish(rows, req);
-        Ok(Page {
-            items: self.with_metadata(page.items).await?,
-            next_cursor: page.next_cursor,
-        })
+        // PostgreSQL's json_agg of no rows is NULL.
+        let json: Option<String> = q.fetch_one(&self.pool).await?;
+        let listed: Vec<ListedRow> = match json {
+            Some(j) => serde_json::from_str(&j)
+                .map_err(|e| DbError::Corrupt(format!("sandbox list page: {e}")))?,
+            None => Vec::new(),
+        };
+        let mut rows = listed
+            .into_iter()
+            .map(Sandbox::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        // The aggregate reads the page in its order, but only an ORDER BY would promise it.
+        rows.sort_by(|a, b| b.key().cmp(&a.key()));
+        Ok(page::finish(rows, req))
     }
 
     /// Sandboxes on a host in the given states (all states when empty), for reconciliation.
@@ -535,4 +705,85 @@ impl Db {
 /// so an envd token's ciphertext can never be read as a traffic token.
 fn traffic_aad(id: &str) -> String {
     format!("{id}/traffic")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use SandboxStatus::*;
+
+    #[test]
+    fn status_terms_are_canonical_literals() {
+        let live = format!(" AND {LIVE_STATUSES_SQL}");
+        assert_eq!(status_terms(&[]), "");
+        assert_eq!(status_terms(&SandboxStatus::LIVE), live);
+        // E2B's order, and repeats: the same term.
+        assert_eq!(
+            status_terms(&[Missing, Paused, Running, Pending, Running]),
+            live
+        );
+        assert_eq!(
+            status_terms(&[Running, Pending]),
+            format!("{live} AND status IN ('pending', 'running')")
+        );
+        assert_eq!(
+            status_terms(&[Stopped, Running]),
+            " AND status IN ('running', 'stopped')"
+        );
+        assert_eq!(
+            status_terms(&SandboxStatus::ALL),
+            " AND status IN ('pending', 'running', 'paused', 'stopped', 'error', 'missing')"
+        );
+    }
+
+    #[test]
+    fn migrations_have_the_live_predicate() {
+        for sql in [
+            include_str!("../../../../migrations/sqlite/0009_sandboxes_team_live.sql"),
+            include_str!("../../../../migrations/postgres/0009_sandboxes_team_live.sql"),
+        ] {
+            assert!(sql.contains(LIVE_STATUSES_SQL), "{sql}");
+        }
+    }
+
+    /// The plan of a page, on a fresh database (PostgreSQL has no statistics yet: the case
+    /// where it used to sort all of a team's sandboxes for every page).
+    async fn plan(db: &Db, filter: &SandboxFilter, req: &PageRequest) -> String {
+        let (sql, args) = page_query("t", filter, req);
+        let explain = match db.backend() {
+            Backend::Sqlite => format!("EXPLAIN QUERY PLAN {sql}"),
+            Backend::Postgres => format!("EXPLAIN {sql}"),
+        };
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(explain));
+        for a in args {
+            q = match a {
+                Arg::Text(s) => q.bind(s),
+                Arg::Int(i) => q.bind(i),
+            };
+        }
+        let rows = q.fetch_all(&db.pool).await.unwrap();
+        let col = match db.backend() {
+            Backend::Sqlite => 3,
+            Backend::Postgres => 0,
+        };
+        rows.iter()
+            .map(|r| sqlx::Row::get::<String, _>(r, col))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    crate::db_test! {
+        async fn live_pages_read_the_live_index(db) {
+            let first = PageRequest::first(100).unwrap();
+            let later = PageRequest { after: Some((1, "x".repeat(20))), ..first.clone() };
+            for statuses in [SandboxStatus::LIVE.to_vec(), vec![Running], vec![Missing, Paused]] {
+                for req in [&first, &later] {
+                    let filter = SandboxFilter { statuses: statuses.clone(), metadata: vec![] };
+                    let plan = plan(&db, &filter, req).await;
+                    assert!(plan.contains("sandboxes_team_live"), "{statuses:?}: {plan}");
+                    assert!(!plan.contains("Sort") && !plan.contains("TEMP B-TREE"), "{statuses:?}: {plan}");
+                }
+            }
+        }
+    }
 }

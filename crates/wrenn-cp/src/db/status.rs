@@ -18,6 +18,9 @@ use SandboxStatus::*;
 
 impl SandboxStatus {
     pub const ALL: [SandboxStatus; 6] = [Pending, Running, Paused, Stopped, Error, Missing];
+    /// Sandboxes that are not over: what lists show unless asked otherwise. In [`Self::ALL`]
+    /// order; the partial index `sandboxes_team_live` holds exactly these rows.
+    pub const LIVE: [SandboxStatus; 4] = [Pending, Running, Paused, Missing];
 
     pub fn as_str(self) -> &'static str {
         match self {

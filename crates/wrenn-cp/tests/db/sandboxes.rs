@@ -256,6 +256,65 @@ db_test! {
 }
 
 db_test! {
+    async fn list_rows_are_the_rows(db) {
+        // Every column with a value that tells it apart, through a list page and through a
+        // GET: the same sandbox.
+        let t = team(&db, "t@example.com").await;
+        let host = db.create_host(NewHost { team_id: None, name: "h", address: "", specs: serde_json::json!({}), created_by: None }).await.unwrap();
+        let mut new = wrenn_cp::db::testing::new_sandbox(&t.id, Some(&host.id));
+        new.vcpus = 3;
+        new.memory_mb = 1234;
+        new.disk_size_mb = 5678;
+        new.timeout_sec = 77;
+        new.end_at = Some(i64::MAX - 1);
+        new.on_timeout = wrenn_cp::db::OnTimeout::Pause;
+        new.auto_resume = true;
+        new.metadata = [
+            ("quote\"key", "a \"quoted\" \\ value"),
+            ("ünï/cödé:1", "🚀 \u{7f} tab\tnewline\n"),
+            ("empty", ""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let full = db.insert_pending_sandbox(new).await.unwrap();
+        db.transition_sandbox(&full.id, Running, None).await.unwrap();
+        db.update_sandbox(&full.id, SandboxPatch { host_ip: Some("10.11.0.9"), envd_version: Some("0.1.2"), ..Default::default() }).await.unwrap();
+        let failed = sandbox(&db, &t.id, &[]).await;
+        db.transition_sandbox(&failed.id, Error, Some("boot \"failed\"")).await.unwrap();
+        let bare = sandbox(&db, &t.id, &[]).await;
+
+        let all = SandboxFilter { statuses: SandboxStatus::ALL.to_vec(), metadata: vec![] };
+        let page = db.list_sandboxes(&t.id, &all, &PageRequest::first(10).unwrap()).await.unwrap();
+        assert_eq!(page.next_cursor, None);
+        let ids: Vec<&str> = page.items.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids.len(), 3);
+        for listed in &page.items {
+            assert_eq!(listed, &db.get_sandbox(&t.id, &listed.id).await.unwrap());
+        }
+        let listed_full = page.items.iter().find(|s| s.id == full.id).unwrap();
+        assert!(listed_full.auto_resume && listed_full.metadata.len() == 3 && listed_full.host_ip.is_some());
+        let listed_failed = page.items.iter().find(|s| s.id == failed.id).unwrap();
+        assert_eq!((listed_failed.status, listed_failed.error.as_deref()), (Error, Some("boot \"failed\"")));
+        assert!(page.items.iter().any(|s| s.id == bare.id && s.metadata.is_empty()));
+
+        // A row without the metadata copy (written by a replica from before migration 0010):
+        // the list reads sandbox_metadata for it.
+        sqlx::query("UPDATE sandboxes SET metadata_json = NULL WHERE id = $1").bind(&full.id).execute(db.pool()).await.unwrap();
+        let again = db.list_sandboxes(&t.id, &all, &PageRequest::first(10).unwrap()).await.unwrap();
+        assert_eq!(again.items, page.items);
+
+        // Nothing to list: an empty page (PostgreSQL's aggregate of no rows is NULL).
+        for filter in [SandboxFilter::default(), SandboxFilter { statuses: vec![Paused], metadata: vec![] }] {
+            let page = db.list_sandboxes(&t.id, &filter, &PageRequest::first(10).unwrap()).await.unwrap();
+            assert_eq!(page.items.len(), if filter.statuses.is_empty() { 3 } else { 0 });
+        }
+        let page = db.list_sandboxes("team-nobody", &all, &PageRequest::first(10).unwrap()).await.unwrap();
+        assert!(page.items.is_empty() && page.next_cursor.is_none());
+    }
+}
+
+db_test! {
     async fn patch_touch_and_host_reconciliation(db) {
         let t = team(&db, "t@example.com").await;
         let host = db.create_host(NewHost { team_id: None, name: "h", address: "", specs: serde_json::json!({}), created_by: None }).await.unwrap();
