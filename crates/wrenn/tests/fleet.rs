@@ -19,7 +19,6 @@ mod harness;
 use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -52,28 +51,8 @@ impl Host {
 
     /// QEMU processes of this host's files root.
     fn qemu_pids(&self) -> Vec<i32> {
-        qemu_pids_of(self.root.path())
+        agent::qemu_pids_of(self.root.path())
     }
-}
-
-fn qemu_pids_of(root: &Path) -> Vec<i32> {
-    let root = root.to_string_lossy().into_owned();
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        let argv0 = cmdline.split('\0').next().unwrap_or("");
-        if wrenn_agent::vmm::is_qemu_argv0(argv0) && cmdline.contains(&root) {
-            pids.push(pid);
-        }
-    }
-    pids.sort_unstable();
-    pids
 }
 
 struct Fleet {

@@ -119,6 +119,27 @@ pub fn enter_netns(name: &str) {
     assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
 }
 
+/// QEMU processes whose command line mentions `root` (a test's files root), ascending.
+pub fn qemu_pids_of(root: &Path) -> Vec<i32> {
+    let root = root.to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let argv0 = cmdline.split('\0').next().unwrap_or("");
+        if wrenn_agent::vmm::is_qemu_argv0(argv0) && cmdline.contains(&root) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
 pub struct AgentEnv {
     pub tag: String,
     pub host_ns: String,
@@ -369,22 +390,7 @@ impl AgentEnv {
 
     /// QEMU processes whose command line mentions this test's files root.
     pub fn qemu_pids(&self) -> Vec<i32> {
-        let root = self.root.path().to_string_lossy().into_owned();
-        let mut pids = Vec::new();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            let argv0 = cmdline.split('\0').next().unwrap_or("");
-            if wrenn_agent::vmm::is_qemu_argv0(argv0) && cmdline.contains(&root) {
-                pids.push(pid);
-            }
-        }
-        pids
+        qemu_pids_of(self.root.path())
     }
 
     /// What a failed or finished create must leave exactly as before.
