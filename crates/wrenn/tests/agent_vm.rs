@@ -280,6 +280,21 @@ fn four_sandboxes_are_isolated() {
                 "sandbox {i} reached the outside without egress"
             );
         }
+        // On the host only root (the agent) reaches a sandbox's envd, not other users.
+        let host_probe = |addr: &str, as_nobody: bool| {
+            let mut cmd = std::process::Command::new("timeout");
+            cmd.args(["-s", "KILL", "5"]);
+            if as_nobody {
+                cmd.args(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]);
+            }
+            cmd.args(["bash", "-c", &format!("exec 3<>/dev/tcp/{addr}")]);
+            cmd.status().expect("probe").success()
+        };
+        let envd = format!("{}/49983", ips[0]);
+        assert!(host_probe(&envd, false), "root on the host reaches envd");
+        // Positive control: that user does connect elsewhere (the agent's own port).
+        assert!(host_probe(&format!("127.0.0.1/{}", env.port), true), "setpriv probe works");
+        assert!(!host_probe(&envd, true), "another host user reached envd");
         // Positive control: the sandbox that asked for egress reaches the outside listener...
         let (out, _, _) = sh(&c, &ids[3], &probe(OUTSIDE_IP, OUTSIDE_PORT)).await;
         assert_eq!(

@@ -15,8 +15,9 @@ pub(crate) fn host_table(prefix: &str, slot: u32) -> String {
 
 /// Host-side rules of one sandbox. They isolate by themselves: whatever the host's own forward
 /// policy, a sandbox reaches no other sandbox, receives no forwarded connection and cannot open
-/// connections to the host; it reaches beyond the host only with `allow_internet`. Connections
-/// from the host itself to the sandbox pass (they are not forwarded traffic).
+/// connections to the host; it reaches beyond the host only with `allow_internet`. Of the
+/// host's own processes only root's (the agent) may connect to the sandbox's address: envd
+/// answers there before `/init` has set its token.
 pub(crate) fn host_ruleset(prefix: &str, l: &SlotLayout, allow_internet: bool) -> String {
     let t = host_table(prefix, l.slot);
     let v = &l.host_veth;
@@ -53,9 +54,14 @@ pub(crate) fn host_ruleset(prefix: &str, l: &SlotLayout, allow_internet: bool) -
          \t\tiifname \"{v}\" ct state established,related accept\n\
          \t\tiifname \"{v}\" drop\n\
          \t}}\n\
+         \tchain output {{\n\
+         \t\ttype filter hook output priority filter - 10; policy accept;\n\
+         \t\tip daddr {host_ip} meta skuid != 0 drop\n\
+         \t}}\n\
          {nat}\
          }}\n",
         reset = delete_table_cmds(&t),
+        host_ip = l.host_ip,
     )
 }
 
