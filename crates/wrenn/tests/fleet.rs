@@ -652,9 +652,13 @@ fn two_replicas_three_hosts_byoc_link_cuts_and_retirement() {
                     (fleet.host_status(1, &admin, h).await == "unreachable").then_some(())
                 })
                 .await;
+            // The monitor marks the host, then its sandboxes (a second statement).
             for id in ids.iter() {
-                let v = fleet.sandbox(0, &key_a, id).await;
-                assert_eq!(v["status"], "missing", "{v}");
+                fleet
+                    .until(30, "sandbox missing", || async {
+                        (fleet.sandbox(0, &key_a, id).await["status"] == "missing").then_some(())
+                    })
+                    .await;
             }
         }
         eprintln!(
