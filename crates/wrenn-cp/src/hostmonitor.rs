@@ -55,9 +55,7 @@ pub async fn check_hosts(st: &AppState, stale_after: Duration) -> usize {
             target_id: Some(&host.id),
             details: serde_json::json!({ "missing_sandboxes": missing }),
         };
-        if let Err(e) = st.db.append_audit(entry).await {
-            tracing::error!(host_id = %host.id, error = %e, "could not write audit entry");
-        }
+        st.db.record_audit(entry).await;
     }
     hosts.len()
 }

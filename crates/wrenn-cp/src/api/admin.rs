@@ -134,9 +134,7 @@ pub async fn set_byoc(
         target_id: Some(&team.id),
         details: serde_json::json!({ "enabled": body.enabled }),
     };
-    if let Err(e) = st.db.append_audit(entry).await {
-        tracing::error!(team = %team.id, error = %e, "could not write audit entry");
-    }
+    st.db.record_audit(entry).await;
     Ok(ApiJson(team))
 }
 
@@ -229,9 +227,7 @@ pub async fn set_quota(
         target_id: Some(id.as_str()),
         details: serde_json::to_value(&body).unwrap_or_default(),
     };
-    if let Err(e) = st.db.append_audit(entry).await {
-        tracing::error!(team = %id, error = %e, "could not write audit entry");
-    }
+    st.db.record_audit(entry).await;
     Ok(ApiJson(team_quota(&st, id.as_str()).await?))
 }
 

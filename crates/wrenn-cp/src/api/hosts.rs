@@ -537,9 +537,7 @@ pub async fn revoke(
         target_id: Some(&host.id),
         details: serde_json::json!({ "missing_sandboxes": missing }),
     };
-    if let Err(e) = st.db.append_audit(entry).await {
-        tracing::error!(host_id = %host.id, error = %e, "could not write audit entry");
-    }
+    st.db.record_audit(entry).await;
     Ok(ApiJson(host))
 }
 
@@ -686,9 +684,7 @@ pub async fn delete(
         target_id: Some(&host.id),
         details: serde_json::json!({"force": force, "sandbox_ids": live}),
     };
-    if let Err(e) = st.db.append_audit(entry).await {
-        tracing::warn!(host_id = %host.id, error = %e, "audit write failed");
-    }
+    st.db.record_audit(entry).await;
     tracing::info!(host_id = %host.id, force, "host deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -716,7 +712,7 @@ async fn destroy_all(st: &AppState, host: &Host, ids: &[String]) {
 }
 
 /// A heartbeat's optional body.
-#[derive(Deserialize, utoipa::ToSchema)]
+#[derive(Default, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatBody {
     /// What the host has and what its sandboxes take of it; the scheduler places by it.
     capacity: Option<HostCapacity>,
@@ -747,13 +743,9 @@ pub async fn heartbeat(
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
     h.require_host(id.as_str())?;
-    let report = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        serde_json::from_slice::<HeartbeatBody>(&body)
-            .map_err(|e| ApiError::invalid_request(format!("heartbeat body: {e}")))?
-            .capacity
-    };
+    let report = super::optional_json::<HeartbeatBody>(&body)
+        .map_err(|e| ApiError::invalid_request(format!("heartbeat body: {e}")))?
+        .capacity;
     let back = st
         .db
         .host_heartbeat(id.as_str(), report.as_ref())
@@ -777,9 +769,7 @@ pub async fn heartbeat(
             target_id: Some(id.as_str()),
             details: serde_json::json!({}),
         };
-        if let Err(e) = st.db.append_audit(entry).await {
-            tracing::error!(host_id = %id, error = %e, "could not write audit entry");
-        }
+        st.db.record_audit(entry).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }

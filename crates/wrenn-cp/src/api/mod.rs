@@ -161,6 +161,18 @@ pub(crate) fn db_err_for(what: &str) -> impl Fn(DbError) -> ApiError + '_ {
     }
 }
 
+/// An optional JSON body: empty (or only whitespace) is `T::default()`. Callers wrap the
+/// parse error in their own envelope.
+pub(crate) fn optional_json<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> Result<T, serde_json::Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        serde_json::from_slice(body)
+    }
+}
+
 pub(crate) fn db_err(e: DbError) -> ApiError {
     match e {
         DbError::NotFound => ApiError::not_found("object"),

@@ -77,6 +77,16 @@ const COLS: &str =
     "id, team_id, actor_type, actor_id, action, target_type, target_id, details, created_at";
 
 impl Db {
+    /// [`Db::append_audit`] where the action has happened whatever the log says: a failed
+    /// write is logged (with the entry's action and target), not returned.
+    pub async fn record_audit(&self, new: NewAuditEntry<'_>) {
+        let (action, target_type) = (new.action.to_owned(), new.target_type.to_owned());
+        let target_id = new.target_id.map(str::to_owned);
+        if let Err(e) = self.append_audit(new).await {
+            tracing::error!(error = %e, action, target_type, target_id = ?target_id, "could not write audit entry");
+        }
+    }
+
     pub async fn append_audit(&self, new: NewAuditEntry<'_>) -> Result<AuditEntry, DbError> {
         let e = AuditEntry {
             id: crate::ids::AuditLogId::generate().into_string(),

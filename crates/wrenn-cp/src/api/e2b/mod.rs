@@ -219,12 +219,8 @@ async fn connect(
     Path(id): Path<String>,
     body: Bytes,
 ) -> E2bResult<(StatusCode, axum::Json<SandboxOut>)> {
-    let req: ConnectRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        ConnectRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| E2bError::bad_request(format!("invalid JSON body: {e}")))?
-    };
+    let req: ConnectRequest = crate::api::optional_json(&body)
+        .map_err(|e| E2bError::bad_request(format!("invalid JSON body: {e}")))?;
     let id = sandbox_id(&id)?;
     let sb = visible(&st, auth.team_id(), &id).await?;
     let status = match sb.status {
@@ -377,12 +373,8 @@ async fn create_snapshot(
     Path(id): Path<String>,
     body: Bytes,
 ) -> E2bResult<(StatusCode, axum::Json<SnapshotOut>)> {
-    let req: SnapshotRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        SnapshotRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| E2bError::bad_request(format!("invalid JSON body: {e}")))?
-    };
+    let req: SnapshotRequest = crate::api::optional_json(&body)
+        .map_err(|e| E2bError::bad_request(format!("invalid JSON body: {e}")))?;
     let id = sandbox_id(&id)?;
     visible(&st, auth.team_id(), &id).await?;
     let name = req.name.unwrap_or_else(|| generated_name("snap", &id));
@@ -473,12 +465,8 @@ async fn fork(
     Path(id): Path<String>,
     body: Bytes,
 ) -> E2bResult<(StatusCode, axum::Json<Vec<ForkResult>>)> {
-    let req: ForkRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        ForkRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| E2bError::bad_request(format!("invalid JSON body: {e}")))?
-    };
+    let req: ForkRequest = crate::api::optional_json(&body)
+        .map_err(|e| E2bError::bad_request(format!("invalid JSON body: {e}")))?;
     let count = req.count.unwrap_or(1);
     if !(1..=MAX_FORKS).contains(&count) {
         return Err(E2bError::bad_request(format!(

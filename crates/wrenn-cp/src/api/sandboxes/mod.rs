@@ -36,8 +36,8 @@ use super::{State, db_err, db_err_for};
 use crate::agents::{Agent, AgentError};
 use crate::auth::extract::TeamAuth;
 use crate::db::{
-    ActorType, Db, DbError, Host, NewAuditEntry, NewSandbox, OnTimeout, PageRequest, Sandbox,
-    SandboxFilter, SandboxPatch, SandboxStatus, Template, TemplateSpec, now_ms,
+    ActorType, Db, DbError, Host, NewAuditEntry, NewSandbox, OnTimeout, PageRequest, Quota,
+    Sandbox, SandboxFilter, SandboxPatch, SandboxStatus, Template, TemplateSpec, now_ms,
 };
 use crate::error::ErrorBody;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
@@ -304,12 +304,7 @@ fn check_timeout(v: i64) -> Result<i64, ApiError> {
 
 /// A timeout the team's quota allows: at most its `max_timeout_sec`, and 0 (no deadline)
 /// only with `allow_no_timeout`.
-async fn check_timeout_quota(
-    st: &AppState,
-    team_id: &str,
-    timeout_sec: i64,
-) -> Result<(), ApiError> {
-    let q = st.db.team_quota(team_id).await.map_err(db_err)?;
+fn check_timeout_quota(q: &Quota, timeout_sec: i64) -> Result<(), ApiError> {
     if timeout_sec == 0 && !q.allow_no_timeout {
         return Err(bad(
             "timeout_sec 0 (no deadline) is not allowed for this team; give a timeout",
@@ -329,12 +324,12 @@ async fn check_timeout_quota(
 /// concurrent creates may pass the last slot together: a bound, not an exact ledger.
 pub(crate) async fn check_quota(
     st: &AppState,
+    q: &Quota,
     team_id: &str,
     vcpus: i64,
     memory_mb: i64,
     new_disk_mb: Option<i64>,
 ) -> Result<(), ApiError> {
-    let q = st.db.team_quota(team_id).await.map_err(db_err)?;
     let u = st.db.team_usage(team_id).await.map_err(db_err)?;
     let over = |what: &str, used: i64, more: i64, max: i64| {
         (used.saturating_add(more) > max).then(|| {
@@ -471,9 +466,7 @@ async fn audit(st: &AppState, actor: &Actor, action: &str, sb: &Sandbox) {
         }),
     };
     // The action already happened; a lost audit row must not turn it into an error.
-    if let Err(e) = st.db.append_audit(entry).await {
-        tracing::error!(error = %e, sandbox = %sb.id, action, "could not write audit entry");
-    }
+    st.db.record_audit(entry).await;
 }
 
 fn conflict(e: DbError) -> ApiError {
@@ -523,7 +516,9 @@ pub(crate) async fn create_sandbox(
     idempotency_key: Option<String>,
 ) -> Result<(Sandbox, String), ApiError> {
     let mut spec = validate_create(&st.db, auth.team_id(), req).await?;
-    check_timeout_quota(st, &spec.team_id, spec.timeout_sec).await?;
+    // One read of the team's quota for both checks.
+    let quota = st.db.team_quota(&spec.team_id).await.map_err(db_err)?;
+    check_timeout_quota(&quota, spec.timeout_sec)?;
     if let Some(key) = &idempotency_key
         && let Some(found) = idempotent(st, &spec.team_id, key).await?
     {
@@ -532,6 +527,7 @@ pub(crate) async fn create_sandbox(
     spec.idempotency_key = idempotency_key.clone();
     check_quota(
         st,
+        &quota,
         &spec.team_id,
         spec.vcpus,
         spec.memory_mb,
@@ -962,14 +958,12 @@ pub async fn keepalive(
     body: Bytes,
 ) -> Result<ApiJson<SandboxView>, ApiError> {
     // The body is optional, so it is parsed here rather than by the JSON extractor.
-    let req: Keepalive = if body.iter().all(u8::is_ascii_whitespace) {
-        Keepalive::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?
-    };
+    let req: Keepalive =
+        crate::api::optional_json(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
     if let Some(t) = req.timeout_sec {
         check_timeout(t)?;
-        check_timeout_quota(&st, auth.team_id(), t).await?;
+        let quota = st.db.team_quota(auth.team_id()).await.map_err(db_err)?;
+        check_timeout_quota(&quota, t)?;
     }
     let (sb, agent) = running(&st, auth.team_id(), &id).await?;
     let timeout = req.timeout_sec.unwrap_or(sb.timeout_sec);
@@ -1113,7 +1107,8 @@ pub async fn resume(
     ApiPath(id): ApiPath<SandboxId>,
 ) -> Result<ApiJson<SandboxView>, ApiError> {
     let (sb, agent) = in_status(&st, auth.team_id(), &id, SandboxStatus::Paused).await?;
-    check_quota(&st, auth.team_id(), sb.vcpus, sb.memory_mb, None).await?;
+    let quota = st.db.team_quota(auth.team_id()).await.map_err(db_err)?;
+    check_quota(&st, &quota, auth.team_id(), sb.vcpus, sb.memory_mb, None).await?;
     let resumed = resume_on(&st, sb, &agent, &Actor::from(&auth)).await?;
     Ok(ApiJson(resumed.into()))
 }

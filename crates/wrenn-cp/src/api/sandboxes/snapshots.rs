@@ -66,9 +66,7 @@ async fn audit(
         target_id: Some(&t.id),
         details,
     };
-    if let Err(e) = st.db.append_audit(entry).await {
-        tracing::error!(error = %e, template = %t.id, action, "could not write audit entry");
-    }
+    st.db.record_audit(entry).await;
 }
 
 /// Makes a snapshot template of a running or paused sandbox.
