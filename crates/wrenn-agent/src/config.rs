@@ -23,6 +23,18 @@ pub struct AgentConfig {
     /// The control plane's URL (registration, heartbeats, token refresh).
     #[arg(long, env = "AGENT_CP_URL")]
     pub cp_url: Option<String>,
+    /// The SHA-256 fingerprint of the control plane's HTTPS certificate (`sha256:…`, given
+    /// with the registration token): the only certificate this agent accepts from it.
+    #[arg(long, env = "AGENT_CP_FINGERPRINT")]
+    pub cp_fingerprint: Option<String>,
+    /// CA certificates (PEM file) that sign the control plane's HTTPS certificate for the
+    /// host name in `--cp-url` (instead of `--cp-fingerprint`).
+    #[arg(long, env = "AGENT_CP_CA")]
+    pub cp_ca: Option<PathBuf>,
+    /// Serve the RPC listener over TLS even on a loopback address (off loopback it always is:
+    /// plain HTTP between hosts is never offered).
+    #[arg(long, env = "AGENT_RPC_TLS")]
+    pub rpc_tls: bool,
     /// A one-time registration token: register with the control plane at `--cp-url` and
     /// keep the credentials in `host-credentials.json` under the root.
     #[arg(long, env = "AGENT_REGISTER_TOKEN")]
@@ -100,6 +112,16 @@ impl AgentConfig {
                 .map(|n| n.get())
                 .unwrap_or(2)
         })
+    }
+
+    /// Whether the RPC listener serves TLS: always off loopback.
+    pub fn serves_tls(&self) -> bool {
+        self.rpc_tls || !self.listen.ip().is_loopback()
+    }
+
+    /// The agent's own certificate and key.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.root.join("tls")
     }
 
     pub fn sandboxes_dir(&self) -> PathBuf {

@@ -40,7 +40,18 @@ pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
         "host checks passed"
     );
     std::fs::create_dir_all(&cfg.root).with_context(|| format!("create {}", cfg.root.display()))?;
-    let identity = registration::resolve(&cfg)
+    // Off loopback the RPC listener serves TLS with the host's own certificate, which the
+    // control plane pins from the registration.
+    let rpc_cert = if cfg.serves_tls() {
+        let dir = cfg.tls_dir();
+        Some(
+            wrenn_tls::selfsigned::HostCert::ensure(&dir)
+                .with_context(|| format!("the agent's certificate under {}", dir.display()))?,
+        )
+    } else {
+        None
+    };
+    let identity = registration::resolve(&cfg, rpc_cert.as_ref().map(|c| c.fingerprint.as_str()))
         .await
         .context("agent identity")?;
     let host_id = identity.host_id.clone();
@@ -71,7 +82,12 @@ pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("bind {}", cfg.listen))?;
-    tracing::info!(addr = %cfg.listen, %host_id, "agent listening");
+    tracing::info!(
+        addr = %cfg.listen,
+        %host_id,
+        tls_fingerprint = rpc_cert.as_ref().map(|c| c.fingerprint.as_str()),
+        "agent listening"
+    );
     // Cancelled when the control plane deleted this host: the agent then stops.
     let deleted = tokio_util::sync::CancellationToken::new();
     if let Some(creds) = identity.credentials {
@@ -114,7 +130,14 @@ pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
             _ = on_delete.cancelled() => {}
         }
     };
-    rpc::serve(listener, app, shutdown).await?;
+    match &rpc_cert {
+        // h2 for the Connect calls, http/1.1 for the tunnels' upgrade.
+        Some(cert) => {
+            let tls = cert.server_config(&[b"h2", b"http/1.1"])?;
+            rpc::serve_tls(wrenn_tls::TlsListener::new(listener, tls)?, app, shutdown).await?
+        }
+        None => rpc::serve(listener, app, shutdown).await?,
+    }
     if deleted.is_cancelled() {
         retire(&manager).await;
     }

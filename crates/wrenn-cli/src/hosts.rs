@@ -104,9 +104,14 @@ pub async fn run(args: HostsArgs) -> anyhow::Result<()> {
                 .as_str()
                 .context("response has no registration_token")?;
             println!("{token}");
+            // The pin travels with the token: the agent never trusts what the channel says.
+            let pin = v["cp_tls_fingerprint"]
+                .as_str()
+                .map(|fp| format!(" --cp-fingerprint {fp}"))
+                .unwrap_or_default();
             eprintln!(
                 "Host {} ({}) is pending. On the machine, within the hour (shown once):\n  \
-                 sudo wrenn agent --cp-url {} --register {token}",
+                 sudo wrenn agent --cp-url {}{pin} --register {token}",
                 output::cell(&v["host"]["id"]),
                 output::cell(&v["host"]["name"]),
                 client.base_str(),

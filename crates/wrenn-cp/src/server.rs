@@ -106,6 +106,9 @@ pub struct AppState {
     pub exec_slots: crate::api::sandboxes::exec::ExecSlots,
     /// Who may sign up (`--signup`).
     pub signup: crate::db::SignupGate,
+    /// The fingerprint of the certificate this control plane serves HTTPS with, handed out
+    /// with host registration tokens (agents pin it).
+    pub tls_fingerprint: Option<String>,
 }
 
 /// The configurable parts of [`AppState`].
@@ -115,6 +118,8 @@ pub struct StateOptions {
     pub domain: Option<String>,
     pub placement: Placement,
     pub signup: crate::db::SignupGate,
+    /// See [`AppState::tls_fingerprint`].
+    pub tls_fingerprint: Option<String>,
 }
 
 impl AppState {
@@ -157,6 +162,7 @@ impl AppState {
             scheduler: Scheduler::with_placement(o.placement),
             domain: o.domain,
             signup: o.signup,
+            tls_fingerprint: o.tls_fingerprint,
             auth_limits: Default::default(),
             exec_slots: Default::default(),
         }))
@@ -363,6 +369,12 @@ fn nodelay(listener: tokio::net::TcpListener) -> impl axum::serve::Listener<Addr
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     // Files first: a bad certificate fails the start before anything else happens.
     let tls_config = config.tls.as_ref().map(tls::server_config).transpose()?;
+    let tls_fingerprint = match &config.tls {
+        Some(files) => tls::load_certs(&files.cert)?
+            .first()
+            .map(|leaf| wrenn_tls::fingerprint(leaf)),
+        None => None,
+    };
     let domain = config
         .domain
         .as_deref()
@@ -385,6 +397,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             domain: domain.clone(),
             placement: config.placement,
             signup: config.signup,
+            tls_fingerprint: tls_fingerprint.clone(),
         },
     )?;
     // Brings rows in line with what the agents did on their own (deadlines, crashes).
@@ -415,7 +428,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         (None, _) => format!("http://{addr}"),
     };
     let background = vec![crate::telemetry::spawn_upkeep(), reconciler, monitor];
-    tracing::info!(%url, plain = ?plain_addr, data_dir = %config.data_dir.display(), backend = ?db.backend(), "control plane listening");
+    tracing::info!(%url, plain = ?plain_addr, tls_fingerprint = tls_fingerprint.as_deref(), data_dir = %config.data_dir.display(), backend = ?db.backend(), "control plane listening");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let app = router(state.clone());
     let mut tasks = Vec::new();

@@ -5,11 +5,13 @@
 //!   of band — how the control plane trusts an agent, and how an agent may trust its control
 //!   plane.
 //! - [`selfsigned`]: the agent's own certificate, made once and kept under its files root.
-//! - [`listener`]: a TLS listener for `axum::serve` (both sides serve HTTPS with it).
+//! - [`listener`]: a TLS listener for `axum::serve` (both sides serve HTTPS with it);
+//!   [`client::connect`] the dialing side.
 //!
 //! Crypto is rustls with the `ring` provider, passed explicitly, so nothing depends on a
 //! process-wide default.
 
+pub mod client;
 pub mod listener;
 pub mod pin;
 pub mod selfsigned;

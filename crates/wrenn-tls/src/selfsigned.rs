@@ -13,8 +13,18 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::pin;
 
-const CERT_FILE: &str = "agent.crt";
-const KEY_FILE: &str = "agent.key";
+const CERT_FILE: &str = "cert.pem";
+const KEY_FILE: &str = "key.pem";
+
+/// The certificate file [`HostCert::ensure`] keeps in `dir` (PEM).
+pub fn cert_path(dir: &Path) -> PathBuf {
+    dir.join(CERT_FILE)
+}
+
+/// Its private key (PEM, 0600).
+pub fn key_path(dir: &Path) -> PathBuf {
+    dir.join(KEY_FILE)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -40,7 +50,7 @@ pub struct HostCert {
 impl HostCert {
     /// Loads the certificate kept in `dir`, making it (and `dir`) first when there is none.
     pub fn ensure(dir: &Path) -> Result<HostCert, CertError> {
-        let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
+        let (cert_path, key_path) = (cert_path(dir), key_path(dir));
         if !cert_path.exists() || !key_path.exists() {
             fs::DirBuilder::new()
                 .recursive(true)

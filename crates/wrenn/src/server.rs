@@ -24,6 +24,11 @@ pub struct ServerArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "WRENN_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// With --tls-cert: a second, plain-HTTP listener on a loopback address, for tools on this
+    /// machine (the CLI's HTTP client has no TLS).
+    #[arg(long, env = "WRENN_PLAIN_LISTEN", requires = "tls_cert",
+          value_parser = parse_loopback)]
+    pub plain_listen: Option<std::net::SocketAddr>,
     /// The E2B SDKs' `E2B_DOMAIN`: API at `api.<domain>`, sandboxes at `<port>-<id>.<domain>`
     /// (the certificate must cover both; the SDKs use port 443).
     #[arg(long, env = "WRENN_DOMAIN")]
@@ -58,10 +63,19 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             database_url: args.database_url,
             tls,
             domain: args.domain,
-            plain_listen: None,
+            plain_listen: args.plain_listen,
             placement: args.placement,
             host_stale_after: std::time::Duration::from_secs(args.host_stale_secs),
             signup: args.signup,
         }))
         .context("control plane")
+}
+
+fn parse_loopback(s: &str) -> Result<std::net::SocketAddr, String> {
+    let a: std::net::SocketAddr = s.parse().map_err(|e| format!("{e}"))?;
+    if a.ip().is_loopback() {
+        Ok(a)
+    } else {
+        Err("plain HTTP is served on loopback only (e.g. 127.0.0.1:8081)".into())
+    }
 }

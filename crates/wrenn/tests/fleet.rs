@@ -28,7 +28,9 @@ use wrenn_cp::db::testing::TestDatabase;
 
 use agent::ip;
 
+/// The replicas' HTTPS ports (agents), and their plain loopback ports (the test's client).
 const PORTS: [u16; 2] = [18090, 18091];
+const PLAIN_PORTS: [u16; 2] = [18092, 18093];
 /// The replicas' staleness window (`--host-stale-secs`).
 const STALE_SECS: u64 = 4;
 const PASSWORD: &str = "correct horse battery";
@@ -56,6 +58,10 @@ impl Host {
 }
 
 struct Fleet {
+    /// The replicas' HTTPS certificate (one for both, as a deployment shares it) and its
+    /// fingerprint, which agents and the test's client pin.
+    cp_cert: tempfile::TempDir,
+    cp_fingerprint: String,
     tag: String,
     fabric: String,
     hosts: Vec<Host>,
@@ -184,7 +190,14 @@ impl Fleet {
         agent::enter_netns(&fabric);
         let rt = agent::rt();
         let pg = rt.block_on(TestDatabase::create_postgres(&harness::pg_admin_url()));
+        let cp_cert = tempfile::tempdir_in("/var/tmp").expect("cert dir");
+        let cp_fingerprint = wrenn_tls::selfsigned::HostCert::ensure(cp_cert.path())
+            .expect("control-plane certificate")
+            .fingerprint;
+        let http = reqwest::Client::new();
         let mut fleet = Fleet {
+            cp_cert,
+            cp_fingerprint,
             tag,
             fabric,
             hosts,
@@ -192,7 +205,7 @@ impl Fleet {
             data_dirs: Vec::new(),
             pg: Some(pg),
             rt,
-            http: reqwest::Client::new(),
+            http,
         };
         fleet.start_replicas();
         fleet
@@ -205,7 +218,7 @@ impl Fleet {
             .as_ref()
             .and_then(|p| p.config.database_url.clone())
             .expect("database URL");
-        for (i, port) in PORTS.iter().enumerate() {
+        for (i, (port, plain)) in PORTS.iter().zip(PLAIN_PORTS).enumerate() {
             let dir = tempfile::tempdir_in("/var/tmp").expect("data dir");
             if let Some(first) = self.data_dirs.first() {
                 for f in ["jwt.secret", "envd.key", "agent-signing.key"] {
@@ -216,10 +229,15 @@ impl Fleet {
             cmd.args(["server", "--listen", &format!("0.0.0.0:{port}")])
                 .arg("--data-dir")
                 .arg(dir.path())
+                .arg("--tls-cert")
+                .arg(wrenn_tls::selfsigned::cert_path(self.cp_cert.path()))
+                .arg("--tls-key")
+                .arg(wrenn_tls::selfsigned::key_path(self.cp_cert.path()))
+                .args(["--plain-listen", &format!("127.0.0.1:{plain}")])
                 .args(["--host-stale-secs", &STALE_SECS.to_string()])
                 .env("DATABASE_URL", &url);
             let mut child = spawn_in(cmd, None);
-            wait_tcp(&format!("127.0.0.1:{port}"), &mut child, "replica");
+            wait_tcp(&format!("127.0.0.1:{plain}"), &mut child, "replica");
             eprintln!("replica {i} listening on :{port}");
             self.replicas.push(child);
             self.data_dirs.push(dir);
@@ -236,8 +254,9 @@ impl Fleet {
             .args(["--listen", &format!("{}:50051", h.ip)])
             .args([
                 "--cp-url",
-                &format!("http://{}:{}", h.gateway(), PORTS[replica]),
+                &format!("https://{}:{}", h.gateway(), PORTS[replica]),
             ])
+            .args(["--cp-fingerprint", &self.cp_fingerprint])
             .args(["--net-prefix", &h.prefix, "--accel", "tcg"])
             .args(["--heartbeat-secs", "1"])
             .args(["--pause-after-missed-heartbeats", &pause_after.to_string()])
@@ -247,7 +266,7 @@ impl Fleet {
     }
 
     fn url(&self, replica: usize) -> String {
-        format!("http://127.0.0.1:{}", PORTS[replica])
+        format!("http://127.0.0.1:{}", PLAIN_PORTS[replica])
     }
 
     async fn call(
@@ -497,6 +516,12 @@ fn two_replicas_three_hosts_byoc_link_cuts_and_retirement() {
                     Some(body),
                 )
                 .await;
+            // The pin the agent needs comes with its token.
+            assert_eq!(
+                v["cp_tls_fingerprint"],
+                fleet.cp_fingerprint.as_str(),
+                "{v}"
+            );
             tokens.push((
                 v["registration_token"].as_str().expect("token").to_owned(),
                 id_of(&v["host"]),
@@ -558,6 +583,16 @@ fn two_replicas_three_hosts_byoc_link_cuts_and_retirement() {
         assert_eq!(listed.len(), 3, "{all}");
         for h in &listed {
             assert!(h["capacity"]["vcpus"].as_u64() >= Some(1), "{h}");
+            // Agents off loopback are called over TLS, to the certificate they registered.
+            assert!(
+                h["address"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("https://"))
+                    && h["tls_fingerprint"]
+                        .as_str()
+                        .is_some_and(|f| f.starts_with("sha256:")),
+                "{h}"
+            );
         }
         let byoc = listed
             .iter()

@@ -2,7 +2,8 @@
 //! `wrenn agent --register <token>` → credentials file (0600) → host online via heartbeats →
 //! control-plane tokens of the host's generation accepted, others refused → revoking the
 //! host's credentials makes every call the control plane signs afterwards fail with 401 →
-//! heartbeats stop. No VMs are created, so no sandbox network is touched.
+//! heartbeats stop. Over TLS, each side accepts only the certificate pinned out of band. No VMs
+//! are created, so no sandbox network is touched.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -32,7 +33,7 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-fn spawn(args: &[&str]) -> Proc {
+fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wrenn"));
     cmd.args(args)
         .env(
@@ -101,6 +102,8 @@ async fn ping(port: u16, token: &str) -> Result<(), connectrpc::ConnectError> {
 /// A control plane (`wrenn server`) with a platform admin, and a registration token.
 struct Cp {
     _proc: Proc,
+    /// `--listen`'s port (HTTPS when the server has a certificate).
+    listen_port: u16,
     data: tempfile::TempDir,
     url: String,
     jwt: String,
@@ -110,16 +113,30 @@ struct Cp {
 
 impl Cp {
     fn start() -> Cp {
+        Cp::start_with(&[])
+    }
+
+    /// `extra`: more `wrenn server` flags; with `--plain-listen ADDR` the test talks to that.
+    fn start_with(extra: &[&str]) -> Cp {
         let data = tempfile::tempdir().expect("data dir");
         let port = free_port();
+        let plain = extra
+            .iter()
+            .position(|a| *a == "--plain-listen")
+            .and_then(|i| extra.get(i + 1))
+            .map(|a| a.rsplit(':').next().expect("port").parse().expect("port"));
+        let mut args = vec![
+            "server".to_owned(),
+            "--listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".to_owned(),
+            data.path().to_str().expect("utf-8").to_owned(),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let mut proc = spawn(&args);
+        let listen_port = port;
+        let port = plain.unwrap_or(port);
         let url = format!("http://127.0.0.1:{port}");
-        let mut proc = spawn(&[
-            "server",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-            data.path().to_str().expect("utf-8"),
-        ]);
         wait_port(port, &mut proc);
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let http = reqwest::Client::new();
@@ -134,6 +151,7 @@ impl Cp {
         let jwt = admin["token"].as_str().expect("token").to_owned();
         Cp {
             _proc: proc,
+            listen_port,
             data,
             url,
             jwt,
@@ -144,6 +162,12 @@ impl Cp {
 
     /// A one-time registration token and the ID of the host it is for.
     fn registration_token(&self) -> (String, String) {
+        let (token, host, _) = self.registration();
+        (token, host)
+    }
+
+    /// [`Cp::registration_token`] and the control plane's certificate fingerprint, if any.
+    fn registration(&self) -> (String, String, Value) {
         let (s, created) = self.rt.block_on(call(
             &self.http,
             reqwest::Method::POST,
@@ -158,6 +182,7 @@ impl Cp {
                 .expect("token")
                 .to_owned(),
             created["host"]["id"].as_str().expect("id").to_owned(),
+            created["cp_tls_fingerprint"].clone(),
         )
     }
 
@@ -491,4 +516,114 @@ fn agent_of_a_deleted_host_stops_cleanly() {
     };
     assert!(status.success(), "agent exited with {status}");
     assert!(std::net::TcpStream::connect(("127.0.0.1", agent_port)).is_err());
+}
+
+/// Runs an agent to its exit (it must fail at registration); returns its stderr.
+fn failed_agent(args: &[String]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_wrenn"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run wrenn agent");
+    assert!(!out.status.success(), "the agent started: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// TLS between the hosts: the agent trusts only the control plane whose fingerprint came with
+/// its token (a wrong pin, or none for an https:// URL, and it never registers), and it serves
+/// its RPC over TLS with its own certificate, which the control plane records and pins.
+#[test]
+fn agent_and_control_plane_trust_only_pinned_certificates() {
+    let certs = tempfile::tempdir().expect("cert dir");
+    let cp_cert = wrenn_tls::selfsigned::HostCert::ensure(&certs.path().join("cp")).expect("cp");
+    let impostor =
+        wrenn_tls::selfsigned::HostCert::ensure(&certs.path().join("other")).expect("other");
+    let plain = free_port();
+    let cert_dir = certs.path().join("cp");
+    let cert = wrenn_tls::selfsigned::cert_path(&cert_dir);
+    let key = wrenn_tls::selfsigned::key_path(&cert_dir);
+    let cp = Cp::start_with(&[
+        "--tls-cert",
+        cert.to_str().expect("utf-8"),
+        "--tls-key",
+        key.to_str().expect("utf-8"),
+        "--plain-listen",
+        &format!("127.0.0.1:{plain}"),
+    ]);
+    let (token, host_id, fp) = cp.registration();
+    assert_eq!(
+        fp,
+        cp_cert.fingerprint.as_str(),
+        "the pin comes with the token"
+    );
+    let https_url = format!("https://127.0.0.1:{}", cp.listen_port);
+    let root = tempfile::tempdir_in("/var/tmp").expect("agent root");
+    let root_s = root.path().display().to_string();
+    let agent_port = free_port();
+    let listen = format!("127.0.0.1:{agent_port}");
+    let prefix = format!("rt{}", agent_port % 1000);
+    let agent_args = |pin: Option<&str>| {
+        let mut a = vec![
+            "agent",
+            "--root",
+            &root_s,
+            "--listen",
+            &listen,
+            "--cp-url",
+            &https_url,
+            "--accel",
+            "tcg",
+            "--net-prefix",
+            &prefix,
+            "--heartbeat-secs",
+            "1",
+            "--rpc-tls",
+            "--register",
+            &token,
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        if let Some(p) = pin {
+            a.extend(["--cp-fingerprint".to_owned(), p.to_owned()]);
+        }
+        a
+    };
+
+    // No pin for an https:// URL: refused before any call. A wrong pin: the handshake fails.
+    let err = failed_agent(&agent_args(None));
+    assert!(err.contains("--cp-fingerprint"), "{err}");
+    let err = failed_agent(&agent_args(Some(&impostor.fingerprint)));
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert_eq!(
+        cp.host(&host_id)["status"],
+        "pending",
+        "the token is unused"
+    );
+
+    // The right pin: registered, and called over TLS at its own certificate.
+    let mut agent = spawn(&agent_args(Some(&cp_cert.fingerprint)));
+    wait_port(agent_port, &mut agent);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let host = loop {
+        let h = cp.host(&host_id);
+        if h["status"] == "online" {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "never online: {h}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let agent_cert =
+        wrenn_tls::selfsigned::HostCert::ensure(&root.path().join("tls")).expect("agent cert");
+    assert_eq!(host["address"], format!("https://{listen}"));
+    assert_eq!(host["tls_fingerprint"], agent_cert.fingerprint.as_str());
+    // Plain HTTP to the agent gets no answer: it speaks TLS only.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let plain_ping = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), ping(agent_port, "x")).await
+    });
+    assert!(
+        matches!(plain_ping, Ok(Err(_))),
+        "plain ping: {plain_ping:?}"
+    );
 }

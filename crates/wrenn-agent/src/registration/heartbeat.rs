@@ -14,6 +14,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::cp_http::CpClient;
 use super::{CP_CALL_TIMEOUT, Credentials, RegistrationError, refresh, save};
 
 /// Rotate the host JWT when it has less than this left.
@@ -80,7 +81,7 @@ async fn beat_loop(
     // A beat that hangs (a link dropping packets) counts as missed within about one
     // interval, so a cut-off agent notices after ~N intervals, not N × the call timeout.
     let timeout = interval.clamp(Duration::from_secs(2), CP_CALL_TIMEOUT);
-    let client = match reqwest::Client::builder().timeout(timeout).build() {
+    let client = match super::cp_client(&creds.cp_url, creds.cp_trust.as_ref(), timeout) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "heartbeat HTTP client");
@@ -141,19 +142,13 @@ fn expires_soon(c: &Credentials) -> bool {
     c.host_jwt_expires_at < now + REFRESH_BEFORE_EXPIRY.as_secs()
 }
 
-async fn beat(client: &reqwest::Client, c: &Credentials, body: &serde_json::Value) -> Beat {
-    let url = format!("{}/v1/hosts/{}/heartbeat", c.cp_url, c.host_id);
-    match client
-        .post(&url)
-        .bearer_auth(&c.host_jwt)
-        .json(body)
-        .send()
-        .await
-    {
-        Ok(r) if r.status().is_success() => Beat::Ok,
-        Ok(r) if matches!(r.status().as_u16(), 401 | 403) => Beat::Unauthorized,
-        Ok(r) if r.status().as_u16() == 404 => Beat::Gone,
-        Ok(r) => Beat::Failed(format!("HTTP {}", r.status())),
+async fn beat(client: &CpClient, c: &Credentials, body: &serde_json::Value) -> Beat {
+    let path = format!("/v1/hosts/{}/heartbeat", c.host_id);
+    match client.post_json(&path, Some(&c.host_jwt), body).await {
+        Ok(r) if (200..300).contains(&r.status) => Beat::Ok,
+        Ok(r) if matches!(r.status, 401 | 403) => Beat::Unauthorized,
+        Ok(r) if r.status == 404 => Beat::Gone,
+        Ok(r) => Beat::Failed(format!("HTTP {}", r.status)),
         Err(e) => Beat::Failed(e.to_string()),
     }
 }

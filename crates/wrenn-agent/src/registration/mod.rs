@@ -10,7 +10,14 @@
 //! - `--host-id` + `--cp-public-key` (tests, static setups): no control plane to talk to.
 //!
 //! With credentials, [`heartbeat`] keeps the host online and rotates its tokens.
+//!
+//! The control plane is called over HTTPS unless it is on this machine, and trusted by what
+//! the operator gave with the token (`--cp-fingerprint` or `--cp-ca`), never by what the
+//! channel says; the choice is kept in the credentials file. An agent that serves TLS
+//! registers an `https://` address with its certificate's fingerprint, which the control plane
+//! pins.
 
+pub mod cp_http;
 pub mod heartbeat;
 
 use std::io::Write;
@@ -47,7 +54,10 @@ pub enum RegistrationError {
         source: serde_json::Error,
     },
     #[error("control plane at {url}: {source}")]
-    Http { url: String, source: reqwest::Error },
+    Http {
+        url: String,
+        source: cp_http::CallError,
+    },
     #[error("control plane refused {what} ({status}): {message}")]
     Refused {
         what: &'static str,
@@ -56,6 +66,99 @@ pub enum RegistrationError {
     },
     #[error("control-plane public key: {0}")]
     Key(#[from] crate::auth::AuthError),
+    #[error(
+        "{url}: an https:// control plane needs --cp-fingerprint or --cp-ca (given with the registration token)"
+    )]
+    NoCpTrust { url: String },
+    #[error(
+        "{url}: plain HTTP only to a control plane on this machine; use its https:// URL with --cp-fingerprint or --cp-ca"
+    )]
+    PlainCpUrl { url: String },
+    #[error("--cp-url {url:?} is not an http(s) URL")]
+    BadCpUrl { url: String },
+    #[error("--cp-fingerprint: {0}")]
+    Fingerprint(#[from] wrenn_tls::PinError),
+    #[error("--cp-ca {}: {reason}", path.display())]
+    Ca { path: PathBuf, reason: String },
+    #[error("TLS client: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// How this agent trusts its control plane's HTTPS certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CpTrust {
+    /// Exactly the certificate with this fingerprint (`sha256:…`).
+    Fingerprint(String),
+    /// Certificates signed by these CAs (PEM) for the URL's host name.
+    Ca(String),
+}
+
+/// The trust given by flags, if any.
+pub fn trust_from_config(cfg: &AgentConfig) -> Result<Option<CpTrust>, RegistrationError> {
+    if let Some(fp) = &cfg.cp_fingerprint {
+        return Ok(Some(CpTrust::Fingerprint(wrenn_tls::parse_fingerprint(
+            fp,
+        )?)));
+    }
+    let Some(path) = &cfg.cp_ca else {
+        return Ok(None);
+    };
+    let pem = std::fs::read_to_string(path).map_err(|source| RegistrationError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    ca_roots(&pem).map_err(|reason| RegistrationError::Ca {
+        path: path.clone(),
+        reason,
+    })?;
+    Ok(Some(CpTrust::Ca(pem)))
+}
+
+fn ca_roots(pem: &str) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    if roots.is_empty() {
+        return Err("no certificate in the file".into());
+    }
+    Ok(roots)
+}
+
+/// The TLS client configuration of `trust`. The control plane's listener speaks HTTP/1.1
+/// (its sandbox proxy routes on `Host`).
+fn tls_config(trust: &CpTrust) -> Result<rustls::ClientConfig, RegistrationError> {
+    let alpn: &[&[u8]] = &[b"http/1.1"];
+    Ok(match trust {
+        CpTrust::Fingerprint(fp) => wrenn_tls::client_config(fp, alpn)?,
+        CpTrust::Ca(pem) => {
+            let roots = ca_roots(pem).map_err(|reason| RegistrationError::Ca {
+                path: PathBuf::from("(credentials file)"),
+                reason,
+            })?;
+            let mut c = rustls::ClientConfig::builder_with_provider(wrenn_tls::provider())
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            c
+        }
+    })
+}
+
+/// A client for the control plane at `url`: HTTPS with `trust`, or plain HTTP to a loopback
+/// address (`wrenn up`, tests).
+pub fn cp_client(
+    url: &str,
+    trust: Option<&CpTrust>,
+    timeout: Duration,
+) -> Result<cp_http::CpClient, RegistrationError> {
+    cp_http::CpClient::new(url, trust, timeout)
 }
 
 /// What the control plane gave us at registration (and updates on refresh).
@@ -69,6 +172,9 @@ pub struct Credentials {
     pub refresh_token: String,
     pub cp_public_key: String,
     pub credential_gen: u64,
+    /// How the control plane's certificate is trusted (absent: plain HTTP on loopback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cp_trust: Option<CpTrust>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -98,7 +204,7 @@ struct HostRef {
 }
 
 impl CredentialsResponse {
-    fn into_credentials(self, cp_url: &str) -> Credentials {
+    fn into_credentials(self, cp_url: &str, cp_trust: Option<CpTrust>) -> Credentials {
         Credentials {
             host_id: self.host.id,
             cp_url: cp_url.to_owned(),
@@ -107,6 +213,7 @@ impl CredentialsResponse {
             refresh_token: self.refresh_token,
             cp_public_key: self.cp_public_key,
             credential_gen: self.credential_gen,
+            cp_trust,
         }
     }
 }
@@ -127,11 +234,17 @@ pub fn credentials_path(root: &Path) -> PathBuf {
 }
 
 /// Resolves the identity per the module docs, registering when asked to.
-pub async fn resolve(cfg: &AgentConfig) -> Result<Identity, RegistrationError> {
+///
+/// `rpc_fingerprint`: the certificate the RPC listener serves, when it serves TLS.
+pub async fn resolve(
+    cfg: &AgentConfig,
+    rpc_fingerprint: Option<&str>,
+) -> Result<Identity, RegistrationError> {
     let path = credentials_path(&cfg.root);
+    let trust = trust_from_config(cfg)?;
     if let Some(token) = &cfg.register {
         let cp_url = cfg.cp_url.as_deref().ok_or(RegistrationError::NoCpUrl)?;
-        let creds = match register(cfg, cp_url, token).await {
+        let creds = match register(cfg, cp_url, trust.clone(), token, rpc_fingerprint).await {
             Ok(c) => c,
             // A one-time token left in the service's settings: a restart must not fail
             // when this host already registered with it (or with an earlier one).
@@ -143,6 +256,9 @@ pub async fn resolve(cfg: &AgentConfig) -> Result<Identity, RegistrationError> {
                 );
                 let mut creds = load(&path)?.ok_or(RegistrationError::NoIdentity)?;
                 creds.cp_url = cp_url.trim_end_matches('/').to_owned();
+                if trust.is_some() {
+                    creds.cp_trust = trust;
+                }
                 return from_credentials(creds);
             }
             Err(e) => return Err(e),
@@ -154,6 +270,9 @@ pub async fn resolve(cfg: &AgentConfig) -> Result<Identity, RegistrationError> {
     if let Some(mut creds) = load(&path)? {
         if let Some(url) = &cfg.cp_url {
             creds.cp_url = url.trim_end_matches('/').to_owned();
+        }
+        if trust.is_some() {
+            creds.cp_trust = trust;
         }
         return from_credentials(creds);
     }
@@ -175,6 +294,8 @@ pub async fn resolve(cfg: &AgentConfig) -> Result<Identity, RegistrationError> {
 }
 
 fn from_credentials(creds: Credentials) -> Result<Identity, RegistrationError> {
+    // Refuse at start, not at the first heartbeat: a URL and trust that cannot work.
+    cp_client(&creds.cp_url, creds.cp_trust.as_ref(), CP_CALL_TIMEOUT)?;
     Ok(Identity {
         host_id: creds.host_id.clone(),
         verifier: CpVerifier::from_public_pem(&creds.cp_public_key)?,
@@ -183,25 +304,21 @@ fn from_credentials(creds: Credentials) -> Result<Identity, RegistrationError> {
     })
 }
 
-fn http() -> Result<reqwest::Client, RegistrationError> {
-    reqwest::Client::builder()
-        .timeout(CP_CALL_TIMEOUT)
-        .build()
-        .map_err(|source| RegistrationError::Http {
-            url: String::new(),
-            source,
-        })
-}
-
 async fn register(
     cfg: &AgentConfig,
     cp_url: &str,
+    trust: Option<CpTrust>,
     token: &str,
+    rpc_fingerprint: Option<&str>,
 ) -> Result<Credentials, RegistrationError> {
     let cp_url = cp_url.trim_end_matches('/');
-    let address = cfg
+    let addr = cfg
         .advertise_addr
         .map_or_else(|| cfg.listen.to_string(), |a| a.to_string());
+    let address = match rpc_fingerprint {
+        Some(_) => format!("https://{addr}"),
+        None => addr,
+    };
     let name = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -210,10 +327,12 @@ async fn register(
         "token": token,
         "name": name,
         "address": address,
+        "tls_fingerprint": rpc_fingerprint,
         "specs": specs(),
     });
-    let resp = post(cp_url, "/v1/hosts/register", None, &body, "registration").await?;
-    Ok(resp.into_credentials(cp_url))
+    let client = cp_client(cp_url, trust.as_ref(), CP_CALL_TIMEOUT)?;
+    let resp = post(&client, cp_url, "/v1/hosts/register", &body, "registration").await?;
+    Ok(resp.into_credentials(cp_url, trust))
 }
 
 /// Rotates the refresh token and gets a new host JWT.
@@ -222,48 +341,55 @@ pub async fn refresh(creds: &Credentials) -> Result<Credentials, RegistrationErr
         "host_id": creds.host_id,
         "refresh_token": creds.refresh_token,
     });
+    let client = cp_client(&creds.cp_url, creds.cp_trust.as_ref(), CP_CALL_TIMEOUT)?;
     let resp = post(
+        &client,
         &creds.cp_url,
         "/v1/hosts/auth/refresh",
-        None,
         &body,
         "refresh",
     )
     .await?;
-    Ok(resp.into_credentials(&creds.cp_url))
+    Ok(resp.into_credentials(&creds.cp_url, creds.cp_trust.clone()))
 }
 
 async fn post(
+    client: &cp_http::CpClient,
     cp_url: &str,
     path: &str,
-    bearer: Option<&str>,
     body: &serde_json::Value,
     what: &'static str,
 ) -> Result<CredentialsResponse, RegistrationError> {
     let url = format!("{cp_url}{path}");
-    let mut req = http()?.post(&url).json(body);
-    if let Some(t) = bearer {
-        req = req.bearer_auth(t);
-    }
-    let http_err = |source| RegistrationError::Http {
-        url: url.clone(),
-        source,
-    };
-    let resp = req.send().await.map_err(http_err)?;
-    let status = resp.status();
-    if !status.is_success() {
-        let text = resp.text().await.unwrap_or_default();
+    let answer =
+        client
+            .post_json(path, None, body)
+            .await
+            .map_err(|source| RegistrationError::Http {
+                url: url.clone(),
+                source,
+            })?;
+    if !(200..300).contains(&answer.status) {
+        let text = String::from_utf8_lossy(&answer.body).into_owned();
         let message = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .and_then(|v| {
+                v["error"]["message"]
+                    .as_str()
+                    .or(v["message"].as_str())
+                    .map(str::to_owned)
+            })
             .unwrap_or(text);
         return Err(RegistrationError::Refused {
             what,
-            status: status.as_u16(),
+            status: answer.status,
             message,
         });
     }
-    resp.json().await.map_err(http_err)
+    serde_json::from_slice(&answer.body).map_err(|source| RegistrationError::Parse {
+        path: PathBuf::from(url),
+        source,
+    })
 }
 
 fn specs() -> serde_json::Value {
@@ -346,6 +472,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn plain_http_only_to_loopback_and_https_only_with_a_trust() {
+        let t = CP_CALL_TIMEOUT;
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://[::1]:1",
+            "http://localhost:9",
+        ] {
+            assert!(cp_client(ok, None, t).is_ok(), "{ok}");
+        }
+        assert!(matches!(
+            cp_client("http://10.0.0.1:8080", None, t),
+            Err(RegistrationError::PlainCpUrl { .. })
+        ));
+        assert!(matches!(
+            cp_client("https://10.0.0.1:8080", None, t),
+            Err(RegistrationError::NoCpTrust { .. })
+        ));
+        let fp = CpTrust::Fingerprint(wrenn_tls::fingerprint(b"c"));
+        assert!(cp_client("https://10.0.0.1:8080", Some(&fp), t).is_ok());
+        assert!(matches!(
+            cp_client("ftp://10.0.0.1", Some(&fp), t),
+            Err(RegistrationError::BadCpUrl { .. })
+        ));
+        let not_pem = CpTrust::Ca("nothing".into());
+        assert!(cp_client("https://cp.example", Some(&not_pem), t).is_err());
+    }
+
+    #[test]
     fn credentials_round_trip_0600() {
         let dir = tempfile::tempdir().unwrap();
         let path = credentials_path(dir.path());
@@ -358,11 +512,13 @@ mod tests {
             refresh_token: "r".into(),
             cp_public_key: "k".into(),
             credential_gen: 3,
+            cp_trust: Some(CpTrust::Fingerprint(wrenn_tls::fingerprint(b"c"))),
         };
         save(&path, &c).unwrap();
         let back = load(&path).unwrap().unwrap();
         assert_eq!(back.host_id, "host-x");
         assert_eq!(back.credential_gen, 3);
+        assert_eq!(back.cp_trust, c.cp_trust);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

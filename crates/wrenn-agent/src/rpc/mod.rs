@@ -123,3 +123,14 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+/// [`serve`] over TLS (the listener sets `TCP_NODELAY` itself).
+pub async fn serve_tls(
+    listener: wrenn_tls::TlsListener,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

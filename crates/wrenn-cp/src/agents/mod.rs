@@ -10,7 +10,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use connectrpc::client::{CallOptions, ClientConfig, HttpClient};
+use connectrpc::client::{
+    CallOptions, ClientBody, ClientConfig, ClientTransport, Http2Connection, HttpClient,
+    SharedHttp2Connection,
+};
 use connectrpc::{ConnectError, ErrorCode as RpcCode};
 use http::Uri;
 use wrenn_proto::hostagent::v1::HostAgentServiceClient;
@@ -32,13 +35,44 @@ pub const HOST_CACHE_TTL: Duration = Duration::from_secs(2);
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The generated Connect client of `hostagent.v1.HostAgentService`.
-pub type RpcClient = HostAgentServiceClient<HttpClient>;
+pub type RpcClient = HostAgentServiceClient<AgentTransport>;
+
+/// How calls reach an agent: plain HTTP (pooled; agents on loopback), or one multiplexed
+/// HTTP/2 connection over TLS that accepts only the agent's pinned certificate.
+#[derive(Clone)]
+pub enum AgentTransport {
+    /// Boxed: the pooled client is large, and clients are cloned per call.
+    Plain(Box<HttpClient>),
+    Tls(SharedHttp2Connection),
+}
+
+impl ClientTransport for AgentTransport {
+    type ResponseBody = hyper::body::Incoming;
+    type Error = ConnectError;
+
+    fn send(
+        &self,
+        request: http::Request<ClientBody>,
+    ) -> futures::future::BoxFuture<'static, Result<http::Response<Self::ResponseBody>, Self::Error>>
+    {
+        match self {
+            AgentTransport::Plain(c) => c.send(request),
+            AgentTransport::Tls(c) => c.send(request),
+        }
+    }
+}
+
+/// Requests queued for a TLS agent's connection before callers wait.
+const TLS_QUEUE: usize = 1024;
 
 /// A failed call to an agent.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("host {host_id} has no usable agent address {address:?}")]
     BadAddress { host_id: String, address: String },
+    /// An `https://` agent without a pinned certificate (or a pin rustls refuses).
+    #[error("host {host_id}: no usable TLS pin for its agent: {reason}")]
+    Tls { host_id: String, reason: String },
     #[error("host {host_id}: {error}")]
     Rpc {
         host_id: String,
@@ -60,7 +94,7 @@ impl AgentError {
     pub fn code(&self) -> Option<RpcCode> {
         match self {
             AgentError::Rpc { error, .. } => Some(error.code),
-            AgentError::BadAddress { .. } => None,
+            AgentError::BadAddress { .. } | AgentError::Tls { .. } => None,
         }
     }
 
@@ -152,12 +186,25 @@ impl Tokens {
     }
 }
 
+/// What a host's calls go through, cached per host.
+#[derive(Clone)]
+struct HostClient {
+    /// The address and pin it was made for: a change makes a new one.
+    address: String,
+    fingerprint: Option<String>,
+    rpc: RpcClient,
+    /// For the sandbox proxy's tunnels (HTTP/1.1 upgrade); `None` for plain agents.
+    tunnel_tls: Option<Arc<rustls::ClientConfig>>,
+}
+
 /// Clients of every host this control plane talks to.
 pub struct AgentPool {
     signer: Arc<CpSigner>,
     tokens: Arc<Tokens>,
+    /// Plain HTTP: agents on loopback. Agents over TLS get a client of their own, which
+    /// trusts only their pinned certificate.
     http: HttpClient,
-    clients: Mutex<HashMap<String, (String, RpcClient)>>,
+    clients: Mutex<HashMap<String, HostClient>>,
     hosts: Mutex<HashMap<String, (std::time::Instant, Host)>>,
 }
 
@@ -237,13 +284,12 @@ impl AgentPool {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             match clients.get(&host.id) {
-                Some((addr, c)) if *addr == host.address => c.clone(),
+                Some(c) if c.address == host.address && c.fingerprint == host.tls_fingerprint => {
+                    c.clone()
+                }
                 _ => {
-                    let uri = base.clone();
-                    // Binary protobuf: the agent relays file chunks and process output.
-                    let cfg = ClientConfig::new(uri).proto();
-                    let c = RpcClient::new(self.http.clone(), cfg);
-                    clients.insert(host.id.clone(), (host.address.clone(), c.clone()));
+                    let c = self.host_client(host, base.clone())?;
+                    clients.insert(host.id.clone(), c.clone());
                     c
                 }
             }
@@ -251,9 +297,60 @@ impl AgentPool {
         Ok(Agent {
             host_id: host.id.clone(),
             generation: u64::try_from(host.credential_gen).unwrap_or(0),
-            client,
+            client: client.rpc,
+            tunnel_tls: client.tunnel_tls,
             tokens: self.tokens.clone(),
             base,
+        })
+    }
+
+    /// A client for `host`: over TLS to its pinned certificate when its address is
+    /// `https://` (registration refuses plain addresses off loopback).
+    fn host_client(&self, host: &Host, base: Uri) -> Result<HostClient, AgentError> {
+        let tls_err = |reason: String| AgentError::Tls {
+            host_id: host.id.clone(),
+            reason,
+        };
+        // Binary protobuf: the agent relays file chunks and process output.
+        let cfg = ClientConfig::new(base.clone()).proto();
+        let (rpc, tunnel_tls) = if base.scheme_str() == Some("https") {
+            let fp = host
+                .tls_fingerprint
+                .as_deref()
+                .ok_or_else(|| tls_err("it registered no certificate fingerprint".into()))?;
+            let pinned = |alpn: &[&[u8]]| {
+                wrenn_tls::client_config(fp, alpn)
+                    .map(Arc::new)
+                    .map_err(|e| tls_err(e.to_string()))
+            };
+            let (rpc_tls, tunnel_tls) = (pinned(&[b"h2"])?, pinned(&[b"http/1.1"])?);
+            let (host, port) = (
+                base.host().unwrap_or_default().to_owned(),
+                base.port_u16().unwrap_or(443),
+            );
+            let dial = tower::service_fn(move |_: Uri| {
+                let (host, tls) = (host.clone(), rpc_tls.clone());
+                async move {
+                    let io = wrenn_tls::client::connect(&host, port, Some(&tls)).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(io))
+                }
+            });
+            let conn = Http2Connection::lazy_with_connector(dial, base.clone()).shared(TLS_QUEUE);
+            (
+                RpcClient::new(AgentTransport::Tls(conn), cfg),
+                Some(tunnel_tls),
+            )
+        } else {
+            (
+                RpcClient::new(AgentTransport::Plain(Box::new(self.http.clone())), cfg),
+                None,
+            )
+        };
+        Ok(HostClient {
+            address: host.address.clone(),
+            fingerprint: host.tls_fingerprint.clone(),
+            rpc,
+            tunnel_tls,
         })
     }
 }
@@ -280,8 +377,9 @@ pub struct Agent {
     host_id: String,
     generation: u64,
     client: RpcClient,
+    tunnel_tls: Option<Arc<rustls::ClientConfig>>,
     tokens: Arc<Tokens>,
-    /// Where the agent listens (`http://ip:port/`).
+    /// Where the agent listens (`http://ip:port/` or `https://…`).
     base: Uri,
 }
 
@@ -324,6 +422,12 @@ impl Agent {
     /// Where the agent listens, for the raw HTTP of the sandbox proxy's tunnels.
     pub fn base(&self) -> &Uri {
         &self.base
+    }
+
+    /// The TLS configuration of a raw connection to this agent (pinned to its certificate,
+    /// ALPN `http/1.1`); `None`: plain HTTP.
+    pub fn tunnel_tls(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.tunnel_tls.as_ref()
     }
 
     /// `Authorization` for a call to this agent outside the Connect client.
@@ -427,6 +531,7 @@ mod tests {
             credential_gen: 1,
             capacity: serde_json::json!({}),
             capacity_at: None,
+            tls_fingerprint: None,
         };
         pool.remember_host(host);
         assert_eq!(pool.cached_host("host-a").unwrap().credential_gen, 1);

@@ -67,6 +67,9 @@ pub struct CreatedToken {
     registration_token: String,
     /// Unix milliseconds.
     expires_at: i64,
+    /// The SHA-256 fingerprint of this control plane's HTTPS certificate, for the agent's
+    /// `--cp-fingerprint` (absent when it serves plain HTTP).
+    cp_tls_fingerprint: Option<String>,
 }
 
 /// Creates the pending host row and its one-time registration token (1 h). A team host needs
@@ -152,6 +155,7 @@ pub async fn create_token(
             host,
             registration_token: generated.plaintext,
             expires_at,
+            cp_tls_fingerprint: st.tls_fingerprint.clone(),
         }),
     ))
 }
@@ -184,8 +188,13 @@ pub struct Register {
     /// The one-time registration token.
     token: String,
     name: Option<String>,
-    /// The agent's RPC endpoint: `ip:port` or an `http(s)://host:port` URL.
+    /// The agent's RPC endpoint: `https://host:port`, or plain (`ip:port`, `http://…`) only on
+    /// loopback.
     address: String,
+    /// SHA-256 fingerprint of the certificate the agent serves (`sha256:` + 64 hex digits);
+    /// required with an `https://` address, the only certificate the control plane accepts.
+    #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
+    tls_fingerprint: Option<String>,
     specs: Option<Specs>,
 }
 
@@ -223,6 +232,42 @@ fn address(v: &str) -> Result<String, ApiError> {
     } else {
         Err(bad())
     }
+}
+
+/// Calls to an agent off loopback go over TLS to the certificate it named (DESIGN §11): an
+/// `https://` address needs its fingerprint, a plain one must be loopback (`wrenn up`).
+fn agent_tls(address: &str, fingerprint: Option<&str>) -> Result<Option<String>, ApiError> {
+    let https = address.starts_with("https://");
+    match (https, fingerprint) {
+        (true, Some(fp)) => wrenn_tls::parse_fingerprint(fp)
+            .map(Some)
+            .map_err(|e| ApiError::invalid_request(format!("tls_fingerprint: {e}"))),
+        (true, None) => Err(ApiError::invalid_request(
+            "an https:// address needs tls_fingerprint, the agent certificate's SHA-256",
+        )),
+        (false, Some(_)) => Err(ApiError::invalid_request(
+            "tls_fingerprint goes with an https:// address",
+        )),
+        (false, None) if is_loopback(address) => Ok(None),
+        (false, None) => Err(ApiError::invalid_request(
+            "an agent off loopback is called over TLS only: register its https:// address with tls_fingerprint",
+        )),
+    }
+}
+
+fn is_loopback(address: &str) -> bool {
+    let host = match address.parse::<SocketAddr>() {
+        Ok(sa) => return sa.ip().is_loopback(),
+        Err(_) => address
+            .parse::<Uri>()
+            .ok()
+            .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_owned())),
+    };
+    host.is_some_and(|h| {
+        h.eq_ignore_ascii_case("localhost")
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
 }
 
 /// A team's (BYOC) host address, on top of [`address`]: the control plane calls it, so a
@@ -331,6 +376,7 @@ pub async fn register(
     ApiJson(req): ApiJson<Register>,
 ) -> Result<(StatusCode, ApiJson<HostCredentials>), ApiError> {
     let address = address(&req.address)?;
+    let tls_fingerprint = agent_tls(&address, req.tls_fingerprint.as_deref())?;
     let name = req
         .name
         .as_deref()
@@ -363,7 +409,13 @@ pub async fn register(
     let host_id = used.host_id.ok_or_else(token_refused)?;
     let host = st
         .db
-        .complete_host_registration(&host_id, &address, &specs, name.as_deref())
+        .complete_host_registration(
+            &host_id,
+            &address,
+            &specs,
+            name.as_deref(),
+            tls_fingerprint.as_deref(),
+        )
         .await
         .map_err(|e| match e {
             // The host was deleted (or already registered) since the token was made.

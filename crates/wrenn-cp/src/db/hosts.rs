@@ -62,6 +62,9 @@ pub struct Host {
     pub capacity: serde_json::Value,
     /// When that report was heard (Unix ms).
     pub capacity_at: Option<i64>,
+    /// The fingerprint of the agent's TLS certificate (`sha256:…`), pinned by every call to it;
+    /// `None` for an agent on loopback over plain HTTP.
+    pub tls_fingerprint: Option<String>,
 }
 
 impl Host {
@@ -141,7 +144,7 @@ pub struct RefreshToken {
 }
 
 const HOST_COLS: &str = "id, team_id, name, address, status, last_heartbeat_at, specs, created_by, created_at, \
-     credential_gen, capacity, capacity_at";
+     credential_gen, capacity, capacity_at, tls_fingerprint";
 /// id, host_id, expires_at, revoked_at, replaces_id of a refresh token.
 type RefreshRow = (String, String, i64, Option<i64>, Option<String>);
 /// How long a rotated refresh token stays valid (see [`Db::rotate_refresh_token`]).
@@ -166,6 +169,7 @@ impl Db {
             credential_gen: 1,
             capacity: serde_json::json!({}),
             capacity_at: None,
+            tls_fingerprint: None,
         };
         sqlx::query(
             "INSERT INTO hosts (id, team_id, name, address, status, specs, created_by, created_at) \
@@ -275,10 +279,11 @@ impl Db {
         address: &str,
         specs: &serde_json::Value,
         name: Option<&str>,
+        tls_fingerprint: Option<&str>,
     ) -> Result<Host, DbError> {
         let sql = format!(
             "UPDATE hosts SET status = $2, address = $3, specs = $4, \
-             name = COALESCE($5, name), last_heartbeat_at = $6 \
+             name = COALESCE($5, name), last_heartbeat_at = $6, tls_fingerprint = $8 \
              WHERE id = $1 AND status = $7 RETURNING {HOST_COLS}"
         );
         let h: Option<Host> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -289,6 +294,7 @@ impl Db {
             .bind(name)
             .bind(now_ms())
             .bind(HostStatus::Pending.as_str())
+            .bind(tls_fingerprint)
             .fetch_optional(&self.pool)
             .await?;
         h.ok_or(DbError::NotFound)

@@ -33,17 +33,20 @@ pub enum TunnelError {
 pub async fn open(agent: &Agent, id: &str, port: u16) -> Result<Upgraded, TunnelError> {
     let base = agent.base();
     let host = base.host().unwrap_or("127.0.0.1");
-    let addr = format!(
-        "{}:{}",
-        host.trim_matches(['[', ']']),
-        base.port_u16().unwrap_or(80)
-    );
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr))
-        .await
-        .map_err(|_| TunnelError::Unreachable(format!("connect to {addr} timed out")))?
-        .map_err(|e| TunnelError::Unreachable(format!("connect to {addr}: {e}")))?;
-    let _ = tcp.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    let tls = agent.tunnel_tls();
+    let agent_port = base
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
+    let addr = format!("{}:{agent_port}", host.trim_matches(['[', ']']));
+    // TCP, then TLS to the agent's pinned certificate when it serves TLS.
+    let io = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        wrenn_tls::client::connect(host, agent_port, tls),
+    )
+    .await
+    .map_err(|_| TunnelError::Unreachable(format!("connect to {addr} timed out")))?
+    .map_err(|e| TunnelError::Unreachable(format!("connect to {addr}: {e}")))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| TunnelError::Unreachable(e.to_string()))?;
     tokio::spawn(async move {

@@ -200,6 +200,7 @@ mod tests {
             credential_gen: 1,
             capacity: serde_json::json!({}),
             capacity_at: None,
+            tls_fingerprint: None,
         }
     }
 

@@ -7,7 +7,10 @@ use wrenn_cp::db_test;
 use super::{App, SECRET, code, token};
 
 /// What the tests' team hosts register with (see [`App::register`]).
-const TEAM_HOST_ADDRESS: &str = "10.0.0.2:50051";
+const TEAM_HOST_ADDRESS: &str = "https://10.0.0.2:50051";
+/// The certificate fingerprint a TLS agent registers with.
+const AGENT_FINGERPRINT: &str =
+    "sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const UNKNOWN_TOKEN: &str = "00000000000000000000000000000000000000000000000000000000000000aa";
 
 impl App {
@@ -71,6 +74,7 @@ impl App {
                     "token": reg_token,
                     "name": "rack-1",
                     "address": address,
+                    "tls_fingerprint": team_host.then_some(AGENT_FINGERPRINT),
                     "specs": {"cpu_count": 2, "memory_bytes": 4_294_967_296_u64, "arch": "x86_64"},
                 }),
             )
@@ -124,6 +128,7 @@ db_test! {
         assert_eq!(r["host"]["status"], "online");
         assert_eq!(r["host"]["name"], "rack-1");
         assert_eq!(r["host"]["address"], TEAM_HOST_ADDRESS);
+        assert_eq!(r["host"]["tls_fingerprint"], AGENT_FINGERPRINT);
         assert_eq!(r["host"]["specs"]["cpu_count"], 2);
         let jwt = s(&r, "host_jwt");
         let refresh1 = s(&r, "refresh_token");
@@ -338,7 +343,13 @@ db_test! {
             json!({"token": reg, "address": "127.0.0.1:50051"}),
             json!({"token": reg, "address": "http://169.254.169.254:80"}),
             json!({"token": reg, "address": "[::1]:50051"}),
-            json!({"token": reg, "address": "https://agent.example:443"}),
+            json!({"token": reg, "address": "https://agent.example:443", "tls_fingerprint": AGENT_FINGERPRINT}),
+            // Off loopback only TLS, to the certificate named.
+            json!({"token": reg, "address": "10.0.0.2:50051"}),
+            json!({"token": reg, "address": "http://10.0.0.2:50051"}),
+            json!({"token": reg, "address": "https://10.0.0.2:50051"}),
+            json!({"token": reg, "address": "https://10.0.0.2:50051", "tls_fingerprint": "sha256:zz"}),
+            json!({"token": reg, "address": "127.0.0.1:1", "tls_fingerprint": AGENT_FINGERPRINT}),
         ];
         for b in bad_registers {
             let (st, v) = app.post("/v1/hosts/register", None, b.clone()).await;

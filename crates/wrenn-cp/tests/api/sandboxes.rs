@@ -146,7 +146,7 @@ db_test! {
         let (_, key) = app.key(&token(&a)).await;
         // An online platform host whose agent does not listen (loopback port 1).
         let host = db.create_host(NewHost { team_id: None, name: "dead", address: "127.0.0.1:1", specs: json!({}), created_by: None }).await.unwrap();
-        db.complete_host_registration(&host.id, "127.0.0.1:1", &json!({}), None).await.unwrap();
+        db.complete_host_registration(&host.id, "127.0.0.1:1", &json!({}), None, None).await.unwrap();
         let (s, v) = app.post("/v1/sandboxes", Some(&key), json!({"metadata": {"k": "v"}})).await;
         assert_eq!((s, code(&v)), (StatusCode::BAD_GATEWAY, "host_unavailable"), "{v}");
         // The row records the failure; nothing stays pending.

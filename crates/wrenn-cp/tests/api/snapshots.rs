@@ -37,7 +37,7 @@ async fn dead_host(db: &Db, name: &str) -> Host {
         })
         .await
         .unwrap();
-    db.complete_host_registration(&h.id, "127.0.0.1:1", &json!({}), None)
+    db.complete_host_registration(&h.id, "127.0.0.1:1", &json!({}), None, None)
         .await
         .unwrap();
     h
