@@ -4,8 +4,9 @@
 //! host name — and the API's otherwise.
 //!
 //! The path of one request: find the sandbox (any team: the guest's port is what is being
-//! addressed, and envd's port takes the sandbox's own access token) → resume it if it is
-//! paused and asked for that → a tunnel through its host's agent ([`tunnel`]) → HTTP/1.1 over
+//! addressed) → the caller's token (envd's port: the sandbox's access token; a private
+//! sandbox's other ports: its traffic token) → resume it if it is paused and asked for that,
+//! never before the token passed → a tunnel through its host's agent ([`tunnel`]) → HTTP/1.1 over
 //! the tunnel, bodies streamed both ways, a WebSocket (or any) upgrade spliced through.
 //! Failures answer the 502 bodies the SDKs map onto their exceptions.
 
@@ -123,18 +124,12 @@ async fn forward(st: &AppState, t: Target, mut req: Request) -> Response {
             );
         }
     };
-    if sb.status == SandboxStatus::Paused && sb.auto_resume {
-        match crate::api::sandboxes::auto_resume(st, sb).await {
-            Ok(resumed) => sb = resumed,
-            Err(e) => {
-                tracing::warn!(sandbox = %id, error = %e, "proxy: auto-resume failed");
-                return not_running(id.as_str());
-            }
-        }
-    }
-    if sb.status != SandboxStatus::Running {
+    let wake = sb.status == SandboxStatus::Paused && sb.auto_resume;
+    if sb.status != SandboxStatus::Running && !wake {
         return not_running(id.as_str());
     }
+    // The caller's credentials before the resume: one who may not reach the sandbox must not
+    // wake it either (an unauthenticated request would otherwise resume it on its host).
     // envd checks its token itself; refusing here as well keeps unauthenticated traffic off
     // the host. `/health` is open (as in envd) and `/files` may carry a signature instead.
     let allowed = match (t.port == ENVD_PORT).then(|| envd_open_route(&req)) {
@@ -154,6 +149,18 @@ async fn forward(st: &AppState, t: Target, mut req: Request) -> Response {
         let given = req.headers().get(TRAFFIC_TOKEN).cloned();
         if let Some(refused) = traffic_refused(st, &sb.id, given).await {
             return json(refused.0, Some(id.as_str()), refused.1);
+        }
+    }
+    if wake {
+        match crate::api::sandboxes::auto_resume(st, sb).await {
+            Ok(resumed) => sb = resumed,
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "proxy: auto-resume failed");
+                return not_running(id.as_str());
+            }
+        }
+        if sb.status != SandboxStatus::Running {
+            return not_running(id.as_str());
         }
     }
     let Some(host_id) = sb.host_id.as_deref() else {

@@ -9,6 +9,7 @@ mod e2b;
 mod hosts;
 mod input;
 mod keys;
+mod matrix;
 mod sandboxes;
 mod snapshots;
 
