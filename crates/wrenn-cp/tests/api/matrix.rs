@@ -169,7 +169,7 @@ const ROWS: &[Row] = &[
     row(POST, "/v1/auth/login", OPEN).body(r#"{"email":"$login","password":"$password"}"#),
     // The body's token is the credential: a header (even a host JWT) changes nothing.
     row(POST, "/v1/hosts/register", "401  401  401  401  401  401  401  401  401  401  401  401")
-        .body(r#"{"token":"00000000000000000000000000000000000000000000000000000000000000aa","address":"10.0.0.9:1"}"#),
+        .body(r#"{"token":"00000000000000000000000000000000000000000000000000000000000000aa","address":"https://10.0.0.9:1","tls_fingerprint":"sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"}"#),
     row(POST, "/v1/hosts/auth/refresh", "401  401  401  401  401  401  401  401  401  401  401  401")
         .body(r#"{"host_id":"$host","refresh_token":"00000000000000000000000000000000000000000000000000000000000000aa"}"#),
     // Accounts and teams.
@@ -325,7 +325,11 @@ impl App {
             .ok_post(
                 "/v1/hosts/register",
                 user,
-                json!({"token": t["registration_token"], "address": "10.0.0.2:50051"}),
+                json!({
+                    "token": t["registration_token"],
+                    "address": "https://10.0.0.2:50051",
+                    "tls_fingerprint": format!("sha256:{}", "ab".repeat(32)),
+                }),
             )
             .await;
         let id = r["host"]["id"].as_str().unwrap().to_owned();
