@@ -76,6 +76,17 @@ pub struct AgentConfig {
     /// Network slots (sandboxes at once).
     #[arg(long, env = "AGENT_MAX_SANDBOXES", default_value_t = 1024)]
     pub max_sandboxes: u32,
+    /// vCPUs admitted per host CPU: sandboxes are created or resumed only while the sum of
+    /// their vCPUs stays within CPUs × this.
+    #[arg(long, env = "AGENT_CPU_OVERCOMMIT", default_value_t = 8.0, value_parser = parse_factor)]
+    pub cpu_overcommit: f64,
+    /// Guest memory admitted per MiB of host memory (above 1, guests that touch all their
+    /// memory can drive the host into swapping or the OOM killer).
+    #[arg(long, env = "AGENT_MEMORY_OVERCOMMIT", default_value_t = 1.0, value_parser = parse_factor)]
+    pub memory_overcommit: f64,
+    /// MiB kept free on the files root: below it no sandbox is created or resumed.
+    #[arg(long, env = "AGENT_MIN_FREE_DISK_MIB", default_value_t = 2048)]
+    pub min_free_disk_mib: u64,
     /// Create sandboxes by restoring a snapshot of their template booted to envd-ready (made
     /// by the first create of each template and machine shape, cached under `cache/warm/`),
     /// instead of booting each one.
@@ -84,6 +95,13 @@ pub struct AgentConfig {
     /// Test hook: fail create at the named step (overlay, slot, network, boot, health, init).
     #[arg(long, env = "AGENT_FAILPOINT", hide = true)]
     pub failpoint: Option<String>,
+}
+
+fn parse_factor(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 && f <= 1000.0 => Ok(f),
+        _ => Err(format!("'{s}' is not a factor between 0 and 1000")),
+    }
 }
 
 fn parse_accel(s: &str) -> Result<Accel, String> {

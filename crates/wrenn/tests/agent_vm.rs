@@ -373,6 +373,63 @@ fn failure_at_each_create_step_leaves_host_unchanged() {
     }
 }
 
+/// Admission: the agent starts no sandbox past its vCPU overcommit (here 2 CPUs × 0.5 = 1
+/// vCPU) or below its free-disk floor; a refusal changes nothing, and room comes back when a
+/// sandbox goes.
+#[test]
+fn admission_refuses_past_the_overcommit_and_the_disk_floor() {
+    let env = AgentEnv::with_env(&[("AGENT_CPU_OVERCOMMIT", "0.5")]);
+    assert_eq!(
+        std::thread::available_parallelism().map(|n| n.get()).ok(),
+        Some(2),
+        "the limit below assumes 2 CPUs"
+    );
+    rt().block_on(async {
+        let c = env.client();
+        let (a, b) = (sandbox_id(), sandbox_id());
+        c.create_sandbox(create_req(&a))
+            .await
+            .expect("the first fits");
+        let before = env.host_state();
+        let err = c
+            .create_sandbox(create_req(&b))
+            .await
+            .expect_err("a second vCPU is past the limit");
+        assert_eq!(err.code, connectrpc::ErrorCode::ResourceExhausted, "{err}");
+        assert!(err.to_string().contains("vCPUs"), "{err}");
+        assert_eq!(before, env.host_state(), "a refusal leaves nothing behind");
+        c.destroy_sandbox(pb::DestroySandboxRequest {
+            sandbox_id: a.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("destroy");
+        c.create_sandbox(create_req(&b))
+            .await
+            .expect("room again once the first is gone");
+        c.destroy_sandbox(pb::DestroySandboxRequest {
+            sandbox_id: b.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("destroy");
+    });
+    drop(env);
+    // No disk left above the floor: nothing starts.
+    let env = AgentEnv::with_env(&[("AGENT_MIN_FREE_DISK_MIB", "1000000000")]);
+    rt().block_on(async {
+        let c = env.client();
+        let before = env.host_state();
+        let err = c
+            .create_sandbox(create_req(&sandbox_id()))
+            .await
+            .expect_err("below the disk floor");
+        assert_eq!(err.code, connectrpc::ErrorCode::ResourceExhausted, "{err}");
+        assert!(err.to_string().contains("free on the files root"), "{err}");
+        assert_eq!(before, env.host_state());
+    });
+}
+
 #[test]
 fn deadline_destroys_and_reports_in_list() {
     let env = AgentEnv::new();

@@ -7,6 +7,7 @@
 //! `on_timeout = pause`, pauses) sandboxes whose absolute `end_at` has passed and reports them
 //! in the next list. Pause and resume live in `pause`; the metrics sampler in `metrics`.
 
+pub mod admission;
 pub mod metrics;
 mod pause;
 pub mod record;
@@ -88,6 +89,9 @@ pub struct Manager {
     paused: Mutex<Vec<String>>,
     host_cpus: u32,
     host_mem_mb: u64,
+    /// What this host admits (`--cpu-overcommit` ...), and the sandboxes being started.
+    limits: admission::Limits,
+    starting: tokio::sync::Mutex<admission::Starting>,
     /// Metrics samples per sandbox, taken by the sampler.
     metrics: metrics::History,
     /// Cancelled on drop: ends the sampler.
@@ -246,6 +250,15 @@ impl Manager {
         let host_cpus = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);
+        let host_mem_mb = host_memory_mb();
+        let limits = admission::Limits::new(
+            host_cpus,
+            host_mem_mb,
+            cfg.cpu_overcommit,
+            cfg.memory_overcommit,
+            cfg.min_free_disk_mib,
+        );
+        info!(?limits, "admission limits");
         let mgr = Arc::new(Manager {
             slots: Arc::new(SlotAllocator::new(cfg.max_sandboxes)),
             boots: Semaphore::new(cfg.boots().max(1)),
@@ -260,7 +273,9 @@ impl Manager {
             reaped: Mutex::default(),
             paused: Mutex::default(),
             host_cpus,
-            host_mem_mb: host_memory_mb(),
+            host_mem_mb,
+            limits,
+            starting: tokio::sync::Mutex::default(),
             metrics: metrics::History::default(),
             stop: tokio_util::sync::CancellationToken::new(),
         });
@@ -276,6 +291,31 @@ impl Manager {
         });
         metrics::spawn_sampler(Arc::downgrade(&mgr), mgr.stop.clone());
         Ok(mgr)
+    }
+
+    /// Reserves room for a sandbox of `size` about to start (see [`admission`]); the caller
+    /// calls [`Manager::started_or_failed`] when the start ended either way.
+    async fn admit(&self, id: &str, size: admission::Size) -> Result<(), BackendError> {
+        let mut starting = self.starting.lock().await;
+        let running = self
+            .live
+            .read()
+            .await
+            .values()
+            .map(|l| {
+                let r = l.record();
+                admission::Size {
+                    vcpus: u64::from(r.vcpus),
+                    memory_mib: u64::from(r.memory_mb),
+                }
+            })
+            .fold(admission::Size::default(), |a, s| a + s);
+        let free = pause::free_bytes(&self.cfg.root).unwrap_or(0) / (1024 * 1024);
+        starting.admit(&self.limits, id, size, running, free)
+    }
+
+    async fn started_or_failed(&self, id: &str) {
+        self.starting.lock().await.done(id);
     }
 
     /// This host's [`Capacity`] now.
@@ -392,6 +432,14 @@ impl Manager {
                 "sandbox {id} already exists"
             )));
         }
+        let size = admission::Size {
+            vcpus: u64::from(req.vcpus),
+            memory_mib: u64::from(req.memory_mb),
+        };
+        if let Err(e) = self.admit(&id, size).await {
+            self.release_claim(&id);
+            return Err(e);
+        }
         let result = match &snapshot {
             // A snapshot cannot be booted: only cloned.
             Some(base) => {
@@ -413,6 +461,7 @@ impl Manager {
             }
             None => self.create_steps(req, template).await,
         };
+        self.started_or_failed(&id).await;
         self.release_claim(&id);
         result
     }

@@ -178,11 +178,26 @@ impl Manager {
             )));
         }
         let started = std::time::Instant::now();
+        let size = super::admission::Size {
+            vcpus: u64::from(rec.vcpus),
+            memory_mib: u64::from(rec.memory_mb),
+        };
+        self.admit(id, size).await?;
         let mut undo = Rollback::default();
         let r = self.resume_with(&dir, &mut rec, &mut undo).await;
-        match r {
+        let r = match r {
             Ok(live) => {
                 undo.disarm();
+                Ok(live)
+            }
+            Err(e) => {
+                undo.run().await;
+                Err(e)
+            }
+        };
+        self.started_or_failed(id).await;
+        match r {
+            Ok(live) => {
                 // The state is spent: the VM has moved on from it.
                 if let Err(e) = std::fs::remove_file(dir.join(STATE_FILE)) {
                     warn!(error = %e, "remove the used VM state");
@@ -198,12 +213,13 @@ impl Manager {
                 Ok(info)
             }
             Err((e, broken)) => {
-                undo.run().await;
                 rec.slot = None;
                 if broken {
                     // The saved state cannot come back: say so, touch nothing else.
                     rec.state = State::Error;
-                    rec.error = Some(format!("cannot resume: {e}"));
+                    // Shown to the tenant: the cause (paths, QEMU's words) stays in this log.
+                    warn!(sandbox_id = %id, error = %e, "saved state cannot be restored");
+                    rec.error = Some("cannot resume: its saved state could not be restored".into());
                 } else {
                     rec.state = State::Paused;
                 }

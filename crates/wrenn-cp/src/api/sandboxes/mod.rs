@@ -730,25 +730,37 @@ async fn create_on_host(
 
 /// Records a failed create on the row and returns the caller's error.
 async fn fail(st: &AppState, sb: &Sandbox, e: AgentError) -> ApiError {
-    let msg = e.message();
+    let full = e.code() == Some(connectrpc::ErrorCode::ResourceExhausted);
+    let api = if full {
+        // The host's admission (CPU/memory overcommit, free disk) refused it: no host fits.
+        tracing::warn!(sandbox = %sb.id, error = %e, "host has no room");
+        ApiError::new(
+            crate::error::ErrorCode::NoHostsAvailable,
+            "no host has room for this sandbox now (vCPUs, memory or disk); retry later or ask for a smaller one",
+        )
+    } else {
+        ApiError::from(e)
+    };
+    // The row says what the caller is told: a host's own words (paths, command output) stay
+    // in its log.
+    let api = if !full && api.status().is_client_error() {
+        // The agent's own 4xx codes describe our request to it, not the caller's: after our
+        // validation they mean the host could not run it.
+        ApiError::new(
+            crate::error::ErrorCode::AgentError,
+            format!("host agent refused the sandbox: {}", api.message()),
+        )
+    } else {
+        api
+    };
     if let Err(db) = st
         .db
-        .transition_sandbox(&sb.id, SandboxStatus::Error, Some(&msg))
+        .transition_sandbox(&sb.id, SandboxStatus::Error, Some(api.message()))
         .await
     {
         tracing::warn!(sandbox = %sb.id, error = %db, "could not mark failed create");
     }
-    let api = ApiError::from(e);
-    // The agent's own 4xx codes describe our request to it, not the caller's: after our
-    // validation they mean the host could not run it.
-    if api.status().is_client_error() {
-        ApiError::new(
-            crate::error::ErrorCode::AgentError,
-            format!("host agent refused the sandbox: {msg}"),
-        )
-    } else {
-        api
-    }
+    api
 }
 
 async fn destroy_best_effort(agent: &Agent, id: &str) {
