@@ -30,6 +30,9 @@ use crate::vmm::{QemuVmm, probe};
 /// probes the accelerator, re-adopts surviving VMs, serves the control plane's RPCs and,
 /// when registered, keeps the host online with heartbeats.
 pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
+    // Everything the agent and its QEMUs create (disks, saved memory, sockets, logs,
+    // credentials) is its own: 0600 files, 0700 directories.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // Before anything else, registration above all: a host that cannot create sandboxes must
     // never come online.
     preflight::check(&network::Network::new(cfg.network())).await?;

@@ -50,6 +50,22 @@ fn create_exec_files_destroy_leaves_nothing() {
         // A guest printing nonstop to its console: the log on the host's disk is emptied
         // once it is over its 1 MiB limit (at the next metrics round, every 5 s).
         let run_dir = env.root.path().join("sandboxes").join(&id).join("run");
+        // A sandbox's files (disk, sockets, logs, record) are the agent's alone.
+        let mut open_to_others = Vec::new();
+        let mut stack = vec![env.root.path().join("sandboxes").join(&id)];
+        while let Some(p) = stack.pop() {
+            let m = std::fs::symlink_metadata(&p).expect("stat");
+            if m.file_type().is_symlink() {
+                continue;
+            }
+            if std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o077 != 0 {
+                open_to_others.push(p.clone());
+            }
+            if m.is_dir() {
+                stack.extend(std::fs::read_dir(&p).expect("dir").flatten().map(|e| e.path()));
+            }
+        }
+        assert!(open_to_others.is_empty(), "group/other bits: {open_to_others:?}");
         let run_bytes = || -> u64 {
             std::fs::read_dir(&run_dir)
                 .expect("run dir")

@@ -143,6 +143,9 @@ impl QemuVmm {
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
         }
+        // QEMU's daemonizing sets its own umask (027): keep what it made (QMP socket, console
+        // log) the agent's alone, as the rest of the run dir.
+        private_files(&spec.run_dir);
         // -daemonize returns after QEMU wrote its pid file and finished initialising.
         let path = pid_file(&spec.run_dir);
         read_pid_file(&path)
@@ -372,6 +375,24 @@ impl Vmm for QemuVmm {
 
     fn events(&self, vm: &VmHandle) -> tokio::sync::broadcast::Receiver<VmEvent> {
         vm.qmp.subscribe()
+    }
+}
+
+/// Takes group and other bits off the files directly in `dir`.
+fn private_files(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(m) = e.metadata() else { continue };
+        let mode = m.permissions().mode();
+        if !m.is_dir() && mode & 0o077 != 0 {
+            let private = std::fs::Permissions::from_mode(mode & 0o700);
+            if let Err(err) = std::fs::set_permissions(e.path(), private) {
+                tracing::warn!(path = %e.path().display(), error = %err, "chmod");
+            }
+        }
     }
 }
 
