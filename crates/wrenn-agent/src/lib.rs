@@ -79,7 +79,11 @@ pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<()> {
         }
     };
     tracing::info!(accelerator = %accel, %reason, "accelerator chosen");
-    let vmm: Arc<dyn vmm::Vmm> = Arc::new(QemuVmm::new());
+    let groups = vmm::cgroup::Hierarchy::setup().context(
+        "per-VM cgroups (memory and cpu controllers; under systemd the unit needs Delegate=yes)",
+    )?;
+    tracing::info!(?groups, "VMs run in their own cgroups");
+    let vmm: Arc<dyn vmm::Vmm> = Arc::new(QemuVmm::new().with_cgroups(groups));
     let manager = sandbox::Manager::start(cfg.clone(), vmm, accel).await?;
     let app = rpc::router(manager.clone(), verifier, identity.generation);
     let listener = tokio::net::TcpListener::bind(cfg.listen)

@@ -389,6 +389,57 @@ fn failure_at_each_create_step_leaves_host_unchanged() {
     }
 }
 
+/// The cgroup directories of process `pid` that the agent made (`…/wrenn-vms/vm-…`).
+fn vm_groups(pid: &str) -> Vec<std::path::PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    text.lines()
+        .filter_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_, controllers, path) = (p.next()?, p.next()?, p.next()?);
+            if !path.contains("/wrenn-vms/vm-") {
+                return None;
+            }
+            let mount = if v2 {
+                String::new()
+            } else {
+                ["memory", "cpu"]
+                    .into_iter()
+                    .find(|c| controllers.split(',').any(|x| x == *c))?
+                    .to_owned()
+            };
+            Some(
+                std::path::Path::new("/sys/fs/cgroup")
+                    .join(mount)
+                    .join(path.trim_start_matches('/')),
+            )
+        })
+        .collect()
+}
+
+/// (memory limit in bytes, CPU quota in µs per 100 ms) of a VM's groups.
+fn group_limits(groups: &[std::path::PathBuf]) -> (u64, u64) {
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(&p).map(|s| s.trim().to_owned());
+    let (mut mem, mut cpu) = (0, 0);
+    for g in groups {
+        if let Ok(m) = read(g.join("memory.limit_in_bytes")).or_else(|_| read(g.join("memory.max")))
+        {
+            mem = m.parse().expect("memory limit");
+        }
+        if let Ok(q) = read(g.join("cpu.cfs_quota_us")) {
+            cpu = q.parse().expect("quota");
+        } else if let Ok(q) = read(g.join("cpu.max")) {
+            cpu = q
+                .split_whitespace()
+                .next()
+                .expect("quota")
+                .parse()
+                .expect("quota");
+        }
+    }
+    (mem, cpu)
+}
+
 /// Admission: the agent starts no sandbox past its vCPU overcommit (here 2 CPUs × 0.5 = 1
 /// vCPU) or below its free-disk floor; a refusal changes nothing, and room comes back when a
 /// sandbox goes.
@@ -406,6 +457,13 @@ fn admission_refuses_past_the_overcommit_and_the_disk_floor() {
         c.create_sandbox(create_req(&a))
             .await
             .expect("the first fits");
+        // Its QEMU runs in a group of its own: guest memory + 384 MiB, vCPUs + 1 CPUs.
+        let run_dir = env.root.path().join("sandboxes").join(&a).join("run");
+        let pid = std::fs::read_to_string(run_dir.join("vmm.pid")).expect("pid file");
+        let groups = vm_groups(pid.trim());
+        let (memory_limit, cpu_limit) = group_limits(&groups);
+        assert_eq!(memory_limit, (256 + 384) << 20, "{groups:?}");
+        assert_eq!(cpu_limit, 200_000, "{groups:?}");
         let before = env.host_state();
         let err = c
             .create_sandbox(create_req(&b))
@@ -420,6 +478,9 @@ fn admission_refuses_past_the_overcommit_and_the_disk_floor() {
         })
         .await
         .expect("destroy");
+        for g in &groups {
+            assert!(!g.exists(), "{} outlived its VM", g.display());
+        }
         c.create_sandbox(create_req(&b))
             .await
             .expect("room again once the first is gone");

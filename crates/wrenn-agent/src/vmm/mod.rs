@@ -2,6 +2,7 @@
 //! portable default; a VMM process's lifetime is independent of any request and of the
 //! agent itself, and a restarted agent re-adopts it.
 
+pub mod cgroup;
 mod migrate;
 pub mod probe;
 mod process;

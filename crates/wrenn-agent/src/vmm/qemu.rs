@@ -34,6 +34,8 @@ pub struct QemuVmm {
     start_timeout: Duration,
     /// How long `destroy` waits after QMP `quit` before SIGKILL.
     grace: Duration,
+    /// Where each VM gets its memory/CPU group; `None`: none (tests of the driver alone).
+    cgroups: Option<std::sync::Arc<super::cgroup::Hierarchy>>,
 }
 
 impl Default for QemuVmm {
@@ -54,6 +56,19 @@ impl QemuVmm {
             binary: binary.into(),
             start_timeout: Duration::from_secs(30),
             grace: Duration::from_secs(3),
+            cgroups: None,
+        }
+    }
+
+    /// Runs every VM in a group of its own under `h` (see [`super::cgroup`]).
+    pub fn with_cgroups(mut self, h: super::cgroup::Hierarchy) -> Self {
+        self.cgroups = Some(std::sync::Arc::new(h));
+        self
+    }
+
+    async fn remove_group(&self, run_dir: &Path) {
+        if let Some(h) = &self.cgroups {
+            h.remove(&super::cgroup::group_name(run_dir)).await;
         }
     }
 
@@ -91,6 +106,7 @@ impl QemuVmm {
             return Err(VmmError::StillRunning { pid });
         }
         remove_runtime_files(&run_dir);
+        self.remove_group(&run_dir).await;
         Ok(())
     }
 
@@ -115,6 +131,21 @@ impl QemuVmm {
             }
             None => None,
         };
+        // Its memory/CPU group, joined before exec so every allocation is counted.
+        let procs = match &self.cgroups {
+            Some(h) => {
+                let limits = super::cgroup::Limits::for_vm(spec.vcpus, spec.memory_mb);
+                h.create(&super::cgroup::group_name(&spec.run_dir), limits)?
+                    .procs_files()?
+            }
+            None => Vec::new(),
+        };
+        if !procs.is_empty() {
+            // SAFETY: join_from_child makes raw syscalls only on memory prepared before fork.
+            unsafe {
+                cmd.pre_exec(move || super::cgroup::join_from_child(&procs));
+            }
+        }
         if let Some(file) = &netns_file {
             let fd = file.as_raw_fd();
             // SAFETY: setns is a plain syscall, safe between fork and exec; `fd` stays open
@@ -138,6 +169,7 @@ impl QemuVmm {
             })?;
         drop(netns_file);
         if !out.status.success() {
+            self.remove_group(&spec.run_dir).await;
             return Err(VmmError::QemuFailed {
                 status: out.status,
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
@@ -277,6 +309,7 @@ impl Vmm for QemuVmm {
             }
             stop(vm.pid, &vm.run_dir, Some(&vm.qmp), self.grace).await?;
             remove_runtime_files(&vm.run_dir);
+            self.remove_group(&vm.run_dir).await;
             tracing::info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 bytes = std::fs::metadata(state).map(|m| m.len()).unwrap_or(0),
@@ -311,6 +344,7 @@ impl Vmm for QemuVmm {
         async {
             stop(vm.pid, &vm.run_dir, Some(&vm.qmp), self.grace).await?;
             remove_runtime_files(&vm.run_dir);
+            self.remove_group(&vm.run_dir).await;
             Ok(())
         }
         .instrument(span)

@@ -449,6 +449,7 @@ impl Drop for AgentEnv {
         for ns in self.sandbox_netns() {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
+        remove_vm_groups(self.root.path());
         if let Some(mut l) = self.outside_listener.take() {
             let _ = l.kill();
             let _ = l.wait();
@@ -460,6 +461,40 @@ impl Drop for AgentEnv {
             .args(["netns", "del", &self.host_ns])
             .status();
     }
+}
+
+/// Removes the cgroups of every VM that ran under `root` (its `run` directories), which the
+/// agent removes itself when it destroys a VM but not when a test kills everything.
+pub fn remove_vm_groups(root: &Path) {
+    use wrenn_agent::vmm::cgroup::{Hierarchy, group_name};
+    let Ok(h) = Hierarchy::discover() else { return };
+    let mut stack = vec![root.to_path_buf()];
+    let mut names = Vec::new();
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let p = e.path();
+                if p.file_name().is_some_and(|n| n == "run") {
+                    names.push(group_name(&p));
+                }
+                stack.push(p);
+            }
+        }
+    }
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async {
+        for n in names {
+            h.remove(&n).await;
+        }
+    });
 }
 
 /// A create request with test defaults.
