@@ -106,6 +106,8 @@ pub struct AppState {
     pub exec_slots: crate::api::sandboxes::exec::ExecSlots,
     /// Who may sign up (`--signup`).
     pub signup: crate::db::SignupGate,
+    /// The reconciler's memory of `pending` rows whose sandbox is already made.
+    pub lost_creates: crate::api::sandboxes::LostCreates,
 }
 
 /// The configurable parts of [`AppState`].
@@ -159,14 +161,20 @@ impl AppState {
             signup: o.signup,
             auth_limits: Default::default(),
             exec_slots: Default::default(),
+            lost_creates: Default::default(),
         }))
     }
 }
 
-/// Database errors of the auth lookups: a missing row is the caller's business, anything
-/// else is a 503-worthy outage but surfaces as 500 with the cause in the log.
+/// Database errors of the auth lookups: a missing row is the caller's business; an
+/// unreachable database is a 503 worth retrying, anything else a 500 with the cause in the
+/// log.
 fn lookup_err(e: DbError) -> ApiError {
-    ApiError::internal(e)
+    if e.is_unavailable() {
+        crate::error::database_unavailable(e)
+    } else {
+        ApiError::internal(e)
+    }
 }
 
 impl AuthBackend for AppState {
