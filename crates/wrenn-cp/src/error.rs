@@ -300,6 +300,15 @@ impl ApiError {
     }
 }
 
+/// 503 `unavailable` with `Retry-After: 1` for a database that cannot be reached right now
+/// (restarting, failing over): the client's retry is the recovery.
+pub fn database_unavailable(source: impl Into<BoxError>) -> ApiError {
+    let mut e =
+        ApiError::unavailable("the database is unavailable; retry shortly").with_source(source);
+    e.retry_after = Some(Duration::from_secs(1));
+    e
+}
+
 /// The cause chain as one line, for the log.
 fn chain(err: &(dyn StdError + 'static)) -> String {
     let mut out = err.to_string();
