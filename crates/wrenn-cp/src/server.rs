@@ -298,10 +298,24 @@ impl RunningServer {
     }
 }
 
+/// Pending connections the kernel queues before `accept` (capped by `net.core.somaxconn`).
+/// tokio's `bind` asks for 128: a burst of more clients connecting at once (200 in the load
+/// benchmark) overflows that, and each dropped SYN costs its client a 1 s retransmit.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })
+    let err = |source| ServerError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    // As std and tokio's own `bind` do: a restarted server rebinds while old connections
+    // linger in TIME_WAIT.
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(err)
 }
 
 /// The TCP peer of a connection (`ConnectInfo<PeerAddr>`), whichever listener accepted it.
