@@ -487,6 +487,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_unreachable_database_is_503_with_retry_after() {
+        use crate::db::DbError;
+        for e in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        ] {
+            let err = crate::api::db_err(DbError::Sqlx(e));
+            let (status, headers, body) = parts(err.into_response()).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(headers[header::RETRY_AFTER], "1");
+            assert_eq!(body["error"]["code"], "unavailable");
+        }
+        // A bug in a query is still a 500.
+        let err = crate::api::db_err(DbError::Sqlx(sqlx::Error::Protocol("bad".into())));
+        assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!DbError::NotFound.is_unavailable());
+    }
+
+    #[tokio::test]
     async fn extra_fields_retry_after_and_www_authenticate() {
         let err = ApiError::conflict("host has active sandboxes")
             .with_field("sandbox_ids", vec!["a", "b"])
