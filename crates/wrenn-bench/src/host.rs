@@ -120,7 +120,10 @@ where
         Some(p) => p.clone(),
         None => sibling("envd")?,
     };
-    let wrenn = sibling("wrenn")?;
+    let wrenn = match &args.wrenn {
+        Some(p) => p.clone(),
+        None => sibling("wrenn")?,
+    };
     std::thread::spawn(move || -> anyhow::Result<T> {
         let images = image_root(&wrenn, &envd)?;
         let tag = rand_tag();

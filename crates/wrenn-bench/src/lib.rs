@@ -8,6 +8,7 @@ pub mod e2b;
 pub mod envd;
 pub mod host;
 pub mod interrupt;
+pub mod load;
 pub mod report;
 pub mod restore;
 pub mod stack;
@@ -33,12 +34,23 @@ pub struct Args {
     #[arg(long)]
     pub envd: Option<PathBuf>,
     /// Run only these scenario groups (repeatable): envd (envd alone), cp (control plane
-    /// with 10,000 rows), stack (control plane + agent + VMs). Default: all.
-    #[arg(long, value_parser = ["envd", "cp", "stack"])]
+    /// with 10,000 rows), stack (control plane + agent + VMs), load (200 API clients on 10
+    /// sandboxes). Default: all.
+    #[arg(long, value_parser = ["envd", "cp", "stack", "load"])]
     pub only: Vec<String>,
+    /// Seconds of load through the API in the load group (default 60; 20 with --quick).
+    #[arg(long)]
+    pub load_secs: Option<u64>,
+    /// The `wrenn` binary (default: `wrenn` next to this executable).
+    #[arg(long)]
+    pub wrenn: Option<PathBuf>,
 }
 
 impl Args {
+    pub fn load_secs(&self) -> u64 {
+        self.load_secs.unwrap_or(if self.quick { 20 } else { 60 })
+    }
+
     fn wants(&self, group: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|g| g == group)
     }
@@ -77,6 +89,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Err(e) => Err(e.into()),
         };
         take("stack", r);
+    }
+    stop()?;
+    if !args.skip_vm && args.wants("load") {
+        let a = args.clone();
+        let r = match tokio::task::spawn_blocking(move || load::run(&a)).await {
+            Ok(r) => r,
+            Err(e) => Err(e.into()),
+        };
+        take("load", r);
     }
     stop()?;
     let table = report::markdown(&rows);

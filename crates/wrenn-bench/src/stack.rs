@@ -125,7 +125,7 @@ async fn measure(
 
 /// Starts `wrenn agent`, registered with `cp` through a one-time platform token, and waits
 /// until the control plane sees it online.
-async fn start_agent(env: &mut Env, cp: &Cp, wrenn: &Path) -> anyhow::Result<Agent> {
+pub(crate) async fn start_agent(env: &mut Env, cp: &Cp, wrenn: &Path) -> anyhow::Result<Agent> {
     let bearer = format!("Bearer {}", cp.jwt);
     let tok = cp
         .call(

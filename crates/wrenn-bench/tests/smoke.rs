@@ -41,6 +41,8 @@ async fn quick_run_without_vms_reports_every_row_beside_its_baseline() {
         skip_vm: true,
         envd: Some(envd),
         only: vec!["envd".into(), "cp".into()],
+        load_secs: None,
+        wrenn: None,
     })
     .await
     .expect("wrenn-bench --quick --skip-vm");

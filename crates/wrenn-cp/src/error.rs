@@ -300,6 +300,15 @@ impl ApiError {
     }
 }
 
+/// 503 `unavailable` with `Retry-After: 1` for a database that cannot be reached right now
+/// (restarting, failing over): the client's retry is the recovery.
+pub fn database_unavailable(source: impl Into<BoxError>) -> ApiError {
+    let mut e =
+        ApiError::unavailable("the database is unavailable; retry shortly").with_source(source);
+    e.retry_after = Some(Duration::from_secs(1));
+    e
+}
+
 /// The cause chain as one line, for the log.
 fn chain(err: &(dyn StdError + 'static)) -> String {
     let mut out = err.to_string();
@@ -475,6 +484,26 @@ mod tests {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["error"]["message"], "database unavailable");
         assert!(!body.to_string().contains("10.0.0.5"));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_503_with_retry_after() {
+        use crate::db::DbError;
+        for e in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        ] {
+            let err = crate::api::db_err(DbError::Sqlx(e));
+            let (status, headers, body) = parts(err.into_response()).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(headers[header::RETRY_AFTER], "1");
+            assert_eq!(body["error"]["code"], "unavailable");
+        }
+        // A bug in a query is still a 500.
+        let err = crate::api::db_err(DbError::Sqlx(sqlx::Error::Protocol("bad".into())));
+        assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!DbError::NotFound.is_unavailable());
     }
 
     #[tokio::test]

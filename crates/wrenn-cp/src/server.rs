@@ -109,6 +109,8 @@ pub struct AppState {
     /// The fingerprint of the certificate this control plane serves HTTPS with, handed out
     /// with host registration tokens (agents pin it).
     pub tls_fingerprint: Option<String>,
+    /// The reconciler's memory of `pending` rows whose sandbox is already made.
+    pub lost_creates: crate::api::sandboxes::LostCreates,
 }
 
 /// The configurable parts of [`AppState`].
@@ -165,14 +167,20 @@ impl AppState {
             tls_fingerprint: o.tls_fingerprint,
             auth_limits: Default::default(),
             exec_slots: Default::default(),
+            lost_creates: Default::default(),
         }))
     }
 }
 
-/// Database errors of the auth lookups: a missing row is the caller's business, anything
-/// else is a 503-worthy outage but surfaces as 500 with the cause in the log.
+/// Database errors of the auth lookups: a missing row is the caller's business; an
+/// unreachable database is a 503 worth retrying, anything else a 500 with the cause in the
+/// log.
 fn lookup_err(e: DbError) -> ApiError {
-    ApiError::internal(e)
+    if e.is_unavailable() {
+        crate::error::database_unavailable(e)
+    } else {
+        ApiError::internal(e)
+    }
 }
 
 impl AuthBackend for AppState {
@@ -296,10 +304,24 @@ impl RunningServer {
     }
 }
 
+/// Pending connections the kernel queues before `accept` (capped by `net.core.somaxconn`).
+/// tokio's `bind` asks for 128: a burst of more clients connecting at once (200 in the load
+/// benchmark) overflows that, and each dropped SYN costs its client a 1 s retransmit.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })
+    let err = |source| ServerError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    // As std and tokio's own `bind` do: a restarted server rebinds while old connections
+    // linger in TIME_WAIT.
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(err)
 }
 
 /// The TCP peer of a connection (`ConnectInfo<PeerAddr>`), whichever listener accepted it.

@@ -53,6 +53,23 @@ impl AgentService {
     }
 }
 
+/// Runs a lifecycle operation on a task of its own, to its end even if the caller hangs up
+/// (a control plane that crashed or timed out). Dropped between two steps, a create or
+/// destroy would leave a VM, network slot and directory that no map tracks (its rollback
+/// only runs on the error path) until the agent restarts.
+async fn detached<T, F>(op: F) -> Result<T, ConnectError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, crate::rpc::BackendError>> + Send + 'static,
+{
+    match tokio::spawn(op.in_current_span()).await {
+        Ok(r) => Ok(r?),
+        Err(e) => Err(ConnectError::internal(format!(
+            "operation task failed: {e}"
+        ))),
+    }
+}
+
 #[allow(refining_impl_trait)]
 impl HostAgentService for AgentService {
     async fn ping(
@@ -72,7 +89,8 @@ impl HostAgentService for AgentService {
         let span = span("CreateSandbox", &req.sandbox_id);
         async move {
             required("sandbox_id", &req.sandbox_id)?;
-            let (info, token) = self.backend.create(req).await?;
+            let backend = self.backend.clone();
+            let (info, token) = detached(async move { backend.create(req).await }).await?;
             tracing::info!("sandbox created");
             Response::ok(CreateSandboxResponse {
                 sandbox: info.into(),
@@ -91,7 +109,9 @@ impl HostAgentService for AgentService {
     ) -> ServiceResult<DestroySandboxResponse> {
         let id = request.sandbox_id.to_string();
         async {
-            self.backend.destroy(required("sandbox_id", &id)?).await?;
+            required("sandbox_id", &id)?;
+            let (backend, id) = (self.backend.clone(), id.clone());
+            detached(async move { backend.destroy(&id).await }).await?;
             tracing::info!("sandbox destroyed");
             Response::ok(DestroySandboxResponse::default())
         }
@@ -127,7 +147,9 @@ impl HostAgentService for AgentService {
     ) -> ServiceResult<PauseSandboxResponse> {
         let id = request.sandbox_id.to_string();
         async {
-            let info = self.backend.pause(required("sandbox_id", &id)?).await?;
+            required("sandbox_id", &id)?;
+            let (backend, id) = (self.backend.clone(), id.clone());
+            let info = detached(async move { backend.pause(&id).await }).await?;
             Response::ok(PauseSandboxResponse {
                 sandbox: info.into(),
                 ..Default::default()
@@ -144,7 +166,9 @@ impl HostAgentService for AgentService {
     ) -> ServiceResult<ResumeSandboxResponse> {
         let id = request.sandbox_id.to_string();
         async {
-            let info = self.backend.resume(required("sandbox_id", &id)?).await?;
+            required("sandbox_id", &id)?;
+            let (backend, id) = (self.backend.clone(), id.clone());
+            let info = detached(async move { backend.resume(&id).await }).await?;
             Response::ok(ResumeSandboxResponse {
                 sandbox: info.into(),
                 ..Default::default()

@@ -233,6 +233,13 @@ impl Manager {
                 cfg.warm_dir(),
                 &crate::preflight::path(crate::preflight::Tool::Qemu),
             );
+            // A build cut short by a crash may have left its VM running (it boots in the
+            // `.building` dir, on a scratch network slot): kill it before its files go.
+            for run in w.building_run_dirs() {
+                if let Err(e) = vmm.kill_run_dir(&run).await {
+                    warn!(run_dir = %run.display(), error = %e, "kill the VM of an unfinished warm base");
+                }
+            }
             // Builds a crash cut short, and bases of images, kernels or QEMUs since replaced.
             let stale = w.collect(|info| {
                 template::load(&cfg.root, &info.template)

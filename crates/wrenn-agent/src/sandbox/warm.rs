@@ -143,6 +143,17 @@ impl WarmBases {
         self.dir.join(key)
     }
 
+    /// The VM run dirs of builds in progress (or cut short by a crash).
+    pub fn building_run_dirs(&self) -> Vec<PathBuf> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".building"))
+            .map(|e| e.path().join("run"))
+            .collect()
+    }
+
     /// Where a build of `key` assembles its files before the rename that publishes them.
     pub fn building_path(&self, key: &str) -> PathBuf {
         self.dir.join(format!("{key}.building"))

@@ -181,6 +181,7 @@ pub(crate) fn db_err(e: DbError) -> ApiError {
         e @ (DbError::InvalidCursor | DbError::InvalidLimit(_)) => {
             ApiError::invalid_request(e.to_string())
         }
+        e if e.is_unavailable() => crate::error::database_unavailable(e),
         e => ApiError::internal(e),
     }
 }

@@ -56,6 +56,29 @@ pub enum DbError {
     Sqlx(sqlx::Error),
 }
 
+impl DbError {
+    /// The database could not be reached or dropped the connection (a restart, a failover):
+    /// the same request may well work in a moment. Not a bug in the request or the data.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            DbError::Sqlx(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // PostgreSQL's "connection exception" (08) and "operator intervention" (57:
+                // admin shutdown, crash shutdown, cannot connect now) classes.
+                sqlx::Error::Database(d) => d
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 impl From<sqlx::Error> for DbError {
     fn from(e: sqlx::Error) -> Self {
         match &e {

@@ -38,6 +38,15 @@ pub fn ip(args: &[&str]) -> String {
     run(Command::new("ip").args(args))
 }
 
+/// The `wrenn` binary under test: `WRENN_TEST_BIN` when set (a copy taken right after the
+/// build, where several checkouts share one target dir and so its uplifted `wrenn`), else
+/// cargo's.
+pub fn wrenn_bin() -> PathBuf {
+    std::env::var_os("WRENN_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_wrenn")))
+}
+
 fn target_dir() -> PathBuf {
     // tests live in <target>/debug/deps/
     let exe = std::env::current_exe().expect("current exe");
@@ -68,7 +77,7 @@ pub fn image_root() -> PathBuf {
         .status()
         .expect("cargo build envd");
     assert!(status.success(), "building envd failed");
-    let status = Command::new(env!("CARGO_BIN_EXE_wrenn"))
+    let status = Command::new(wrenn_bin())
         .args(["image", "build", "--plain", "--root"])
         .arg(&root)
         .arg("--envd")
@@ -279,7 +288,7 @@ impl AgentEnv {
     }
 
     pub fn start_agent(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wrenn"));
+        let mut cmd = Command::new(wrenn_bin());
         cmd.arg("agent")
             .arg("--root")
             .arg(self.root.path())

@@ -179,7 +179,7 @@ impl System {
     }
 
     pub fn start_server(&self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wrenn"));
+        let mut cmd = Command::new(crate::agent::wrenn_bin());
         cmd.args(["server", "--listen", &format!("127.0.0.1:{SERVER_PORT}")])
             .arg("--data-dir")
             .arg(self.data_dir.path())
@@ -230,13 +230,21 @@ impl System {
         }
     }
 
+    /// SIGKILL (a crash: no graceful shutdown, in-flight requests cut).
+    pub fn kill_server(&self) {
+        if let Some(mut c) = self.server.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// SIGTERM, wait, start again on the same data dir / database.
     pub fn restart_server(&self) {
         self.stop_server();
         self.start_server();
     }
 
-    fn server_pid(&self) -> Option<u32> {
+    pub fn server_pid(&self) -> Option<u32> {
         self.server.lock().unwrap().as_ref().map(Child::id)
     }
 

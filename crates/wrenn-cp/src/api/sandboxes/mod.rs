@@ -44,7 +44,7 @@ use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::ids::SandboxId;
 use crate::server::AppState;
 
-pub use reconcile::{RECONCILE_INTERVAL, reconcile_host, run_reconciler};
+pub use reconcile::{LostCreates, RECONCILE_INTERVAL, reconcile_host, run_reconciler};
 
 /// The platform template every installation has.
 pub const BASE_TEMPLATE: &str = "base";
@@ -669,19 +669,11 @@ async fn create_on_host(
     };
     let Some(info) = resp.sandbox.as_option().cloned() else {
         destroy_best_effort(agent, &sb.id).await;
-        let e = ApiError::new(
+        mark_create_failed(st, &sb.id, "host agent returned no sandbox").await;
+        return Err(ApiError::new(
             crate::error::ErrorCode::AgentError,
             "host agent returned no sandbox",
-        );
-        let _ = st
-            .db
-            .transition_sandbox(
-                &sb.id,
-                SandboxStatus::Error,
-                Some("host agent returned no sandbox"),
-            )
-            .await;
-        return Err(e);
+        ));
     };
     let patch = SandboxPatch {
         host_ip: Some(&info.host_ip),
@@ -715,18 +707,45 @@ async fn create_on_host(
         }
         Err(e) => {
             destroy_best_effort(agent, &sb.id).await;
-            let _ = st
-                .db
-                .transition_sandbox(
-                    &sb.id,
-                    SandboxStatus::Error,
-                    Some("control plane could not record the sandbox"),
-                )
-                .await;
+            mark_create_failed(st, &sb.id, "control plane could not record the sandbox").await;
             Err(db_err(e))
         }
     }
 }
+
+/// Marks a failed create's row `error`. When the database cannot take it now (restarting,
+/// say), a task keeps trying for a while: the row must not stay `pending` until the
+/// reconciler's stale-create limit.
+async fn mark_create_failed(st: &AppState, id: &str, msg: &str) {
+    let attempt = |db: Db, id: String, msg: String| async move {
+        match db
+            .transition_sandbox(&id, SandboxStatus::Error, Some(&msg))
+            .await
+        {
+            // Settled by someone else (a delete) counts as done.
+            Ok(_) | Err(DbError::Conflict { .. } | DbError::NotFound) => true,
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "could not mark failed create");
+                false
+            }
+        }
+    };
+    if attempt(st.db.clone(), id.to_owned(), msg.to_owned()).await {
+        return;
+    }
+    let (db, id, msg) = (st.db.clone(), id.to_owned(), msg.to_owned());
+    tokio::spawn(async move {
+        for _ in 0..FAILED_CREATE_RETRIES {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            if attempt(db.clone(), id.clone(), msg.clone()).await {
+                return;
+            }
+        }
+    });
+}
+
+/// How often (every 2 s) [`mark_create_failed`] retries.
+const FAILED_CREATE_RETRIES: usize = 60;
 
 /// Records a failed create on the row and returns the caller's error.
 async fn fail(st: &AppState, sb: &Sandbox, e: AgentError) -> ApiError {
@@ -753,13 +772,7 @@ async fn fail(st: &AppState, sb: &Sandbox, e: AgentError) -> ApiError {
     } else {
         api
     };
-    if let Err(db) = st
-        .db
-        .transition_sandbox(&sb.id, SandboxStatus::Error, Some(api.message()))
-        .await
-    {
-        tracing::warn!(sandbox = %sb.id, error = %db, "could not mark failed create");
-    }
+    mark_create_failed(st, &sb.id, api.message()).await;
     api
 }
 

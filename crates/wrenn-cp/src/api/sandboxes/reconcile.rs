@@ -35,6 +35,30 @@ const MAX_LIST_ENTRIES: usize = 10_000;
 pub const ORPHAN_GRACE_MS: i64 = 60_000;
 /// A `pending` row older than a create can take has lost its create task.
 const STALE_PENDING_MS: i64 = super::CREATE_TIMEOUT.as_millis() as i64 + 60_000;
+/// A `pending` row whose sandbox its agent has listed as made since an earlier pass has
+/// lost its create task too: a live task records the agent's answer within moments. (Two
+/// passes, so a create finishing between one pass's read of the rows and its list of the
+/// agent is never taken for lost.)
+const LOST_CREATE_MS: i64 = RECONCILE_INTERVAL.as_millis() as i64 / 2;
+
+/// `pending` rows whose sandbox an agent listed as made, with when that was first seen
+/// (this process's passes only; another replica's passes start their own count).
+#[derive(Default)]
+pub struct LostCreates(std::sync::Mutex<std::collections::HashMap<String, i64>>);
+
+impl LostCreates {
+    /// When `id` was first seen made while its row was `pending` (now, if this is the first).
+    fn first_seen(&self, id: &str, now: i64) -> i64 {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Rows settle within a pass or two; anything older is a row that went away.
+        m.retain(|_, t| *t > now - 10 * LOST_CREATE_MS);
+        *m.entry(id.to_owned()).or_insert(now)
+    }
+
+    fn forget(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+}
 
 /// What the agent says about one sandbox, as a row status.
 fn agent_status(info: &pb::SandboxInfo) -> Option<SandboxStatus> {
@@ -286,11 +310,30 @@ pub async fn reconcile_host(st: &AppState, host: &Host) -> Result<(), crate::age
     }
     for sb in rows {
         if sb.status == SandboxStatus::Pending {
-            // Its create task died with a previous process (a create settles within
-            // CREATE_TIMEOUT otherwise): fail the row and remove whatever VM it made.
-            if sb.created_at < taken_at - STALE_PENDING_MS {
-                destroy_best_effort(&agent, &sb.id).await;
-                settle(st, sb, SandboxStatus::Error, Some("create did not finish")).await;
+            // Its create task died with a previous process (a crashed control plane, or a
+            // database that failed it): the agent made the sandbox but nobody recorded it,
+            // or a create settles within CREATE_TIMEOUT otherwise.
+            let made = on_agent.contains(sb.id.as_str());
+            let lost =
+                made && st.lost_creates.first_seen(&sb.id, taken_at) <= taken_at - LOST_CREATE_MS;
+            if lost || sb.created_at < taken_at - STALE_PENDING_MS {
+                // The row first: a create task still alive then loses its own pending →
+                // running and removes the VM itself; one that already won leaves this a no-op.
+                match st
+                    .db
+                    .transition_sandbox(&sb.id, SandboxStatus::Error, Some("create did not finish"))
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(sandbox = %sb.id, host = %host.id, "reconciler: failing a create that lost its task");
+                        st.lost_creates.forget(&sb.id);
+                        destroy_best_effort(&agent, &sb.id).await;
+                    }
+                    Err(DbError::Conflict { .. }) => st.lost_creates.forget(&sb.id),
+                    Err(e) => {
+                        tracing::warn!(sandbox = %sb.id, error = %e, "could not fail a lost create")
+                    }
+                }
             }
             continue;
         }
