@@ -93,23 +93,26 @@ impl HostCert {
     }
 }
 
-/// Writes through a temp file renamed into place, so a crash never leaves half a file.
 fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), CertError> {
-    let io_err = |source| CertError::Io {
+    write_pem(path, text, mode).map_err(|source| CertError::Io {
         path: path.to_owned(),
         source,
-    };
+    })
+}
+
+/// Writes a PEM file with `mode` through a temp file renamed into place, so a crash never
+/// leaves half a file (or a key readable for a moment).
+pub fn write_pem(path: &Path, text: &str, mode: u32) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
-        .open(&tmp)
-        .map_err(io_err)?;
-    f.write_all(text.as_bytes()).map_err(io_err)?;
-    f.sync_all().map_err(io_err)?;
-    fs::rename(&tmp, path).map_err(io_err)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

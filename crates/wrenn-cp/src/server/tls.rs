@@ -6,9 +6,9 @@
 //! depends on a process-wide default. ALPN offers `http/1.1` only: the sandbox proxy routes
 //! on the `Host` header, which HTTP/2 replaces with `:authority`.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -289,23 +289,11 @@ fn make_certs(domain: &str) -> Result<MadeCerts, rcgen::Error> {
     })
 }
 
-/// Writes through a temp file renamed into place, so a crash never leaves half a file.
 fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), TlsError> {
-    let tmp = path.with_extension("pem.tmp");
-    let io_err = |source| TlsError::Io {
+    wrenn_tls::selfsigned::write_pem(path, text, mode).map_err(|source| TlsError::Io {
         path: path.to_owned(),
         source,
-    };
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err)?;
-    f.write_all(text.as_bytes()).map_err(io_err)?;
-    f.sync_all().map_err(io_err)?;
-    fs::rename(&tmp, path).map_err(io_err)
+    })
 }
 
 #[cfg(test)]
