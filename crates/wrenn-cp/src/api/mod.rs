@@ -5,6 +5,7 @@
 mod admin;
 mod api_keys;
 mod auth;
+mod document;
 pub mod e2b;
 mod health;
 pub mod hosts;
@@ -44,7 +45,17 @@ pub const SECURITY_BEARER: &str = "bearer";
 #[derive(OpenApi)]
 #[openapi(
     modifiers(&SecurityAddon),
-    components(schemas(ErrorBody)),
+    // Path parameters name these by reference; utoipa collects only body schemas itself.
+    components(schemas(
+        ErrorBody,
+        crate::ids::SandboxId,
+        crate::ids::TeamId,
+        crate::ids::UserId,
+        crate::ids::ApiKeyId,
+        crate::ids::HostId,
+        crate::ids::InvitationId,
+        sandboxes::MetadataFilter,
+    )),
     tags(
         (name = "health", description = "Liveness"),
         (name = "auth", description = "Accounts and user tokens"),
@@ -107,13 +118,14 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 
 /// The OpenAPI document served at [`OPENAPI_PATH`].
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().into_openapi()
+    document::complete(routes().into_openapi())
 }
 
 /// The whole HTTP surface: the documented API, `/openapi.json`, the Swagger UI at `/docs`
 /// (bundled in the binary, no network needed) and `/metrics`; every request is counted.
 pub fn router() -> Router<Arc<AppState>> {
     let (api, doc) = routes().split_for_parts();
+    let doc = document::complete(doc);
     // Validator "none": the default sends the document to validator.swagger.io.
     let docs = SwaggerUi::new(DOCS_PATH)
         .url(OPENAPI_PATH, doc)
@@ -142,8 +154,10 @@ async fn method_not_allowed() -> ApiError {
 #[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
     /// Page size: default 100, at most 1000.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (empty: the first page).
+    #[param(pattern = "^([0-9]{1,18}\\.[a-z0-9-]{1,64})?$")]
     pub cursor: Option<String>,
 }
 

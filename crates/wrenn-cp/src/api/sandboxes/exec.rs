@@ -147,7 +147,7 @@ impl ExecSlots {
     tag = "sandboxes",
     operation_id = "exec_command",
     security(("api_key" = []), ("bearer" = [])),
-    params(("id" = String, Path, description = "Sandbox ID")),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID")),
     request_body = ExecBody,
     responses(
         (status = 200, description = "The command ended", body = ExecResult),
@@ -264,7 +264,7 @@ pub fn start_command(frame: ExecStreamStart) -> Result<Command, String> {
     tag = "sandboxes",
     operation_id = "exec_stream",
     security(("api_key" = []), ("bearer" = [])),
-    params(("id" = String, Path, description = "Sandbox ID"), ws::WsCredentials),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID"), ws::WsCredentials),
     responses(
         (status = 101, description = "WebSocket; frames as described"),
         (status = 400, description = "Not a WebSocket upgrade", body = ErrorBody),

@@ -43,9 +43,11 @@ pub const MAX_DEPTH: u32 = 16;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct FileQuery {
-    /// Absolute guest path.
+    /// Absolute guest path (at most 4096 bytes, no NUL).
+    #[param(pattern = "^/[^\\x00]*$", max_length = 4096)]
     pub path: String,
     /// Guest user; default `user`.
+    #[param(pattern = "^[a-z_][a-z0-9_-]{0,31}$")]
     pub user: Option<String>,
 }
 
@@ -62,16 +64,23 @@ impl FileQuery {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Absolute guest path (at most 4096 bytes, no NUL).
+    #[param(pattern = "^/[^\\x00]*$", max_length = 4096)]
     pub path: String,
     /// Levels below `path` (1–16, default 1).
+    #[param(minimum = 1, maximum = 16)]
     pub depth: Option<u32>,
+    #[param(pattern = "^[a-z_][a-z0-9_-]{0,31}$")]
     pub user: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MkdirBody {
+    /// Absolute guest path (at most 4096 bytes, no NUL).
+    #[schema(pattern = "^/[^\\x00]*$", max_length = 4096)]
     pub path: String,
+    #[schema(pattern = "^[a-z_][a-z0-9_-]{0,31}$")]
     pub user: Option<String>,
 }
 
@@ -181,7 +190,7 @@ where
     tag = "sandboxes",
     operation_id = "upload_file",
     security(("api_key" = []), ("bearer" = [])),
-    params(("id" = String, Path, description = "Sandbox ID"), FileQuery),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID"), FileQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
         (status = 204, description = "Written"),
@@ -247,7 +256,7 @@ pub async fn upload(
     tag = "sandboxes",
     operation_id = "download_file",
     security(("api_key" = []), ("bearer" = [])),
-    params(("id" = String, Path, description = "Sandbox ID"), FileQuery),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID"), FileQuery),
     responses(
         (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 400, description = "Bad path or user, or the path is not a file", body = ErrorBody),
@@ -309,7 +318,7 @@ pub async fn download(
     tag = "sandboxes",
     operation_id = "remove_path",
     security(("api_key" = []), ("bearer" = [])),
-    params(("id" = String, Path, description = "Sandbox ID"), FileQuery),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID"), FileQuery),
     responses(
         (status = 204, description = "Removed"),
         (status = 400, description = "Bad path or user", body = ErrorBody),
@@ -350,7 +359,7 @@ pub async fn remove(
     tag = "sandboxes",
     operation_id = "list_files",
     security(("api_key" = []), ("bearer" = [])),
-    params(("id" = String, Path, description = "Sandbox ID"), ListQuery),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID"), ListQuery),
     responses(
         (status = 200, body = EntryList),
         (status = 400, description = "Bad path, depth or user", body = ErrorBody),
@@ -404,7 +413,7 @@ pub async fn list(
     tag = "sandboxes",
     operation_id = "make_dir",
     security(("api_key" = []), ("bearer" = [])),
-    params(("id" = String, Path, description = "Sandbox ID")),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID")),
     request_body = MkdirBody,
     responses(
         (status = 201, body = EntryResponse),

@@ -60,7 +60,7 @@ pub struct ProcessList {
     tag = "sandboxes",
     operation_id = "start_process",
     security(("api_key" = []), ("bearer" = [])),
-    params(("id" = String, Path, description = "Sandbox ID")),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID")),
     request_body = StartBody,
     responses(
         (status = 202, description = "Started", body = Started),
@@ -118,7 +118,7 @@ pub async fn start(
     tag = "sandboxes",
     operation_id = "list_processes",
     security(("api_key" = []), ("bearer" = [])),
-    params(("id" = String, Path, description = "Sandbox ID")),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID")),
     responses(
         (status = 200, body = ProcessList),
         (status = 404, description = "No such sandbox", body = ErrorBody),
@@ -184,7 +184,7 @@ pub fn parse_signal(s: Option<&str>) -> Result<pb::Signal, ApiError> {
     operation_id = "signal_process",
     security(("api_key" = []), ("bearer" = [])),
     params(
-        ("id" = String, Path, description = "Sandbox ID"),
+        ("id" = crate::ids::SandboxId, Path, description = "Sandbox ID"),
         ("selector" = String, Path, description = "pid (digits) or tag"),
         SignalQuery,
     ),
@@ -234,7 +234,7 @@ pub async fn signal(
     operation_id = "attach_process",
     security(("api_key" = []), ("bearer" = [])),
     params(
-        ("id" = String, Path, description = "Sandbox ID"),
+        ("id" = crate::ids::SandboxId, Path, description = "Sandbox ID"),
         ("selector" = String, Path, description = "pid (digits) or tag"),
         ws::WsCredentials,
     ),
