@@ -399,8 +399,7 @@ fn integral_floats_to_integers(v: &mut serde_json::Value) {
             if let Some(f) = n.as_f64()
                 && f.fract() == 0.0
                 // Strictly inside i64's range: 2^63 itself rounds into it as f64.
-                && f >= -9_223_372_036_854_775_808.0
-                && f < 9_223_372_036_854_775_808.0
+                && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f)
             {
                 *v = Value::from(f as i64);
             }
