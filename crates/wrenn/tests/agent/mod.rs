@@ -47,6 +47,15 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// The `wrenn` binary under test: `WRENN_TEST_EXE` if set (a copy taken right after the build,
+/// when other checkouts share the target directory and may relink `<target>/debug/wrenn`
+/// while a test runs), else the one cargo built for this test.
+pub fn wrenn_exe() -> PathBuf {
+    std::env::var_os("WRENN_TEST_EXE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_wrenn")))
+}
+
 /// The shared test image root (kernel, initramfs, base template), built once per content hash.
 pub fn image_root() -> PathBuf {
     let root = PathBuf::from(
@@ -68,7 +77,7 @@ pub fn image_root() -> PathBuf {
         .status()
         .expect("cargo build envd");
     assert!(status.success(), "building envd failed");
-    let status = Command::new(env!("CARGO_BIN_EXE_wrenn"))
+    let status = Command::new(wrenn_exe())
         .args(["image", "build", "--plain", "--root"])
         .arg(&root)
         .arg("--envd")
@@ -279,7 +288,7 @@ impl AgentEnv {
     }
 
     pub fn start_agent(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wrenn"));
+        let mut cmd = Command::new(wrenn_exe());
         cmd.arg("agent")
             .arg("--root")
             .arg(self.root.path())
