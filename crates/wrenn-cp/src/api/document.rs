@@ -4,7 +4,9 @@
 //! - a JSON request body (`ApiJson`): 400 (malformed or a field out of range), 413 (over
 //!   [`super::BODY_LIMIT`]), 415 (not `application/json`);
 //! - credentials (`TeamAuth`, `UserAuth`, `HostAuth`): 401;
-//! - path or query parameters (`ApiPath`, `ApiQuery`): 400.
+//! - path or query parameters (`ApiPath`, `ApiQuery`): 400;
+//! - a WebSocket route (it answers 101): the headers of the upgrade, each required, as axum's
+//!   `WebSocketUpgrade` checks them (a plain GET is a 400).
 //!
 //! A status a handler already documents keeps its own description.
 
@@ -55,6 +57,10 @@ fn complete_operation(op: &mut Map<String, Value>) {
         .get("parameters")
         .and_then(Value::as_array)
         .is_some_and(|p| !p.is_empty());
+    let upgrade = op.get("responses").and_then(|r| r.get("101")).is_some();
+    if upgrade {
+        add_upgrade_headers(op);
+    }
     let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
         return;
     };
@@ -79,5 +85,45 @@ fn complete_operation(op: &mut Map<String, Value>) {
     }
     if secured {
         add("401", "Missing or invalid credentials");
+    }
+}
+
+/// The request headers a WebSocket upgrade needs, as axum's `WebSocketUpgrade` checks them:
+/// `Connection` containing `upgrade` and `Upgrade: websocket` (both in any case),
+/// `Sec-WebSocket-Version: 13`, and a `Sec-WebSocket-Key` (any value).
+fn add_upgrade_headers(op: &mut Map<String, Value>) {
+    let headers = [
+        (
+            "Connection",
+            json!({"type": "string", "pattern": "^([!-~][ -~]*)?[Uu][Pp][Gg][Rr][Aa][Dd][Ee]([ -~]*[!-~])?$"}),
+            "Contains `upgrade` (any case), e.g. `Upgrade`",
+        ),
+        (
+            "Upgrade",
+            json!({"type": "string", "pattern": "^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$"}),
+            "`websocket` (any case)",
+        ),
+        (
+            "Sec-WebSocket-Version",
+            json!({"type": "string", "enum": ["13"]}),
+            "WebSocket protocol version",
+        ),
+        (
+            "Sec-WebSocket-Key",
+            json!({"type": "string"}),
+            "The client's handshake nonce",
+        ),
+    ];
+    let params = op
+        .entry("parameters")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let Some(params) = params.as_array_mut() else {
+        return;
+    };
+    for (name, schema, description) in headers {
+        params.push(json!({
+            "name": name, "in": "header", "required": true,
+            "description": description, "schema": schema,
+        }));
     }
 }
