@@ -55,6 +55,7 @@ pub const SECURITY_BEARER: &str = "bearer";
         crate::ids::HostId,
         crate::ids::InvitationId,
         sandboxes::MetadataFilter,
+        sandboxes::guest::Selector,
     )),
     tags(
         (name = "health", description = "Liveness"),
@@ -175,15 +176,16 @@ pub(crate) fn db_err_for(what: &str) -> impl Fn(DbError) -> ApiError + '_ {
     }
 }
 
-/// An optional JSON body: empty (or only whitespace) is `T::default()`. Callers wrap the
-/// parse error in their own envelope.
+/// An optional JSON body: empty (or only whitespace) or `null` is `T::default()` (the
+/// document states these bodies as optional and nullable). Callers wrap the parse error in
+/// their own envelope.
 pub(crate) fn optional_json<T: serde::de::DeserializeOwned + Default>(
     body: &[u8],
 ) -> Result<T, serde_json::Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
         Ok(T::default())
     } else {
-        serde_json::from_slice(body)
+        serde_json::from_slice::<Option<T>>(body).map(Option::unwrap_or_default)
     }
 }
 
@@ -196,5 +198,28 @@ pub(crate) fn db_err(e: DbError) -> ApiError {
             ApiError::invalid_request(e.to_string())
         }
         e => ApiError::internal(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, Default, PartialEq, serde::Deserialize)]
+    struct B {
+        n: Option<i64>,
+    }
+
+    #[test]
+    fn optional_json_bodies() {
+        for none in ["", "  \n", "null", " null "] {
+            assert_eq!(
+                super::optional_json::<B>(none.as_bytes()).unwrap(),
+                B::default()
+            );
+        }
+        assert_eq!(
+            super::optional_json::<B>(br#"{"n":3}"#).unwrap(),
+            B { n: Some(3) }
+        );
+        assert!(super::optional_json::<B>(b"[]").is_err());
     }
 }

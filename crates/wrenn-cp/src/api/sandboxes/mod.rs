@@ -185,7 +185,7 @@ pub struct CreateSandbox {
     #[schema(minimum = 1, maximum = 65536)]
     pub disk_size_mb: Option<i64>,
     /// 0–86400; 0 = no deadline. Default 300. Past the team's quota (`max_timeout_sec`, or 0
-    /// without `allow_no_timeout`) it is a 400.
+    /// without `allow_no_timeout`) it is a 403.
     #[schema(minimum = 0, maximum = 86400)]
     pub timeout_sec: Option<i64>,
     /// `kill` (default) or `pause`.
@@ -994,7 +994,10 @@ pub async fn destroy(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Keepalive {
-    /// New deadline = now + this; default: the sandbox's `timeout_sec`. 0 = no deadline.
+    /// New deadline = now + this (0–86400); default: the sandbox's `timeout_sec`. 0 = no
+    /// deadline. Past the team's quota (`max_timeout_sec`, or 0 without `allow_no_timeout`)
+    /// it is a 403.
+    #[schema(minimum = 0, maximum = 86400)]
     pub timeout_sec: Option<i64>,
 }
 
