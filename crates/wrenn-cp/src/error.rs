@@ -392,7 +392,7 @@ where
 }
 
 /// Rewrites every float with a zero fraction that fits an i64 as that integer.
-fn integral_floats_to_integers(v: &mut serde_json::Value) {
+pub(crate) fn integral_floats_to_integers(v: &mut serde_json::Value) {
     use serde_json::Value;
     match v {
         Value::Number(n) if n.is_f64() => {

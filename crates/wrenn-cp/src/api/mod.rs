@@ -177,16 +177,17 @@ pub(crate) fn db_err_for(what: &str) -> impl Fn(DbError) -> ApiError + '_ {
 }
 
 /// An optional JSON body: empty (or only whitespace) or `null` is `T::default()` (the
-/// document states these bodies as optional and nullable). Callers wrap the parse error in
-/// their own envelope.
+/// document states these bodies as optional and nullable); integral floats are integers, as
+/// [`crate::error::ApiJson`] reads them. Callers wrap the parse error in their own envelope.
 pub(crate) fn optional_json<T: serde::de::DeserializeOwned + Default>(
     body: &[u8],
 ) -> Result<T, serde_json::Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        Ok(T::default())
-    } else {
-        serde_json::from_slice::<Option<T>>(body).map(Option::unwrap_or_default)
+        return Ok(T::default());
     }
+    let mut v: serde_json::Value = serde_json::from_slice(body)?;
+    crate::error::integral_floats_to_integers(&mut v);
+    serde_json::from_value::<Option<T>>(v).map(Option::unwrap_or_default)
 }
 
 pub(crate) fn db_err(e: DbError) -> ApiError {
@@ -216,10 +217,13 @@ mod tests {
                 B::default()
             );
         }
-        assert_eq!(
-            super::optional_json::<B>(br#"{"n":3}"#).unwrap(),
-            B { n: Some(3) }
-        );
+        for some in [r#"{"n":3}"#, r#"{"n":3.0}"#] {
+            assert_eq!(
+                super::optional_json::<B>(some.as_bytes()).unwrap(),
+                B { n: Some(3) }
+            );
+        }
+        assert!(super::optional_json::<B>(br#"{"n":3.5}"#).is_err());
         assert!(super::optional_json::<B>(b"[]").is_err());
     }
 }
