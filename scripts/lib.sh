@@ -173,6 +173,25 @@ sys.exit(0 if m.version('e2b') == '$E2B_LEGACY_SDK_VERSION' and m.version('pytes
     export WRENN_LEGACY_VENV="$venv"
 }
 
+# Schemathesis, pinned with the libraries that decide what it generates and how it validates
+# (hypothesis, jsonschema_rs) and sends (requests), for the API conformance test
+# (crates/wrenn/tests/schemathesis.rs) that runs `st` against `wrenn up`'s /openapi.json.
+SCHEMATHESIS_VERSION=4.32.5
+SCHEMATHESIS_PINS=("schemathesis==$SCHEMATHESIS_VERSION" "hypothesis==6.170.27"
+    "jsonschema_rs==0.60.3" "requests==2.34.2")
+ensure_schemathesis_venv() {
+    local venv="$WRENN_CACHE/venv-schemathesis"
+    if ! "$venv/bin/python" -c "
+import importlib.metadata as m, sys
+sys.exit(0 if m.version('schemathesis') == '$SCHEMATHESIS_VERSION' else 1)
+" 2>/dev/null || [[ ! -x $venv/bin/st ]]; then
+        log "creating Python venv with schemathesis==$SCHEMATHESIS_VERSION"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q "${SCHEMATHESIS_PINS[@]}"
+    fi
+    export WRENN_SCHEMATHESIS_VENV="$venv"
+}
+
 # The JavaScript E2B SDK (npm), pinned, in its own directory under the cache.
 E2B_JS_SDK_VERSION=2.51.0
 ensure_js_sdk() {

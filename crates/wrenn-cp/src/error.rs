@@ -376,9 +376,48 @@ impl From<QueryRejection> for ApiError {
 }
 
 /// `axum::Json` whose rejections are [`ApiError`]s. Also a response type.
-#[derive(Debug, Clone, Copy, Default, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+///
+/// A number with a zero fraction (`2.0`) is read as the integer it equals: JSON Schema calls
+/// it an integer, so a field documented as one must take it.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        // Content type, size and syntax are checked as axum::Json checks them.
+        let axum::Json(mut v) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
+        integral_floats_to_integers(&mut v);
+        let bytes = serde_json::to_vec(&v).map_err(ApiError::internal)?;
+        // Typed from the bytes, so errors name the field (serde_path_to_error in axum).
+        let axum::Json(t) = axum::Json::<T>::from_bytes(&bytes)?;
+        Ok(ApiJson(t))
+    }
+}
+
+/// Rewrites every float with a zero fraction that fits an i64 as that integer.
+pub(crate) fn integral_floats_to_integers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                // Strictly inside i64's range: 2^63 itself rounds into it as f64.
+                && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f)
+            {
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(o) => o.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
+}
 
 impl<T: Serialize> IntoResponse for ApiJson<T> {
     fn into_response(self) -> Response {

@@ -73,6 +73,8 @@ pub struct SandboxId(String);
 
 impl SandboxId {
     pub const KIND: &'static str = "sandbox";
+    /// What [`Self::is_valid`] accepts, as a regular expression.
+    pub const PATTERN: &'static str = "^[a-z0-9]{20}$";
 
     /// A fresh random ID. Each character is drawn uniformly: bytes ≥ 252 (= 7 × 36) are
     /// discarded so `b % 36` has no modulo bias.
@@ -146,6 +148,20 @@ macro_rules! id_common {
                 Self::parse(&s).map_err(serde::de::Error::custom)
             }
         }
+
+        // The document states the exact shape `parse` accepts, so a client (or a generated
+        // test) knows which strings are IDs before the server answers 400.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .pattern(Some(Self::PATTERN))
+                    .description(Some(format!("A {} ID", Self::KIND)))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
     };
 }
 
@@ -163,6 +179,8 @@ macro_rules! prefixed_id {
             /// The prefix including its dash.
             pub const PREFIX: &'static str = concat!($prefix, "-");
             pub const KIND: &'static str = $kind;
+            /// What [`Self::is_valid`] accepts, as a regular expression.
+            pub const PATTERN: &'static str = concat!("^", $prefix, "-[0-9a-f]{32}$");
 
             /// A fresh, time-ordered ID.
             pub fn generate() -> Self {

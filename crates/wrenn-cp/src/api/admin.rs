@@ -102,7 +102,7 @@ pub struct SetByoc {
     path = "/v1/admin/teams/{id}/byoc",
     tag = "admin",
     operation_id = "admin_set_team_byoc",
-    params(("id" = String, Path, description = "Team ID")),
+    params(("id" = crate::ids::TeamId, Path, description = "Team ID")),
     request_body = SetByoc,
     security(("bearer" = [])),
     responses(
@@ -163,7 +163,7 @@ async fn team_quota(st: &AppState, team_id: &str) -> Result<TeamQuota, ApiError>
     path = "/v1/admin/teams/{id}/quota",
     tag = "admin",
     operation_id = "admin_get_team_quota",
-    params(("id" = String, Path, description = "Team ID")),
+    params(("id" = crate::ids::TeamId, Path, description = "Team ID")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Overrides, effective limits and usage", body = TeamQuota),
@@ -193,7 +193,7 @@ pub async fn get_quota(
     path = "/v1/admin/teams/{id}/quota",
     tag = "admin",
     operation_id = "admin_set_team_quota",
-    params(("id" = String, Path, description = "Team ID")),
+    params(("id" = crate::ids::TeamId, Path, description = "Team ID")),
     request_body = QuotaOverrides,
     security(("bearer" = [])),
     responses(

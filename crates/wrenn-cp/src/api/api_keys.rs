@@ -28,7 +28,12 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
-    /// Default "Unnamed API Key".
+    /// Default "Unnamed API Key". 1–100 characters, not only spaces, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: Option<String>,
 }
 
@@ -119,7 +124,7 @@ pub async fn list(
     path = "/v1/api-keys/{id}",
     tag = "api-keys",
     operation_id = "get_api_key",
-    params(("id" = String, Path, description = "API key ID")),
+    params(("id" = crate::ids::ApiKeyId, Path, description = "API key ID")),
     security(("api_key" = []), ("bearer" = [])),
     responses(
         (status = 200, description = "The key (never its plaintext)", body = ApiKey),
@@ -147,7 +152,7 @@ pub async fn get(
     path = "/v1/api-keys/{id}",
     tag = "api-keys",
     operation_id = "revoke_api_key",
-    params(("id" = String, Path, description = "API key ID")),
+    params(("id" = crate::ids::ApiKeyId, Path, description = "API key ID")),
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Revoked"),

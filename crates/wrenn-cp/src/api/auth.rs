@@ -27,8 +27,17 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignupRequest {
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    /// 8 to 1024 characters.
+    #[schema(min_length = 8, max_length = 1024)]
     password: String,
+    /// 1–100 characters (surrounding spaces trimmed), not only spaces, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: String,
 }
 
@@ -42,7 +51,6 @@ pub struct LoginRequest {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchTeamRequest {
-    #[schema(value_type = String)]
     team_id: TeamId,
 }
 

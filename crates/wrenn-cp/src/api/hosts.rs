@@ -53,7 +53,12 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
-    /// Default "host".
+    /// Default "host". 1–100 characters, not only spaces, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: Option<String>,
     /// A platform host (no team): platform admins only.
     #[serde(default)]
@@ -179,6 +184,11 @@ pub struct Specs {
     #[serde(skip_serializing_if = "Option::is_none")]
     disk_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     arch: Option<String>,
 }
 
@@ -187,9 +197,16 @@ pub struct Specs {
 pub struct Register {
     /// The one-time registration token.
     token: String,
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: Option<String>,
     /// The agent's RPC endpoint: `https://host:port`, or plain (`ip:port`, `http://…`) only on
-    /// loopback.
+    /// loopback (a team's host: an IP address that is not loopback, link-local, unspecified,
+    /// multicast or broadcast). Checked once the token is known to be valid.
+    #[schema(max_length = 256)]
     address: String,
     /// SHA-256 fingerprint of the certificate the agent serves (`sha256:` + 64 hex digits);
     /// required with an `https://` address, the only certificate the control plane accepts.
@@ -358,7 +375,8 @@ fn refresh_expiry(t: &token::OpaqueToken) -> Result<i64, ApiError> {
 }
 
 /// The agent's first call: consumes the token exactly once and brings the host online.
-/// Validation comes first, so a malformed body never burns a token.
+/// An unknown token is a 401 whatever the body; with a valid one, a malformed body is a 400
+/// and does not burn it.
 #[utoipa::path(
     post,
     path = "/v1/hosts/register",
@@ -375,6 +393,14 @@ pub async fn register(
     st: State,
     ApiJson(req): ApiJson<Register>,
 ) -> Result<(StatusCode, ApiJson<HostCredentials>), ApiError> {
+    // The token first (looked up, not yet used): a caller without a valid one learns nothing
+    // about the rest of its body. Then every field, so a malformed body never burns a token.
+    let hash = token::hash_presented(&req.token).ok_or_else(token_refused)?;
+    let team = match st.db.registration_token_team(&hash).await {
+        Ok(team) => team,
+        Err(DbError::NotFound) => return Err(token_refused()),
+        Err(e) => return Err(db_err(e)),
+    };
     let address = address(&req.address)?;
     let tls_fingerprint = agent_tls(&address, req.tls_fingerprint.as_deref())?;
     let name = req
@@ -392,13 +418,9 @@ pub async fn register(
         arch: None,
     }))
     .map_err(ApiError::internal)?;
-    let hash = token::hash_presented(&req.token).ok_or_else(token_refused)?;
-    // A team's host gets the stricter address check before its token is used.
-    match st.db.registration_token_team(&hash).await {
-        Ok(Some(_)) => team_address(&address)?,
-        Ok(None) => {}
-        Err(DbError::NotFound) => return Err(token_refused()),
-        Err(e) => return Err(db_err(e)),
+    // A team's host gets the stricter address check.
+    if team.is_some() {
+        team_address(&address)?;
     }
     let used = st
         .db
@@ -437,7 +459,6 @@ pub async fn register(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Refresh {
-    #[schema(value_type = String)]
     host_id: HostId,
     refresh_token: String,
 }
@@ -508,7 +529,7 @@ pub async fn list(st: State, auth: TeamAuth) -> Result<ApiJson<Vec<Host>>, ApiEr
     path = "/v1/hosts/{id}",
     tag = "hosts",
     operation_id = "get_host",
-    params(("id" = String, Path, description = "Host ID")),
+    params(("id" = crate::ids::HostId, Path, description = "Host ID")),
     security(("api_key" = []), ("bearer" = [])),
     responses(
         (status = 200, description = "The host", body = Host),
@@ -550,7 +571,7 @@ async fn sees_all(st: &AppState, auth: &TeamAuth) -> Result<bool, ApiError> {
     path = "/v1/hosts/{id}/revoke",
     tag = "hosts",
     operation_id = "revoke_host_credentials",
-    params(("id" = String, Path, description = "Host ID")),
+    params(("id" = crate::ids::HostId, Path, description = "Host ID")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Credentials withdrawn; the host is pending until it registers again", body = Host),
@@ -644,7 +665,7 @@ pub struct DeletePreview {
     path = "/v1/hosts/{id}/delete-preview",
     tag = "hosts",
     operation_id = "preview_host_delete",
-    params(("id" = String, Path, description = "Host ID")),
+    params(("id" = crate::ids::HostId, Path, description = "Host ID")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The host and the sandboxes a delete would destroy", body = DeletePreview),
@@ -666,6 +687,7 @@ pub async fn delete_preview(
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
     /// Destroy the host's sandboxes too.
     force: Option<bool>,
@@ -685,7 +707,7 @@ const FORCE_DESTROY_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
     path = "/v1/hosts/{id}",
     tag = "hosts",
     operation_id = "delete_host",
-    params(("id" = String, Path, description = "Host ID"), DeleteQuery),
+    params(("id" = crate::ids::HostId, Path, description = "Host ID"), DeleteQuery),
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Deleted"),
@@ -777,7 +799,7 @@ pub struct HeartbeatBody {
     path = "/v1/hosts/{id}/heartbeat",
     tag = "hosts",
     operation_id = "host_heartbeat",
-    params(("id" = String, Path, description = "Host ID (must be the host JWT's own)")),
+    params(("id" = crate::ids::HostId, Path, description = "Host ID (must be the host JWT's own)")),
     request_body(content = Option<HeartbeatBody>, content_type = "application/json"),
     security(("bearer" = [])),
     responses(

@@ -5,6 +5,7 @@
 mod admin;
 mod api_keys;
 mod auth;
+mod document;
 pub mod e2b;
 mod health;
 pub mod hosts;
@@ -44,7 +45,18 @@ pub const SECURITY_BEARER: &str = "bearer";
 #[derive(OpenApi)]
 #[openapi(
     modifiers(&SecurityAddon),
-    components(schemas(ErrorBody)),
+    // Path parameters name these by reference; utoipa collects only body schemas itself.
+    components(schemas(
+        ErrorBody,
+        crate::ids::SandboxId,
+        crate::ids::TeamId,
+        crate::ids::UserId,
+        crate::ids::ApiKeyId,
+        crate::ids::HostId,
+        crate::ids::InvitationId,
+        sandboxes::MetadataFilter,
+        sandboxes::guest::Selector,
+    )),
     tags(
         (name = "health", description = "Liveness"),
         (name = "auth", description = "Accounts and user tokens"),
@@ -107,13 +119,14 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 
 /// The OpenAPI document served at [`OPENAPI_PATH`].
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().into_openapi()
+    document::complete(routes().into_openapi())
 }
 
 /// The whole HTTP surface: the documented API, `/openapi.json`, the Swagger UI at `/docs`
 /// (bundled in the binary, no network needed) and `/metrics`; every request is counted.
 pub fn router() -> Router<Arc<AppState>> {
     let (api, doc) = routes().split_for_parts();
+    let doc = document::complete(doc);
     // Validator "none": the default sends the document to validator.swagger.io.
     let docs = SwaggerUi::new(DOCS_PATH)
         .url(OPENAPI_PATH, doc)
@@ -142,8 +155,10 @@ async fn method_not_allowed() -> ApiError {
 #[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
     /// Page size: default 100, at most 1000.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (empty: the first page).
+    #[param(pattern = "^([0-9]{1,18}\\.[a-z0-9-]{1,64})?$")]
     pub cursor: Option<String>,
 }
 
@@ -161,16 +176,18 @@ pub(crate) fn db_err_for(what: &str) -> impl Fn(DbError) -> ApiError + '_ {
     }
 }
 
-/// An optional JSON body: empty (or only whitespace) is `T::default()`. Callers wrap the
-/// parse error in their own envelope.
+/// An optional JSON body: empty (or only whitespace) or `null` is `T::default()` (the
+/// document states these bodies as optional and nullable); integral floats are integers, as
+/// [`crate::error::ApiJson`] reads them. Callers wrap the parse error in their own envelope.
 pub(crate) fn optional_json<T: serde::de::DeserializeOwned + Default>(
     body: &[u8],
 ) -> Result<T, serde_json::Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        Ok(T::default())
-    } else {
-        serde_json::from_slice(body)
+        return Ok(T::default());
     }
+    let mut v: serde_json::Value = serde_json::from_slice(body)?;
+    crate::error::integral_floats_to_integers(&mut v);
+    serde_json::from_value::<Option<T>>(v).map(Option::unwrap_or_default)
 }
 
 pub(crate) fn db_err(e: DbError) -> ApiError {
@@ -183,5 +200,31 @@ pub(crate) fn db_err(e: DbError) -> ApiError {
         }
         e if e.is_unavailable() => crate::error::database_unavailable(e),
         e => ApiError::internal(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, Default, PartialEq, serde::Deserialize)]
+    struct B {
+        n: Option<i64>,
+    }
+
+    #[test]
+    fn optional_json_bodies() {
+        for none in ["", "  \n", "null", " null "] {
+            assert_eq!(
+                super::optional_json::<B>(none.as_bytes()).unwrap(),
+                B::default()
+            );
+        }
+        for some in [r#"{"n":3}"#, r#"{"n":3.0}"#] {
+            assert_eq!(
+                super::optional_json::<B>(some.as_bytes()).unwrap(),
+                B { n: Some(3) }
+            );
+        }
+        assert!(super::optional_json::<B>(br#"{"n":3.5}"#).is_err());
+        assert!(super::optional_json::<B>(b"[]").is_err());
     }
 }

@@ -29,6 +29,12 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTeam {
+    /// 1–100 characters (surrounding spaces trimmed), not only spaces, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: String,
 }
 
@@ -53,6 +59,7 @@ impl From<GrantableRole> for Role {
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
     /// An existing account's email.
+    #[schema(format = Email, max_length = 254)]
     email: String,
     /// Default `member`.
     role: Option<GrantableRole>,
@@ -147,7 +154,7 @@ async fn require_manager(st: &AppState, team: &TeamId, user_id: &str) -> Result<
     path = "/v1/teams/{id}/members",
     tag = "teams",
     operation_id = "list_team_members",
-    params(("id" = String, Path, description = "Team ID")),
+    params(("id" = crate::ids::TeamId, Path, description = "Team ID")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The team's members", body = Members),
@@ -172,7 +179,7 @@ pub async fn list_members(
     path = "/v1/teams/{id}/members",
     tag = "teams",
     operation_id = "add_team_member",
-    params(("id" = String, Path, description = "Team ID")),
+    params(("id" = crate::ids::TeamId, Path, description = "Team ID")),
     request_body = AddMember,
     security(("bearer" = [])),
     responses(
@@ -230,8 +237,8 @@ async fn target_role(st: &AppState, team: &TeamId, user: &UserId) -> Result<Role
     tag = "teams",
     operation_id = "change_member_role",
     params(
-        ("id" = String, Path, description = "Team ID"),
-        ("user_id" = String, Path, description = "The member's user ID"),
+        ("id" = crate::ids::TeamId, Path, description = "Team ID"),
+        ("user_id" = crate::ids::UserId, Path, description = "The member's user ID"),
     ),
     request_body = ChangeRole,
     security(("bearer" = [])),
@@ -267,8 +274,8 @@ pub async fn change_role(
     tag = "teams",
     operation_id = "remove_team_member",
     params(
-        ("id" = String, Path, description = "Team ID"),
-        ("user_id" = String, Path, description = "The member's user ID"),
+        ("id" = crate::ids::TeamId, Path, description = "Team ID"),
+        ("user_id" = crate::ids::UserId, Path, description = "The member's user ID"),
     ),
     security(("bearer" = [])),
     responses(
@@ -301,7 +308,7 @@ pub async fn remove_member(
     path = "/v1/teams/{id}/audit",
     tag = "teams",
     operation_id = "team_audit",
-    params(("id" = String, Path, description = "Team ID"), PageQuery),
+    params(("id" = crate::ids::TeamId, Path, description = "Team ID"), PageQuery),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of the team's audit entries", body = Page<AuditEntry>),
@@ -333,6 +340,7 @@ pub async fn team_audit(
 #[serde(deny_unknown_fields)]
 pub struct Invite {
     /// An email without an account yet.
+    #[schema(format = Email, max_length = 254)]
     email: String,
     /// Default `member`.
     role: Option<GrantableRole>,
@@ -346,7 +354,7 @@ pub struct Invite {
     path = "/v1/teams/{id}/invitations",
     tag = "teams",
     operation_id = "invite_to_team",
-    params(("id" = String, Path, description = "Team ID")),
+    params(("id" = crate::ids::TeamId, Path, description = "Team ID")),
     request_body = Invite,
     security(("bearer" = [])),
     responses(
@@ -390,7 +398,7 @@ pub async fn invite(
     path = "/v1/teams/{id}/invitations",
     tag = "teams",
     operation_id = "list_team_invitations",
-    params(("id" = String, Path, description = "Team ID")),
+    params(("id" = crate::ids::TeamId, Path, description = "Team ID")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Pending invitations, newest first", body = Vec<Invitation>),
@@ -421,8 +429,8 @@ pub async fn list_invitations(
     tag = "teams",
     operation_id = "delete_team_invitation",
     params(
-        ("id" = String, Path, description = "Team ID"),
-        ("invitation_id" = String, Path, description = "Invitation ID"),
+        ("id" = crate::ids::TeamId, Path, description = "Team ID"),
+        ("invitation_id" = crate::ids::InvitationId, Path, description = "Invitation ID"),
     ),
     security(("bearer" = [])),
     responses(

@@ -12,8 +12,9 @@ use crate::error::ApiError;
 
 /// Shortest accepted new password, in characters.
 pub const MIN_PASSWORD_CHARS: usize = 8;
-/// Longest accepted password, in bytes: bounds the work an unauthenticated request can cause.
-pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// Longest accepted password, in characters (as the API document's `maxLength` counts them;
+/// at most 4 KiB): bounds the work an unauthenticated request can cause.
+pub const MAX_PASSWORD_CHARS: usize = 1024;
 
 /// A PHC string with the default parameters and a random salt and output (no password is
 /// known to match it), verified when the user
@@ -25,7 +26,7 @@ const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$CSAwRy9vPn8a+A8HGJI3Tg$
 pub enum PasswordError {
     #[error("password must be at least {MIN_PASSWORD_CHARS} characters")]
     TooShort,
-    #[error("password must be at most {MAX_PASSWORD_BYTES} bytes")]
+    #[error("password must be at most {MAX_PASSWORD_CHARS} characters")]
     TooLong,
     /// The stored hash is not a PHC string argon2 understands (a data bug, not user input).
     #[error("stored password hash is malformed: {0}")]
@@ -49,7 +50,7 @@ impl From<PasswordError> for ApiError {
 
 /// Checks a new password's length (signup, password change).
 pub fn validate_new_password(password: &str) -> Result<(), PasswordError> {
-    if password.len() > MAX_PASSWORD_BYTES {
+    if password.chars().count() > MAX_PASSWORD_CHARS {
         return Err(PasswordError::TooLong);
     }
     if password.chars().count() < MIN_PASSWORD_CHARS {
@@ -82,7 +83,7 @@ pub fn verify_password(password: &str, stored_phc: &str) -> Result<bool, Passwor
 /// verification against [`DUMMY_HASH`] and answers `false`. Over-long passwords and
 /// malformed stored hashes also answer `false` after the same amount of work.
 pub fn verify_or_dummy(password: &str, stored_phc: Option<&str>) -> bool {
-    if password.len() > MAX_PASSWORD_BYTES {
+    if password.chars().count() > MAX_PASSWORD_CHARS {
         // Never hash attacker-sized input; burn the same time and refuse.
         let _ = verify_password("", DUMMY_HASH);
         return false;
@@ -143,7 +144,7 @@ mod tests {
         // Counted in characters, not bytes: 8 multi-byte characters are enough.
         assert!(validate_new_password("éééééééé").is_ok());
         assert!(matches!(
-            validate_new_password(&"a".repeat(MAX_PASSWORD_BYTES + 1)),
+            validate_new_password(&"a".repeat(MAX_PASSWORD_CHARS + 1)),
             Err(PasswordError::TooLong)
         ));
         let e: ApiError = PasswordError::TooShort.into();

@@ -2,19 +2,22 @@
 //!
 //! Lists are ordered newest first by `(created_at, id)` (descending), which is stable: `id`
 //! breaks ties between rows created in the same millisecond, and new rows land before the first
-//! page instead of shifting later ones. The cursor is opaque to clients: URL-safe base64 of
-//! `<created_at>.<id>` of the last row returned. Limits: default 100; anything outside
+//! page instead of shifting later ones. The cursor is `<created_at>.<id>` of the last row
+//! returned, in the clear (clients pass it back unchanged): its shape is then a pattern the
+//! API document can state ([`CURSOR_PATTERN`]), and every string of that shape is accepted —
+//! one that names no row just gives the rows after that point. Limits: default 100; anything outside
 //! `1..=1000` is refused with [`DbError::InvalidLimit`] (the API answers 400) rather than
 //! silently clamped, so a client never believes it received everything it asked for.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
 use super::error::DbError;
 
 pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;
+/// What [`PageRequest::new`] accepts as a cursor: Unix milliseconds (at most 18 digits, so
+/// any fits an i64) and an ID (every ID is `[a-z0-9-]`).
+pub const CURSOR_PATTERN: &str = "^[0-9]{1,18}\\.[a-z0-9-]{1,64}$";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageRequest {
@@ -122,19 +125,21 @@ pub(super) fn finish<T: Keyed>(mut rows: Vec<T>, req: &PageRequest) -> Page<T> {
 }
 
 pub fn encode_cursor(created_at: i64, id: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{created_at}.{id}"))
+    format!("{created_at}.{id}")
 }
 
+/// The inverse of [`encode_cursor`], exactly [`CURSOR_PATTERN`].
 fn decode_cursor(c: &str) -> Result<(i64, String), DbError> {
-    let raw = URL_SAFE_NO_PAD
-        .decode(c)
-        .map_err(|_| DbError::InvalidCursor)?;
-    let s = String::from_utf8(raw).map_err(|_| DbError::InvalidCursor)?;
-    let (at, id) = s.split_once('.').ok_or(DbError::InvalidCursor)?;
-    let at = at.parse::<i64>().map_err(|_| DbError::InvalidCursor)?;
-    if id.is_empty() || id.len() > 64 {
+    let (at, id) = c.split_once('.').ok_or(DbError::InvalidCursor)?;
+    let at_ok = (1..=18).contains(&at.len()) && at.bytes().all(|b| b.is_ascii_digit());
+    let id_ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !(at_ok && id_ok) {
         return Err(DbError::InvalidCursor);
     }
+    let at = at.parse::<i64>().map_err(|_| DbError::InvalidCursor)?;
     Ok((at, id.to_owned()))
 }
 
@@ -159,14 +164,20 @@ mod tests {
 
     #[test]
     fn cursor_round_trip_and_garbage() {
-        let c = encode_cursor(1_700_000_000_123, "abc.def");
+        let c = encode_cursor(1_700_000_000_123, "key-0a1b");
         let r = PageRequest::new(None, Some(&c)).unwrap();
-        assert_eq!(r.after, Some((1_700_000_000_123, "abc.def".to_owned())));
+        assert_eq!(r.after, Some((1_700_000_000_123, "key-0a1b".to_owned())));
         for bad in [
             "***",
             "bm9kb3Q",
-            &URL_SAFE_NO_PAD.encode("x.id"),
-            &URL_SAFE_NO_PAD.encode("1."),
+            "x.id",
+            "1.",
+            ".id",
+            "1.ID",
+            "1.a.b",
+            "-1.id",
+            "1234567890123456789.id",
+            &format!("1.{}", "a".repeat(65)),
         ] {
             assert!(
                 matches!(

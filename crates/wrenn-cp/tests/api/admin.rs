@@ -130,7 +130,7 @@ db_test! {
         assert_eq!(st, StatusCode::OK, "{q}");
         assert_eq!((q["effective"]["max_sandboxes"].as_i64(), &q["usage"]["sandboxes"]), (Some(100), &json!(0)));
         let (st, v) = app.post("/v1/sandboxes", Some(&kb), json!({"timeout_sec": 0})).await;
-        assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{v}");
+        assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "forbidden"), "{v}");
         let (st, v) = app.post("/v1/sandboxes", Some(&kb), json!({"timeout_sec": 86_400})).await;
         assert_eq!((st, code(&v)), (StatusCode::SERVICE_UNAVAILABLE, "no_hosts_available"), "within the quota: {v}");
 
@@ -153,7 +153,7 @@ db_test! {
         let (st, v) = app.post("/v1/sandboxes", Some(&kb), json!({"timeout_sec": 0})).await;
         assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
         let (st, v) = app.post("/v1/sandboxes", Some(&kb), json!({"timeout_sec": 3600})).await;
-        assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{v}");
+        assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "forbidden"), "{v}");
 
         // Two live sandboxes (one running, one paused): a third is refused before anything
         // is written.

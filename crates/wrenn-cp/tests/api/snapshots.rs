@@ -166,7 +166,7 @@ db_test! {
         let (_, v) = app.get("/v1/snapshots", Some(&key_b)).await;
         assert_eq!(names(&v), Vec::<(String, String)>::new());
         let (s, v) = app.post("/v1/sandboxes", Some(&key_b), json!({"template": "snap"})).await;
-        assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "another team's: {v}");
+        assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"), "another team's: {v}");
 
         // Its machine is fixed.
         for (body, field) in [
@@ -175,7 +175,7 @@ db_test! {
             (json!({"template": "snap", "disk_size_mb": 8192}), "disk_size_mb"),
         ] {
             let (s, v) = app.post("/v1/sandboxes", Some(&key_a), body.clone()).await;
-            assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{body}: {v}");
+            assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "conflict"), "{body}: {v}");
             assert!(v["error"]["message"].as_str().unwrap().contains(field), "{body}: {v}");
         }
         // Same values as the template are fine; placement is on the holder only, though the

@@ -33,7 +33,7 @@ impl Up {
 
     /// Listening on `listen`, with `extra` flags for `wrenn up` (e.g. `--domain`).
     pub fn start_with(env: &AgentEnv, listen: &str, extra: &[&str]) -> Up {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wrenn"));
+        let mut cmd = Command::new(crate::agent::wrenn_bin());
         cmd.arg("up")
             .arg("--data-dir")
             .arg(env.root.path())
@@ -102,7 +102,7 @@ impl Up {
 
     #[allow(dead_code)]
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_wrenn"))
+        Command::new(crate::agent::wrenn_bin())
             .args(args)
             .env("WRENN_URL", &self.url)
             .env("WRENN_API_KEY", &self.key)

@@ -124,8 +124,8 @@ async fn create(
     };
     let made = sandboxes::create_sandbox(&st, &auth, body, key).await;
     let (sb, token) = made.map_err(|e| {
-        let unknown_template = e.code() == crate::error::ErrorCode::InvalidRequest
-            && e.public_message().contains("does not exist");
+        // The only 404 a create gives before placement: its template.
+        let unknown_template = e.code() == crate::error::ErrorCode::NotFound;
         let e = if unknown_template {
             E2bError::new(
                 StatusCode::NOT_FOUND,

@@ -38,14 +38,20 @@ const CALL_GRACE: Duration = Duration::from_secs(30);
 #[serde(deny_unknown_fields)]
 pub struct ExecBody {
     /// Program to run (looked up in `PATH`; not parsed by a shell).
+    #[schema(schema_with = super::guest::cmd_schema)]
     pub cmd: String,
+    #[schema(schema_with = super::guest::args_schema)]
     pub args: Option<Vec<String>>,
+    #[schema(schema_with = super::guest::env_schema)]
     pub env: Option<BTreeMap<String, String>>,
     /// Absolute working directory; default the user's home.
+    #[schema(pattern = "^/[^\\x00]*$", max_length = 4096)]
     pub cwd: Option<String>,
     /// Guest user; default the sandbox's default user (`user`).
+    #[schema(pattern = "^[a-z_][a-z0-9_-]{0,31}$")]
     pub user: Option<String>,
     /// Seconds before the command is killed (1–3600, default 60).
+    #[schema(minimum = 1, maximum = 3600)]
     pub timeout_sec: Option<u32>,
 }
 
@@ -147,13 +153,14 @@ impl ExecSlots {
     tag = "sandboxes",
     operation_id = "exec_command",
     security(("api_key" = []), ("bearer" = [])),
-    params(("id" = String, Path, description = "Sandbox ID")),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID")),
     request_body = ExecBody,
     responses(
         (status = 200, description = "The command ended", body = ExecResult),
         (status = 400, description = "Bad command, env, cwd, user or timeout", body = ErrorBody),
-        (status = 404, description = "No such sandbox", body = ErrorBody),
-        (status = 409, description = "The sandbox is not running", body = ErrorBody),
+        (status = 403, description = "The guest user does not exist, or may not do this", body = ErrorBody),
+        (status = 404, description = "No such sandbox, or no such program", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or the guest refused the request in the sandbox's current state (e.g. `cwd` does not exist)", body = ErrorBody),
         (status = 413, description = "More than 16 MiB of output on a stream", body = ErrorBody),
         (status = 429, description = "The team has 8 commands running through /exec already (`Retry-After`)", body = ErrorBody),
         (status = 504, description = "The command ran out of time and was killed", body = ErrorBody),
@@ -191,7 +198,7 @@ pub async fn exec(
                     format!("the command did not end within {timeout} s and was killed"),
                 ));
             }
-            Err(e) => return Err(agent.err(e).into()),
+            Err(e) => return Err(super::guest::refused(agent.err(e))),
         };
         let elapsed = started.elapsed();
         let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
@@ -264,7 +271,7 @@ pub fn start_command(frame: ExecStreamStart) -> Result<Command, String> {
     tag = "sandboxes",
     operation_id = "exec_stream",
     security(("api_key" = []), ("bearer" = [])),
-    params(("id" = String, Path, description = "Sandbox ID"), ws::WsCredentials),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID"), ws::WsCredentials),
     responses(
         (status = 101, description = "WebSocket; frames as described"),
         (status = 400, description = "Not a WebSocket upgrade", body = ErrorBody),

@@ -43,9 +43,11 @@ pub const MAX_DEPTH: u32 = 16;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct FileQuery {
-    /// Absolute guest path.
+    /// Absolute guest path (at most 4096 characters, no NUL).
+    #[param(pattern = "^/[^\\x00]*$", max_length = 4096)]
     pub path: String,
     /// Guest user; default `user`.
+    #[param(pattern = "^[a-z_][a-z0-9_-]{0,31}$")]
     pub user: Option<String>,
 }
 
@@ -62,16 +64,23 @@ impl FileQuery {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Absolute guest path (at most 4096 characters, no NUL).
+    #[param(pattern = "^/[^\\x00]*$", max_length = 4096)]
     pub path: String,
     /// Levels below `path` (1–16, default 1).
+    #[param(minimum = 1, maximum = 16)]
     pub depth: Option<u32>,
+    #[param(pattern = "^[a-z_][a-z0-9_-]{0,31}$")]
     pub user: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MkdirBody {
+    /// Absolute guest path (at most 4096 characters, no NUL).
+    #[schema(pattern = "^/[^\\x00]*$", max_length = 4096)]
     pub path: String,
+    #[schema(pattern = "^[a-z_][a-z0-9_-]{0,31}$")]
     pub user: Option<String>,
 }
 
@@ -181,13 +190,14 @@ where
     tag = "sandboxes",
     operation_id = "upload_file",
     security(("api_key" = []), ("bearer" = [])),
-    params(("id" = String, Path, description = "Sandbox ID"), FileQuery),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID"), FileQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
         (status = 204, description = "Written"),
         (status = 400, description = "Bad path or user, or the body broke off", body = ErrorBody),
+        (status = 403, description = "The guest user does not exist, or may not do this", body = ErrorBody),
         (status = 404, description = "No such sandbox", body = ErrorBody),
-        (status = 409, description = "The sandbox is not running", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or the guest refused the request in the sandbox's current state (e.g. the path is a directory)", body = ErrorBody),
     )
 )]
 pub async fn upload(
@@ -226,7 +236,7 @@ pub async fn upload(
             .rpc()
             .write_file_with_options(requests, agent.opts_stream());
         let written = tokio::select! {
-            r = call => r.map_err(|e| agent.err(e))?.into_owned(),
+            r = call => r.map_err(|e| guest::refused(agent.err(e)))?.into_owned(),
             Ok(e) = &mut fault_rx => {
                 // Dropping the call cancels it; the agent discards the partial file.
                 tracing::info!(error = %e, "upload body broke off");
@@ -247,12 +257,13 @@ pub async fn upload(
     tag = "sandboxes",
     operation_id = "download_file",
     security(("api_key" = []), ("bearer" = [])),
-    params(("id" = String, Path, description = "Sandbox ID"), FileQuery),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID"), FileQuery),
     responses(
         (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 400, description = "Bad path or user, or the path is not a file", body = ErrorBody),
+        (status = 400, description = "Bad path or user", body = ErrorBody),
+        (status = 403, description = "The guest user does not exist, or may not do this", body = ErrorBody),
         (status = 404, description = "No such sandbox or file", body = ErrorBody),
-        (status = 409, description = "The sandbox is not running", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or the guest refused the request in the sandbox's current state (e.g. the path is a directory)", body = ErrorBody),
     )
 )]
 pub async fn download(
@@ -275,13 +286,13 @@ pub async fn download(
             .rpc()
             .read_file_with_options(req, agent.opts_stream())
             .await
-            .map_err(|e| agent.err(e))?;
+            .map_err(|e| guest::refused(agent.err(e)))?;
         let mut chunks = Box::pin(agent_stream!(stream));
         // The agent reports a missing file in the stream: wait for the first chunk so that
         // becomes a 4xx, not a 200 with a broken body.
         let first = match chunks.next().await {
             Some(Ok(m)) => Some(m),
-            Some(Err(e)) => return Err(agent.err(e).into()),
+            Some(Err(e)) => return Err(guest::refused(agent.err(e))),
             None => None,
         };
         let agent2 = agent.clone();
@@ -309,12 +320,13 @@ pub async fn download(
     tag = "sandboxes",
     operation_id = "remove_path",
     security(("api_key" = []), ("bearer" = [])),
-    params(("id" = String, Path, description = "Sandbox ID"), FileQuery),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID"), FileQuery),
     responses(
         (status = 204, description = "Removed"),
         (status = 400, description = "Bad path or user", body = ErrorBody),
+        (status = 403, description = "The guest user does not exist, or may not do this", body = ErrorBody),
         (status = 404, description = "No such sandbox or path", body = ErrorBody),
-        (status = 409, description = "The sandbox is not running", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or the guest refused the request in the sandbox's current state", body = ErrorBody),
     )
 )]
 pub async fn remove(
@@ -336,7 +348,7 @@ pub async fn remove(
             .rpc()
             .remove_path_with_options(req, agent.opts())
             .await
-            .map_err(|e| agent.err(e))?;
+            .map_err(|e| guest::refused(agent.err(e)))?;
         Ok(StatusCode::NO_CONTENT)
     }
     .instrument(span("file_remove", &id, &agent))
@@ -350,12 +362,13 @@ pub async fn remove(
     tag = "sandboxes",
     operation_id = "list_files",
     security(("api_key" = []), ("bearer" = [])),
-    params(("id" = String, Path, description = "Sandbox ID"), ListQuery),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID"), ListQuery),
     responses(
         (status = 200, body = EntryList),
         (status = 400, description = "Bad path, depth or user", body = ErrorBody),
+        (status = 403, description = "The guest user does not exist, or may not do this", body = ErrorBody),
         (status = 404, description = "No such sandbox or directory", body = ErrorBody),
-        (status = 409, description = "The sandbox is not running", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or the guest refused the request in the sandbox's current state (e.g. the path is not a directory)", body = ErrorBody),
     )
 )]
 pub async fn list(
@@ -387,7 +400,7 @@ pub async fn list(
             .rpc()
             .list_dir_with_options(req, agent.opts())
             .await
-            .map_err(|e| agent.err(e))?
+            .map_err(|e| guest::refused(agent.err(e)))?
             .into_owned();
         Ok(ApiJson(EntryList {
             entries: r.entries.into_iter().map(FileEntry::from).collect(),
@@ -404,13 +417,14 @@ pub async fn list(
     tag = "sandboxes",
     operation_id = "make_dir",
     security(("api_key" = []), ("bearer" = [])),
-    params(("id" = String, Path, description = "Sandbox ID")),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID")),
     request_body = MkdirBody,
     responses(
         (status = 201, body = EntryResponse),
         (status = 400, description = "Bad path or user", body = ErrorBody),
+        (status = 403, description = "The guest user does not exist, or may not do this", body = ErrorBody),
         (status = 404, description = "No such sandbox", body = ErrorBody),
-        (status = 409, description = "The sandbox is not running, or the path exists", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, the path exists, or the guest refused the request in the sandbox's current state", body = ErrorBody),
     )
 )]
 pub async fn mkdir(
@@ -433,7 +447,7 @@ pub async fn mkdir(
             .rpc()
             .make_dir_with_options(req, agent.opts())
             .await
-            .map_err(|e| agent.err(e))?
+            .map_err(|e| guest::refused(agent.err(e)))?
             .into_owned();
         let entry = r
             .entry

@@ -7,9 +7,12 @@ use std::collections::BTreeMap;
 use crate::error::ApiError;
 use crate::ids::random_bytes;
 
-/// Longest guest path (Linux `PATH_MAX`).
+/// Longest guest path, in characters (the document's `maxLength` counts characters). Linux's
+/// `PATH_MAX` is 4096 bytes: a longer path of multi-byte characters, like a name longer than
+/// the guest's filesystem allows, is the guest's refusal ([`refused`]).
 pub const MAX_PATH_LEN: usize = 4096;
-/// Longest command or argument.
+/// Longest command, argument, env name or value, in characters (as the document's
+/// `maxLength`); the guest kernel's own limit (128 KiB per string) is its refusal.
 pub const MAX_ARG_LEN: usize = 128 * 1024;
 pub const MAX_ARGS: usize = 4096;
 pub const MAX_ENV_VARS: usize = 1024;
@@ -18,7 +21,8 @@ pub const MAX_TAG_LEN: usize = 64;
 /// Guest user of file operations when the request names none (the image's default user).
 pub const DEFAULT_FILE_USER: &str = "user";
 
-/// An absolute guest path: starts with `/`, at most [`MAX_PATH_LEN`] bytes, no NUL.
+/// An absolute guest path: starts with `/`, at most [`MAX_PATH_LEN`] characters, no NUL
+/// (the document's `pattern` and `maxLength`).
 pub fn path(field: &str, value: &str) -> Result<String, ApiError> {
     if value.is_empty() {
         return Err(ApiError::invalid_request(format!("{field} is required")));
@@ -28,9 +32,9 @@ pub fn path(field: &str, value: &str) -> Result<String, ApiError> {
             "{field} must be an absolute path"
         )));
     }
-    if value.len() > MAX_PATH_LEN {
+    if value.chars().count() > MAX_PATH_LEN {
         return Err(ApiError::invalid_request(format!(
-            "{field} must be at most {MAX_PATH_LEN} bytes"
+            "{field} must be at most {MAX_PATH_LEN} characters"
         )));
     }
     if value.contains('\0') {
@@ -39,6 +43,24 @@ pub fn path(field: &str, value: &str) -> Result<String, ApiError> {
         )));
     }
     Ok(value.to_owned())
+}
+
+/// What [`tag`] accepts (with at most [`MAX_TAG_LEN`] characters): not only digits.
+pub const TAG_PATTERN: &str = "^[A-Za-z0-9._-]*[A-Za-z._-][A-Za-z0-9._-]*$";
+
+/// The guest's refusal of a request the control plane found well formed, as the API answers
+/// it. Every rule of a request's form is checked here first (a 400 before anything reaches
+/// the guest), so the guest's `invalid_argument` is about the sandbox's current state: a
+/// directory where a file is expected, a `cwd` that does not exist, a name longer than the
+/// guest's filesystem allows. That is a 409 with the guest's message.
+pub fn refused(e: crate::agents::AgentError) -> ApiError {
+    let state = e.code() == Some(connectrpc::ErrorCode::InvalidArgument);
+    let api = ApiError::from(e);
+    if state {
+        ApiError::invalid_state(api.message().to_owned())
+    } else {
+        api
+    }
 }
 
 /// A guest account name as `useradd` accepts it by default: `[a-z_][a-z0-9_-]{0,31}`
@@ -100,6 +122,31 @@ pub enum Selector {
     Tag(String),
 }
 
+// The document states exactly what `parse` accepts: a pid (1 to 2^32 - 1) or a tag.
+impl utoipa::PartialSchema for Selector {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .description(Some("A pid, or a process tag (not only digits)"))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1u32))
+                    .maximum(Some(u32::MAX)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(MAX_TAG_LEN))
+                    .pattern(Some(TAG_PATTERN)),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Selector {}
+
 impl Selector {
     pub fn parse(value: &str) -> Result<Self, ApiError> {
         if !value.is_empty() && value.bytes().all(|c| c.is_ascii_digit()) {
@@ -125,6 +172,51 @@ impl Selector {
     }
 }
 
+/// A string [`Command::new`] accepts as `cmd`, an argument or an env value: no NUL, at most
+/// [`MAX_ARG_LEN`] characters.
+fn arg_schema(min_length: usize) -> utoipa::openapi::schema::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .min_length((min_length > 0).then_some(min_length))
+        .max_length(Some(MAX_ARG_LEN))
+        .pattern(Some("^[^\\x00]*$"))
+        .build()
+}
+
+/// The document's `cmd`: what [`Command::new`] accepts.
+pub fn cmd_schema() -> utoipa::openapi::schema::Object {
+    arg_schema(1)
+}
+
+/// The document's `args` (optional, nullable): what [`Command::new`] accepts.
+pub fn args_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, SchemaType, Type};
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(arg_schema(0))
+        .max_items(Some(MAX_ARGS))
+        .build()
+}
+
+/// The document's `env` (optional, nullable): names non-empty without `=`, what
+/// [`Command::new`] accepts.
+pub fn env_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(MAX_ARG_LEN))
+                .pattern(Some("^[^=\\x00]+$")),
+        ))
+        .additional_properties(Some(utoipa::openapi::schema::AdditionalProperties::RefOr(
+            arg_schema(0).into(),
+        )))
+        .max_properties(Some(MAX_ENV_VARS))
+        .build()
+}
+
 /// A command to run: `cmd` plus optional args, env, cwd and user, checked as a whole.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Command {
@@ -138,9 +230,9 @@ pub struct Command {
 }
 
 fn arg(field: &str, v: &str) -> Result<(), ApiError> {
-    if v.len() > MAX_ARG_LEN {
+    if v.chars().count() > MAX_ARG_LEN {
         return Err(ApiError::invalid_request(format!(
-            "{field} must be at most {MAX_ARG_LEN} bytes"
+            "{field} must be at most {MAX_ARG_LEN} characters"
         )));
     }
     if v.contains('\0') {
@@ -217,6 +309,9 @@ mod tests {
         }
         assert!(path("path", &format!("/{}", "a".repeat(MAX_PATH_LEN - 1))).is_ok());
         assert!(path("path", &format!("/{}", "a".repeat(MAX_PATH_LEN))).is_err());
+        // Characters, as the document's maxLength counts them.
+        assert!(path("path", &format!("/{}", "é".repeat(MAX_PATH_LEN - 1))).is_ok());
+        assert!(path("path", &format!("/{}", "é".repeat(MAX_PATH_LEN))).is_err());
     }
 
     #[test]

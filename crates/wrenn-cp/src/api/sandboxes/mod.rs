@@ -28,6 +28,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa::openapi::schema::Schema;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 use wrenn_proto::hostagent::v1 as pb;
@@ -171,20 +172,29 @@ impl From<Sandbox> for SandboxView {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandbox {
-    /// Default `base`.
+    /// Default `base`. A template that does not exist is a 404.
+    #[schema(pattern = "^[a-z0-9._-]{1,64}$")]
     pub template: Option<String>,
-    /// 1–8; default: the template's.
+    /// 1–8; default: the template's (a snapshot template's is fixed: another value is a 409).
+    #[schema(minimum = 1, maximum = 8)]
     pub vcpus: Option<i64>,
-    /// 128–16384; default: the template's.
+    /// 128–16384; default: the template's (fixed for a snapshot template).
+    #[schema(minimum = 128, maximum = 16384)]
     pub memory_mb: Option<i64>,
-    /// The template's disk size up to 65536; default: the template's.
+    /// Up to 65536; default: the template's. Less than the template's disk is a 409.
+    #[schema(minimum = 1, maximum = 65536)]
     pub disk_size_mb: Option<i64>,
-    /// 0–86400; 0 = no deadline. Default 300.
+    /// 0–86400; 0 = no deadline. Default 300. Past the team's quota (`max_timeout_sec`, or 0
+    /// without `allow_no_timeout`) it is a 403.
+    #[schema(minimum = 0, maximum = 86400)]
     pub timeout_sec: Option<i64>,
     /// `kill` (default) or `pause`.
+    #[schema(pattern = "^(kill|pause)$")]
     pub on_timeout: Option<String>,
-    /// Environment of every process in the sandbox; keys `[A-Za-z_][A-Za-z0-9_]*`.
+    /// Environment of every process in the sandbox.
+    #[schema(schema_with = env_schema)]
     pub env: Option<BTreeMap<String, String>>,
+    #[schema(schema_with = metadata_schema)]
     pub metadata: Option<BTreeMap<String, String>>,
     /// Default false: the sandbox reaches nothing outside its host.
     pub allow_internet: Option<bool>,
@@ -215,6 +225,52 @@ struct CreateSpec {
     /// The E2B `Idempotency-Key` of the request, if any.
     idempotency_key: Option<String>,
     public_traffic: bool,
+}
+
+/// A string map (or null) as [`check_env`] / [`check_metadata`] accept it.
+fn string_map_schema(key: &str, value: &str, max_value: usize, description: &str) -> Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    let value = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(value))
+        .max_length(Some(max_value));
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .description(Some(description))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(key)),
+        ))
+        .additional_properties(Some(value))
+        .max_properties(Some(MAX_MAP_ENTRIES))
+        .into()
+}
+
+/// `env`: keys `[A-Za-z_][A-Za-z0-9_]*` (≤ 128), values without NUL (≤ 4096), ≤ 64 entries.
+pub(crate) fn env_schema() -> Schema {
+    string_map_schema(
+        "^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        "^[^\\x00]*$",
+        MAX_ENV_VALUE_LEN,
+        "Environment variables: keys `[A-Za-z_][A-Za-z0-9_]*`, values without NUL",
+    )
+}
+
+/// Metadata keys: 1–64 of `[A-Za-z0-9_.:/-]`.
+pub const METADATA_KEY_PATTERN: &str = "^[A-Za-z0-9_.:/-]{1,64}$";
+/// Metadata values: no control characters (`char::is_control`: C0, DEL and C1).
+pub const METADATA_VALUE_PATTERN: &str = "^[^\\x00-\\x1f\\x7f-\\x9f]*$";
+
+/// `metadata`: keys 1–64 of `[A-Za-z0-9_.:/-]`, values without control characters (≤ 512),
+/// ≤ 64 entries.
+pub(crate) fn metadata_schema() -> Schema {
+    string_map_schema(
+        METADATA_KEY_PATTERN,
+        METADATA_VALUE_PATTERN,
+        MAX_METADATA_VALUE_LEN,
+        "Labels: keys 1–64 of `[A-Za-z0-9_.:/-]`, values without control characters",
+    )
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -255,9 +311,10 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
                 "env keys must match [A-Za-z_][A-Za-z0-9_]* and be at most {MAX_ENV_KEY_LEN} bytes"
             )));
         }
-        if v.len() > MAX_ENV_VALUE_LEN || v.contains('\0') {
+        // Characters, as the document's maxLength counts them.
+        if v.chars().count() > MAX_ENV_VALUE_LEN || v.contains('\0') {
             return Err(bad(format!(
-                "env.{k} must be at most {MAX_ENV_VALUE_LEN} bytes without NUL"
+                "env.{k} must be at most {MAX_ENV_VALUE_LEN} characters without NUL"
             )));
         }
     }
@@ -276,9 +333,9 @@ fn check_metadata(meta: &BTreeMap<String, String>) -> Result<(), ApiError> {
                 "metadata keys must be 1 to {MAX_METADATA_KEY_LEN} characters of [A-Za-z0-9_.:/-]"
             )));
         }
-        if v.len() > MAX_METADATA_VALUE_LEN || v.chars().any(char::is_control) {
+        if v.chars().count() > MAX_METADATA_VALUE_LEN || v.chars().any(char::is_control) {
             return Err(bad(format!(
-                "metadata.{k} must be at most {MAX_METADATA_VALUE_LEN} bytes without control characters"
+                "metadata.{k} must be at most {MAX_METADATA_VALUE_LEN} characters without control characters"
             )));
         }
     }
@@ -303,15 +360,16 @@ fn check_timeout(v: i64) -> Result<i64, ApiError> {
 }
 
 /// A timeout the team's quota allows: at most its `max_timeout_sec`, and 0 (no deadline)
-/// only with `allow_no_timeout`.
+/// only with `allow_no_timeout`. A well-formed value the team's policy refuses is a 403, not
+/// a 400: the same request is fine for another team.
 fn check_timeout_quota(q: &Quota, timeout_sec: i64) -> Result<(), ApiError> {
     if timeout_sec == 0 && !q.allow_no_timeout {
-        return Err(bad(
+        return Err(ApiError::forbidden(
             "timeout_sec 0 (no deadline) is not allowed for this team; give a timeout",
         ));
     }
     if timeout_sec > q.max_timeout_sec {
-        return Err(bad(format!(
+        return Err(ApiError::forbidden(format!(
             "timeout_sec is over this team's maximum of {} s",
             q.max_timeout_sec
         )));
@@ -383,7 +441,8 @@ async fn validate_create(
         .template_for_team(team_id, &template)
         .await
         .map_err(|e| match e {
-            DbError::NotFound => bad(format!("template {template:?} does not exist")),
+            // The name is well formed; whether it exists is state, not shape: 404.
+            DbError::NotFound => ApiError::not_found(&format!("template {template:?}")),
             e => db_err(e),
         })?;
     if tpl.is_snapshot {
@@ -397,7 +456,8 @@ async fn validate_create(
             .iter()
             .find(|(_, got, want)| got.is_some_and(|g| g != *want))
         {
-            return Err(bad(format!(
+            // In range, but in conflict with the template as it is: 409, like the disk below.
+            return Err(ApiError::conflict(format!(
                 "{field} of snapshot template {template:?} is fixed at {want} \
                  ({} vCPUs, {} MiB memory, {} MiB disk)",
                 tpl.vcpus, tpl.memory_mb, tpl.disk_size_mb
@@ -406,7 +466,7 @@ async fn validate_create(
     }
     let disk_size_mb = req.disk_size_mb.unwrap_or(tpl.disk_size_mb);
     if disk_size_mb < tpl.disk_size_mb {
-        return Err(bad(format!(
+        return Err(ApiError::conflict(format!(
             "disk_size_mb must be at least the template's {} MiB",
             tpl.disk_size_mb
         )));
@@ -488,6 +548,10 @@ fn conflict(e: DbError) -> ApiError {
     responses(
         (status = 201, description = "Running sandbox", body = SandboxView),
         (status = 400, description = "A field is invalid (named in the message); nothing was created", body = ErrorBody),
+        (status = 403, description = "`timeout_sec` past the team's quota (`max_timeout_sec`, or 0 without `allow_no_timeout`)", body = ErrorBody),
+        (status = 404, description = "No such template", body = ErrorBody),
+        (status = 409, description = "The request conflicts with the template: a disk smaller than its own, or another shape than a snapshot template's", body = ErrorBody),
+        (status = 429, description = "`quota_exceeded`: the team's sandboxes, vCPUs, memory or disk would pass its quota", body = ErrorBody),
         (status = 502, description = "The host failed (`agent_error`, `host_unavailable`); the sandbox is in `error`", body = ErrorBody),
         (status = 503, description = "`no_hosts_available`", body = ErrorBody),
     ),
@@ -870,7 +934,7 @@ pub(crate) async fn running(
     path = "/v1/sandboxes/{id}",
     tag = "sandboxes",
     operation_id = "get_sandbox",
-    params(("id" = String, Path, description = "Sandbox ID")),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID")),
     responses(
         (status = 200, body = SandboxView),
         (status = 400, description = "Malformed ID", body = ErrorBody),
@@ -899,7 +963,7 @@ pub async fn get(
     path = "/v1/sandboxes/{id}",
     tag = "sandboxes",
     operation_id = "delete_sandbox",
-    params(("id" = String, Path, description = "Sandbox ID")),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID")),
     responses(
         (status = 204, description = "Stopped (or already was)"),
         (status = 400, description = "Malformed ID", body = ErrorBody),
@@ -955,7 +1019,10 @@ pub async fn destroy(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Keepalive {
-    /// New deadline = now + this; default: the sandbox's `timeout_sec`. 0 = no deadline.
+    /// New deadline = now + this (0–86400); default: the sandbox's `timeout_sec`. 0 = no
+    /// deadline. Past the team's quota (`max_timeout_sec`, or 0 without `allow_no_timeout`)
+    /// it is a 403.
+    #[schema(minimum = 0, maximum = 86400)]
     pub timeout_sec: Option<i64>,
 }
 
@@ -965,9 +1032,10 @@ pub struct Keepalive {
     path = "/v1/sandboxes/{id}/keepalive",
     tag = "sandboxes",
     operation_id = "keepalive_sandbox",
-    params(("id" = String, Path, description = "Sandbox ID")),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID")),
     request_body(content = Option<Keepalive>, description = "Optional"),
     responses(
+        (status = 403, description = "`timeout_sec` past the team's quota", body = ErrorBody),
         (status = 200, body = SandboxView),
         (status = 400, description = "Malformed ID or body", body = ErrorBody),
         (status = 404, description = "No such sandbox in the caller's team", body = ErrorBody),
@@ -1072,7 +1140,7 @@ async fn in_status(
     path = "/v1/sandboxes/{id}/pause",
     tag = "sandboxes",
     operation_id = "pause_sandbox",
-    params(("id" = String, Path, description = "Sandbox ID")),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID")),
     responses(
         (status = 200, description = "Paused", body = SandboxView),
         (status = 400, description = "Malformed ID", body = ErrorBody),
@@ -1116,7 +1184,7 @@ pub async fn pause(
     path = "/v1/sandboxes/{id}/resume",
     tag = "sandboxes",
     operation_id = "resume_sandbox",
-    params(("id" = String, Path, description = "Sandbox ID")),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID")),
     responses(
         (status = 200, description = "Running again", body = SandboxView),
         (status = 400, description = "Malformed ID", body = ErrorBody),
@@ -1240,7 +1308,31 @@ const LISTED_BY_DEFAULT: [SandboxStatus; 4] = [
     SandboxStatus::Missing,
 ];
 
-/// `?limit=&cursor=&status=a,b&metadata.<key>=<value>`; anything else is a 400.
+/// The metadata filter of a list, `metadata[<key>]=<value>` (OpenAPI's `deepObject`); the
+/// older `metadata.<key>=<value>` is the same filter.
+pub struct MetadataFilter;
+
+impl utoipa::PartialSchema for MetadataFilter {
+    fn schema() -> utoipa::openapi::RefOr<Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        // Values are compared, not stored: any string.
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property_names(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(METADATA_KEY_PATTERN)),
+            ))
+            .additional_properties(Some(ObjectBuilder::new().schema_type(Type::String)))
+            .max_properties(Some(MAX_MAP_ENTRIES))
+            .into()
+    }
+}
+
+impl ToSchema for MetadataFilter {}
+
+/// `?limit=&cursor=&status=a,b&metadata[<key>]=<value>` (or `metadata.<key>=`); anything else
+/// is a 400.
 fn list_query(q: Vec<(String, String)>) -> Result<(PageRequest, SandboxFilter), ApiError> {
     let mut limit = None;
     let mut cursor = None;
@@ -1264,10 +1356,16 @@ fn list_query(q: Vec<(String, String)>) -> Result<(PageRequest, SandboxFilter), 
                     }
                 }
             }
-            _ => match k.strip_prefix("metadata.") {
-                Some(key) if is_metadata_key(key) => filter.metadata.push((key.to_owned(), v)),
-                _ => return Err(bad(format!("unknown query parameter {k:?}"))),
-            },
+            _ => {
+                let key = k.strip_prefix("metadata.").or_else(|| {
+                    k.strip_prefix("metadata[")
+                        .and_then(|rest| rest.strip_suffix(']'))
+                });
+                match key {
+                    Some(key) if is_metadata_key(key) => filter.metadata.push((key.to_owned(), v)),
+                    _ => return Err(bad(format!("unknown query parameter {k:?}"))),
+                }
+            }
         }
     }
     if filter.metadata.len() > MAX_MAP_ENTRIES {
@@ -1287,10 +1385,10 @@ fn list_query(q: Vec<(String, String)>) -> Result<(PageRequest, SandboxFilter), 
     tag = "sandboxes",
     operation_id = "list_sandboxes",
     params(
-        ("limit" = Option<u32>, Query, description = "1-1000, default 100"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
-        ("status" = Option<String>, Query, description = "Comma-separated statuses"),
-        ("metadata.<key>" = Option<String>, Query, description = "Only sandboxes whose metadata has this value"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1-1000, default 100"),
+        ("cursor" = Option<String>, Query, pattern = "^([0-9]{1,18}\\.[a-z0-9-]{1,64})?$", description = "next_cursor of the previous page"),
+        ("status" = Option<String>, Query, pattern = "^(pending|running|paused|stopped|error|missing)?(,(pending|running|paused|stopped|error|missing)?)*$", description = "Comma-separated statuses; default pending, running, paused, missing"),
+        ("metadata" = Option<MetadataFilter>, Query, style = DeepObject, explode, description = "`metadata[<key>]=<value>`: only sandboxes whose metadata has these values (also accepted as `metadata.<key>=<value>`)"),
     ),
     responses(
         (status = 200, body = SandboxList),

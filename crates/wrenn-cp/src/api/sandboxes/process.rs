@@ -25,12 +25,25 @@ use crate::ids::SandboxId;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartBody {
+    /// Program to run (looked up in `PATH`; not parsed by a shell).
+    #[schema(schema_with = guest::cmd_schema)]
     pub cmd: String,
+    #[schema(schema_with = guest::args_schema)]
     pub args: Option<Vec<String>>,
+    #[schema(schema_with = guest::env_schema)]
     pub env: Option<BTreeMap<String, String>>,
+    /// Absolute working directory; default the user's home.
+    #[schema(pattern = "^/[^\\x00]*$", max_length = 4096)]
     pub cwd: Option<String>,
+    /// Guest user; default the sandbox's default user (`user`).
+    #[schema(pattern = "^[a-z_][a-z0-9_-]{0,31}$")]
     pub user: Option<String>,
     /// Names the process for later calls; default `proc-` + 8 hex digits.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9._-]*[A-Za-z._-][A-Za-z0-9._-]*$"
+    )]
     pub tag: Option<String>,
 }
 
@@ -60,13 +73,14 @@ pub struct ProcessList {
     tag = "sandboxes",
     operation_id = "start_process",
     security(("api_key" = []), ("bearer" = [])),
-    params(("id" = String, Path, description = "Sandbox ID")),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID")),
     request_body = StartBody,
     responses(
         (status = 202, description = "Started", body = Started),
         (status = 400, description = "Bad command or tag", body = ErrorBody),
-        (status = 404, description = "No such sandbox", body = ErrorBody),
-        (status = 409, description = "The sandbox is not running, or the tag is taken", body = ErrorBody),
+        (status = 403, description = "The guest user does not exist, or may not do this", body = ErrorBody),
+        (status = 404, description = "No such sandbox, or no such program", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, the tag is taken, or the guest refused the request in the sandbox's current state (e.g. `cwd` does not exist)", body = ErrorBody),
     )
 )]
 pub async fn start(
@@ -102,7 +116,7 @@ pub async fn start(
             .rpc()
             .start_background_with_options(req, agent.opts())
             .await
-            .map_err(|e| agent.err(e))?
+            .map_err(|e| guest::refused(agent.err(e)))?
             .into_owned();
         tracing::info!(pid = r.pid, %tag, "background process started");
         Ok((StatusCode::ACCEPTED, ApiJson(Started { pid: r.pid, tag })))
@@ -118,7 +132,7 @@ pub async fn start(
     tag = "sandboxes",
     operation_id = "list_processes",
     security(("api_key" = []), ("bearer" = [])),
-    params(("id" = String, Path, description = "Sandbox ID")),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID")),
     responses(
         (status = 200, body = ProcessList),
         (status = 404, description = "No such sandbox", body = ErrorBody),
@@ -140,7 +154,7 @@ pub async fn list(
             .rpc()
             .list_processes_with_options(req, agent.opts())
             .await
-            .map_err(|e| agent.err(e))?
+            .map_err(|e| guest::refused(agent.err(e)))?
             .into_owned();
         let processes = r
             .processes
@@ -163,6 +177,7 @@ pub async fn list(
 #[into_params(parameter_in = Query)]
 pub struct SignalQuery {
     /// `SIGTERM` or `SIGKILL` (default).
+    #[param(pattern = "^SIG(TERM|KILL)$")]
     pub signal: Option<String>,
 }
 
@@ -184,8 +199,8 @@ pub fn parse_signal(s: Option<&str>) -> Result<pb::Signal, ApiError> {
     operation_id = "signal_process",
     security(("api_key" = []), ("bearer" = [])),
     params(
-        ("id" = String, Path, description = "Sandbox ID"),
-        ("selector" = String, Path, description = "pid (digits) or tag"),
+        ("id" = crate::ids::SandboxId, Path, description = "Sandbox ID"),
+        ("selector" = Selector, Path, description = "pid or tag"),
         SignalQuery,
     ),
     responses(
@@ -215,7 +230,7 @@ pub async fn signal(
             .rpc()
             .signal_process_with_options(req, agent.opts())
             .await
-            .map_err(|e| agent.err(e))?;
+            .map_err(|e| guest::refused(agent.err(e)))?;
         tracing::info!(?selector, ?sig, "process signalled");
         Ok(StatusCode::NO_CONTENT)
     }
@@ -234,8 +249,8 @@ pub async fn signal(
     operation_id = "attach_process",
     security(("api_key" = []), ("bearer" = [])),
     params(
-        ("id" = String, Path, description = "Sandbox ID"),
-        ("selector" = String, Path, description = "pid (digits) or tag"),
+        ("id" = crate::ids::SandboxId, Path, description = "Sandbox ID"),
+        ("selector" = Selector, Path, description = "pid or tag"),
         ws::WsCredentials,
     ),
     responses(

@@ -137,7 +137,7 @@ pub fn attach_request(
     tag = "sandboxes",
     operation_id = "pty_session",
     security(("api_key" = []), ("bearer" = [])),
-    params(("id" = String, Path, description = "Sandbox ID"), ws::WsCredentials),
+    params(("id" = crate::ids::SandboxId, Path, description = "Sandbox ID"), ws::WsCredentials),
     responses(
         (status = 101, description = "WebSocket; PTY frames"),
         (status = 400, description = "Not a WebSocket upgrade", body = ErrorBody),

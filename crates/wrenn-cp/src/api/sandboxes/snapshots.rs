@@ -45,8 +45,10 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 #[serde(deny_unknown_fields)]
 pub struct CreateSnapshot {
     /// A running sandbox (paused for the copy, then resumed) or a paused one (stays paused).
+    #[schema(value_type = crate::ids::SandboxId)]
     pub sandbox_id: String,
     /// The template's name in the team: 1–64 of `[a-z0-9_-]`, not a platform template's.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     pub name: String,
 }
 
@@ -305,7 +307,7 @@ async fn delete_on_agent(agent: &Agent, tpl: &Template) -> Result<(), AgentError
     path = "/v1/snapshots/{name}",
     tag = "snapshots",
     operation_id = "delete_snapshot",
-    params(("name" = String, Path, description = "Template name"), DeleteQuery),
+    params(("name" = String, Path, pattern = "^[a-z0-9_-]{1,64}$", description = "Template name: 1–64 of `[a-z0-9_-]`"), DeleteQuery),
     responses(
         (status = 204, description = "Deleted everywhere"),
         (status = 400, description = "Malformed name or query", body = ErrorBody),
