@@ -179,7 +179,7 @@ impl System {
     }
 
     pub fn start_server(&self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wrenn"));
+        let mut cmd = Command::new(crate::agent::wrenn_exe());
         cmd.args(["server", "--listen", &format!("127.0.0.1:{SERVER_PORT}")])
             .arg("--data-dir")
             .arg(self.data_dir.path())
