@@ -113,7 +113,6 @@ e2e_test! {
                 (Method::POST, format!("/v1/sandboxes/{id}/keepalive"), Some("{nope".to_owned())),
                 (Method::POST, "/v1/sandboxes".to_owned(), Some("{\"vcpus\":".to_owned())),
                 (Method::POST, "/v1/sandboxes".to_owned(), Some("{\"vcpus\": 0}".to_owned())),
-                (Method::POST, "/v1/sandboxes".to_owned(), Some("{\"template\": \"nope\"}".to_owned())),
                 (Method::POST, "/v1/sandboxes".to_owned(), Some("{\"env\": {\"1X\": \"a\"}}".to_owned())),
                 (Method::GET, "/v1/sandboxes?status=bogus".to_owned(), None),
             ] {
@@ -121,6 +120,9 @@ e2e_test! {
                 assert_eq!(s, StatusCode::BAD_REQUEST, "{m} {path}: {v}");
                 assert_eq!(v["error"]["code"], "invalid_request", "{v}");
             }
+            // A well-formed template name that does not exist: 404, nothing written either.
+            let (s, v) = sys.call(Method::POST, "/v1/sandboxes", Some(&key), Some(json!({"template": "nope"}))).await;
+            assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{v}");
             assert_eq!(sys.counts().await, counts, "refused requests wrote nothing");
             let (_, still) = sys.call(Method::GET, &format!("/v1/sandboxes/{id}"), Some(&key), None).await;
             assert_eq!(still["status"], "running");
@@ -429,14 +431,14 @@ e2e_test! {
                 assert_eq!(v["stdout"].as_str().map(str::trim), Some(n.to_string().as_str()), "{v}");
             }
             let (s, v) = sys.call(Method::POST, "/v1/sandboxes", Some(&key), Some(json!({"template": "snap", "memory_mb": 512}))).await;
-            assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+            assert_eq!(s, StatusCode::CONFLICT, "the template's shape is fixed: {v}");
 
             // Another team neither sees nor uses it, nor deletes it.
             let (_, key_b, _) = sys.signup("mallory@example.com").await;
             let (_, v) = sys.call(Method::GET, "/v1/snapshots", Some(&key_b), None).await;
             assert_eq!(v["templates"], json!([]), "{v}");
             let (s, v) = sys.call(Method::POST, "/v1/sandboxes", Some(&key_b), Some(json!({"template": "snap"}))).await;
-            assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+            assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
             let (s, _) = sys.call(Method::DELETE, "/v1/snapshots/snap?force=true", Some(&key_b), None).await;
             assert_eq!(s, StatusCode::NOT_FOUND);
 
@@ -466,7 +468,7 @@ e2e_test! {
                 assert_eq!(v["stdout"].as_str().map(str::trim), Some(n.to_string().as_str()), "{v}");
             }
             let (s, v) = sys.call(Method::POST, "/v1/sandboxes", Some(&key), Some(json!({"template": "snap"}))).await;
-            assert_eq!(s, StatusCode::BAD_REQUEST, "deleted: {v}");
+            assert_eq!(s, StatusCode::NOT_FOUND, "deleted: {v}");
             for id in clones.iter().chain([&src]) {
                 let (s, _) = sys.call(Method::DELETE, &format!("/v1/sandboxes/{id}"), Some(&key), None).await;
                 assert_eq!(s, StatusCode::NO_CONTENT);
