@@ -359,7 +359,13 @@ e2e_test! {
             // The command's output, not the terminal's echo of the typed line.
             pty_until(&mut ws, |t| t.contains("pty-ok\r\n") && t.contains("30 100")).await;
             send(&mut ws, json!({"type": "input", "data": "%%%"})).await;
-            let f = recv(&mut ws).await.expect("error frame");
+            // The shell's output may still be arriving (the rest of a line, the prompt).
+            let f = loop {
+                let f = recv(&mut ws).await.expect("error frame");
+                if f["type"] != "output" {
+                    break f;
+                }
+            };
             assert_eq!((f["type"].as_str(), f["fatal"].as_bool()), (Some("error"), Some(false)), "{f}");
             ws.close(None).await.expect("close");
 
