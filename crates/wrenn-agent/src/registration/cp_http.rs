@@ -76,7 +76,7 @@ impl CpClient {
                 })?;
                 (Some(Arc::new(super::tls_config(trust)?)), 443)
             }
-            Some("http") if is_loopback(&host) => (None, 80),
+            Some("http") if wrenn_tls::is_loopback_host(&host) => (None, 80),
             Some("http") => {
                 return Err(RegistrationError::PlainCpUrl {
                     url: url.to_owned(),
@@ -150,11 +150,4 @@ impl CpClient {
     pub fn base(&self) -> &str {
         &self.base
     }
-}
-
-fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }

@@ -81,7 +81,7 @@ async fn beat_loop(
     // A beat that hangs (a link dropping packets) counts as missed within about one
     // interval, so a cut-off agent notices after ~N intervals, not N × the call timeout.
     let timeout = interval.clamp(Duration::from_secs(2), CP_CALL_TIMEOUT);
-    let client = match super::cp_client(&creds.cp_url, creds.cp_trust.as_ref(), timeout) {
+    let client = match super::CpClient::new(&creds.cp_url, creds.cp_trust.as_ref(), timeout) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "heartbeat HTTP client");

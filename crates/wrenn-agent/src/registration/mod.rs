@@ -28,6 +28,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::CpVerifier;
+pub use cp_http::CpClient;
 use crate::config::AgentConfig;
 
 /// File name of the credentials under the files root.
@@ -149,16 +150,6 @@ fn tls_config(trust: &CpTrust) -> Result<rustls::ClientConfig, RegistrationError
             c
         }
     })
-}
-
-/// A client for the control plane at `url`: HTTPS with `trust`, or plain HTTP to a loopback
-/// address (`wrenn up`, tests).
-pub fn cp_client(
-    url: &str,
-    trust: Option<&CpTrust>,
-    timeout: Duration,
-) -> Result<cp_http::CpClient, RegistrationError> {
-    cp_http::CpClient::new(url, trust, timeout)
 }
 
 /// What the control plane gave us at registration (and updates on refresh).
@@ -295,7 +286,7 @@ pub async fn resolve(
 
 fn from_credentials(creds: Credentials) -> Result<Identity, RegistrationError> {
     // Refuse at start, not at the first heartbeat: a URL and trust that cannot work.
-    cp_client(&creds.cp_url, creds.cp_trust.as_ref(), CP_CALL_TIMEOUT)?;
+    CpClient::new(&creds.cp_url, creds.cp_trust.as_ref(), CP_CALL_TIMEOUT)?;
     Ok(Identity {
         host_id: creds.host_id.clone(),
         verifier: CpVerifier::from_public_pem(&creds.cp_public_key)?,
@@ -330,7 +321,7 @@ async fn register(
         "tls_fingerprint": rpc_fingerprint,
         "specs": specs(),
     });
-    let client = cp_client(cp_url, trust.as_ref(), CP_CALL_TIMEOUT)?;
+    let client = CpClient::new(cp_url, trust.as_ref(), CP_CALL_TIMEOUT)?;
     let resp = post(&client, cp_url, "/v1/hosts/register", &body, "registration").await?;
     Ok(resp.into_credentials(cp_url, trust))
 }
@@ -341,7 +332,7 @@ pub async fn refresh(creds: &Credentials) -> Result<Credentials, RegistrationErr
         "host_id": creds.host_id,
         "refresh_token": creds.refresh_token,
     });
-    let client = cp_client(&creds.cp_url, creds.cp_trust.as_ref(), CP_CALL_TIMEOUT)?;
+    let client = CpClient::new(&creds.cp_url, creds.cp_trust.as_ref(), CP_CALL_TIMEOUT)?;
     let resp = post(
         &client,
         &creds.cp_url,
@@ -479,24 +470,24 @@ mod tests {
             "http://[::1]:1",
             "http://localhost:9",
         ] {
-            assert!(cp_client(ok, None, t).is_ok(), "{ok}");
+            assert!(CpClient::new(ok, None, t).is_ok(), "{ok}");
         }
         assert!(matches!(
-            cp_client("http://10.0.0.1:8080", None, t),
+            CpClient::new("http://10.0.0.1:8080", None, t),
             Err(RegistrationError::PlainCpUrl { .. })
         ));
         assert!(matches!(
-            cp_client("https://10.0.0.1:8080", None, t),
+            CpClient::new("https://10.0.0.1:8080", None, t),
             Err(RegistrationError::NoCpTrust { .. })
         ));
         let fp = CpTrust::Fingerprint(wrenn_tls::fingerprint(b"c"));
-        assert!(cp_client("https://10.0.0.1:8080", Some(&fp), t).is_ok());
+        assert!(CpClient::new("https://10.0.0.1:8080", Some(&fp), t).is_ok());
         assert!(matches!(
-            cp_client("ftp://10.0.0.1", Some(&fp), t),
+            CpClient::new("ftp://10.0.0.1", Some(&fp), t),
             Err(RegistrationError::BadCpUrl { .. })
         ));
         let not_pem = CpTrust::Ca("nothing".into());
-        assert!(cp_client("https://cp.example", Some(&not_pem), t).is_err());
+        assert!(CpClient::new("https://cp.example", Some(&not_pem), t).is_err());
     }
 
     #[test]

@@ -69,54 +69,48 @@ impl Hierarchy {
                 vms: join(Path::new(ROOT), &path).join(VMS),
             });
         }
-        let parent = |controller: &str| {
+        let parent = |controller: &str| -> io::Result<PathBuf> {
+            let mount = Path::new(ROOT).join(controller);
+            if !mount.join("cgroup.procs").exists() {
+                return Err(other(&format!(
+                    "no cgroup v1 {controller} controller at {}",
+                    mount.display()
+                )));
+            }
             let path =
                 own_path(&own, |c| c.split(',').any(|x| x == controller)).unwrap_or_default();
-            join(&Path::new(ROOT).join(controller), &path).join(VMS)
+            Ok(join(&mount, &path).join(VMS))
         };
         Ok(Hierarchy::V1 {
-            memory: parent("memory"),
-            cpu: parent("cpu"),
+            memory: parent("memory")?,
+            cpu: parent("cpu")?,
         })
     }
 
-    /// Finds the agent's groups and prepares the parent of the VMs' groups.
+    /// Finds the agent's groups ([`Hierarchy::discover`]) and prepares the parent of the VMs'
+    /// groups.
     pub fn setup() -> io::Result<Hierarchy> {
-        let own = std::fs::read_to_string("/proc/self/cgroup")?;
-        if Path::new(ROOT).join("cgroup.controllers").exists() {
-            let path = own_path(&own, |c| c.is_empty())
-                .ok_or_else(|| other("no cgroup v2 entry in /proc/self/cgroup"))?;
-            let base = join(Path::new(ROOT), &path);
-            // The agent leaves the group it was started in: that group delegates to its
-            // children and may hold no process itself (v2's "no internal processes").
-            let agent = base.join("agent");
-            std::fs::create_dir_all(&agent)?;
-            std::fs::write(agent.join("cgroup.procs"), std::process::id().to_string())?;
-            std::fs::write(base.join("cgroup.subtree_control"), "+memory +cpu")?;
-            let vms = base.join(VMS);
-            std::fs::create_dir_all(&vms)?;
-            std::fs::write(vms.join("cgroup.subtree_control"), "+memory +cpu")?;
-            Ok(Hierarchy::V2 { vms })
-        } else {
-            let parent = |controller: &str| -> io::Result<PathBuf> {
-                let mount = Path::new(ROOT).join(controller);
-                if !mount.join("cgroup.procs").exists() {
-                    return Err(other(&format!(
-                        "no cgroup v1 {controller} controller at {}",
-                        mount.display()
-                    )));
-                }
-                let path =
-                    own_path(&own, |c| c.split(',').any(|x| x == controller)).unwrap_or_default();
-                let dir = join(&mount, &path).join(VMS);
-                std::fs::create_dir_all(&dir)?;
-                Ok(dir)
-            };
-            Ok(Hierarchy::V1 {
-                memory: parent("memory")?,
-                cpu: parent("cpu")?,
-            })
+        let h = Self::discover()?;
+        match &h {
+            Hierarchy::V2 { vms } => {
+                let base = vms
+                    .parent()
+                    .ok_or_else(|| other("the VMs' group has no parent"))?;
+                // The agent leaves the group it was started in: that group delegates to its
+                // children and may hold no process itself (v2's "no internal processes").
+                let agent = base.join("agent");
+                std::fs::create_dir_all(&agent)?;
+                std::fs::write(agent.join("cgroup.procs"), std::process::id().to_string())?;
+                std::fs::write(base.join("cgroup.subtree_control"), "+memory +cpu")?;
+                std::fs::create_dir_all(vms)?;
+                std::fs::write(vms.join("cgroup.subtree_control"), "+memory +cpu")?;
+            }
+            Hierarchy::V1 { memory, cpu } => {
+                std::fs::create_dir_all(memory)?;
+                std::fs::create_dir_all(cpu)?;
+            }
         }
+        Ok(h)
     }
 
     /// Makes (or reuses) the group named `name` with `limits`.

@@ -278,13 +278,9 @@ fn is_loopback(address: &str) -> bool {
         Err(_) => address
             .parse::<Uri>()
             .ok()
-            .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_owned())),
+            .and_then(|u| u.host().map(str::to_owned)),
     };
-    host.is_some_and(|h| {
-        h.eq_ignore_ascii_case("localhost")
-            || h.parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    })
+    host.is_some_and(|h| wrenn_tls::is_loopback_host(&h))
 }
 
 /// A team's (BYOC) host address, on top of [`address`]: the control plane calls it, so a
