@@ -245,7 +245,14 @@ impl Fleet {
     }
 
     /// Starts host `i`'s agent against replica `replica`, registering with `token`.
-    fn start_agent(&mut self, i: usize, replica: usize, token: &str, pause_after: u32) {
+    fn start_agent(
+        &mut self,
+        i: usize,
+        replica: usize,
+        token: &str,
+        pause_after: u32,
+        extra: &[String],
+    ) {
         let h = &self.hosts[i];
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wrenn"));
         cmd.arg("agent")
@@ -260,6 +267,7 @@ impl Fleet {
             .args(["--net-prefix", &h.prefix, "--accel", "tcg"])
             .args(["--heartbeat-secs", "1"])
             .args(["--pause-after-missed-heartbeats", &pause_after.to_string()])
+            .args(extra)
             .env("AGENT_REGISTER_TOKEN", token);
         let child = spawn_in(cmd, Some(&h.ns));
         self.hosts[i].agent = Some(child);
@@ -457,6 +465,16 @@ impl Drop for Fleet {
     }
 }
 
+/// This machine's memory in MiB, as the agents read it.
+fn memtotal_mib() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").expect("/proc/meminfo");
+    info.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("MemTotal")
+        / 1024
+}
+
 fn id_of(v: &Value) -> String {
     v["id"]
         .as_str()
@@ -553,8 +571,14 @@ fn two_replicas_three_hosts_byoc_link_cuts_and_retirement() {
     });
 
     // Agents: host 1 never pauses on its own; host 2 pauses after 3 missed heartbeats.
+    // Host 1 admits guest memory for two 256 MiB sandboxes, not three.
+    let host1_memory = [
+        "--memory-overcommit".to_owned(),
+        format!("{}", 700.5 / memtotal_mib() as f64),
+    ];
     for (i, (replica, pause_after)) in [(0, 0), (1, 3), (0, 0)].into_iter().enumerate() {
-        fleet.start_agent(i, replica, &tokens[i].0, pause_after);
+        let extra: &[String] = if i == 0 { &host1_memory } else { &[] };
+        fleet.start_agent(i, replica, &tokens[i].0, pause_after, extra);
         fleet.hosts[i].id = tokens[i].1.clone();
     }
     rt.block_on(async {
@@ -653,6 +677,24 @@ fn two_replicas_three_hosts_byoc_link_cuts_and_retirement() {
             "team B only on its own host: {s}"
         );
     }
+    // Host 1 is full (its agent reports a 700 MiB limit, two 256 MiB sandboxes run there):
+    // the next creates go to host 2, through either replica, at the same time.
+    rt.block_on(async {
+        let v = fleet
+            .ok(0, Method::GET, &format!("/v1/hosts/{h1}"), &admin, None)
+            .await;
+        assert_eq!(v["capacity"]["memory_limit_mib"], 700, "{v}");
+        let on_h1 = a_sbs.iter().filter(|s| s["host_id"] == h1.as_str()).count();
+        assert_eq!(on_h1, 2, "two of four on host 1: {a_sbs:?}");
+        let more = futures::future::join_all((0..2).map(|n| create(n % 2, &key_a))).await;
+        for s in &more {
+            assert_eq!(s["host_id"], h2.as_str(), "a full host is passed over: {s}");
+            let (st, v) = fleet
+                .call(0, Method::DELETE, &format!("/v1/sandboxes/{}", id_of(s)), &key_a, None)
+                .await;
+            assert!(st.is_success(), "{v}");
+        }
+    });
     let on = |h: &str| -> Vec<String> {
         a_sbs
             .iter()

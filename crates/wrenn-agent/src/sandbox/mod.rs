@@ -216,6 +216,11 @@ pub struct Capacity {
     pub disk_free_mib: u64,
     /// Sandboxes with a VM.
     pub sandboxes: u64,
+    /// What this host admits in total (see [`admission`]): the scheduler places a sandbox
+    /// only where it fits under these, so a full host is passed over rather than refusing.
+    pub vcpus_limit: u64,
+    pub memory_limit_mib: u64,
+    pub min_free_disk_mib: u64,
 }
 
 impl Manager {
@@ -342,6 +347,9 @@ impl Manager {
             memory_allocated_mib: memory,
             disk_free_mib: pause::free_bytes(&self.cfg.root).unwrap_or(0) / (1024 * 1024),
             sandboxes: n,
+            vcpus_limit: self.limits.vcpus,
+            memory_limit_mib: self.limits.memory_mib,
+            min_free_disk_mib: self.limits.min_free_disk_mib,
         }
     }
 

@@ -91,6 +91,14 @@ pub struct HostCapacity {
     pub disk_free_mib: u64,
     /// Sandboxes with a VM.
     pub sandboxes: u64,
+    /// What the agent admits in total (vCPUs and guest memory after its overcommit, the free
+    /// space it keeps on its files root); absent from agents that predate admission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_free_disk_mib: Option<u64>,
 }
 
 /// A host the scheduler may place on, with what the database knows of its load.

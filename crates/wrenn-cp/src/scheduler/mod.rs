@@ -12,6 +12,11 @@
 //!   sandboxes, then the one this process picked least recently, so a burst of creates
 //!   spreads instead of piling onto one host. A host that never reported ranks as full.
 //! - `round-robin`: the hosts in ID order, each pick the next after the previous one.
+//!
+//! Either way a host is a candidate only while the sandbox fits under the limits its agent
+//! reported (its admission: overcommitted vCPUs and memory, free disk kept), counting the
+//! sandboxes placed since the report; the agent still has the last word, and a create it
+//! refuses for room is placed again elsewhere (`api::sandboxes`), excluding that host.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -71,33 +76,80 @@ impl Scheduler {
         Scheduler { strategy }
     }
 
-    /// The host for a new sandbox of `team`; 503 `no_hosts_available` when none is online.
-    /// `only`: the hosts that hold what the sandbox starts from (a snapshot template lives on
-    /// the host that made it); `None`: any host.
+    /// The host for a new sandbox of `team` and size `need`; 503 `no_hosts_available` when
+    /// no online host has room for it. `only`: the hosts that hold what the sandbox starts
+    /// from (a snapshot template lives on the host that made it); `None`: any host.
+    /// `except`: hosts that already refused this sandbox.
     pub async fn pick(
         &self,
         db: &Db,
         team: &Team,
+        need: Need,
         only: Option<&[String]>,
+        except: &[String],
     ) -> Result<Host, ApiError> {
         let scope = team.is_byoc.then_some(team.id.as_str());
-        let candidates = db
-            .schedulable_hosts(scope)
-            .await
-            .map_err(ApiError::internal)?;
-        self.strategy
-            .choose(restrict(candidates, only))
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::NoHostsAvailable,
-                    if only.is_some() {
-                        "no host that holds the template is available to run the sandbox"
-                    } else {
-                        "no host is available to run the sandbox"
-                    },
+        let mut candidates = restrict(
+            db.schedulable_hosts(scope)
+                .await
+                .map_err(ApiError::internal)?,
+            only,
+        );
+        candidates.retain(|c| !except.contains(&c.host.id));
+        let online = candidates.len();
+        candidates.retain(|c| fits(c, need));
+        self.strategy.choose(candidates).ok_or_else(|| {
+            let msg = if online > 0 {
+                format!(
+                    "no host has room for a sandbox of {} vCPUs and {} MiB now; retry later or ask for a smaller one",
+                    need.vcpus, need.memory_mib
                 )
-            })
+            } else if only.is_some() {
+                "no host that holds the template is available to run the sandbox".to_owned()
+            } else {
+                "no host is available to run the sandbox".to_owned()
+            };
+            ApiError::new(ErrorCode::NoHostsAvailable, msg)
+        })
     }
+}
+
+/// The size of the sandbox to place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Need {
+    pub vcpus: i64,
+    pub memory_mib: i64,
+}
+
+/// Whether a sandbox of `need` fits under the limits `c`'s agent reported, with what was
+/// placed there since. A host that reported no limits (an older agent, or no report yet) is
+/// left to decide for itself.
+fn fits(c: &Candidate, need: Need) -> bool {
+    let Some(cap) = c.host.reported_capacity() else {
+        return true;
+    };
+    let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let under = |limit: Option<u64>, allocated: u64, unreported: i64, want: i64| {
+        limit.is_none_or(|l| {
+            signed(allocated)
+                .saturating_add(unreported)
+                .saturating_add(want)
+                <= signed(l)
+        })
+    };
+    under(
+        cap.vcpus_limit,
+        cap.vcpus_allocated,
+        c.unreported_vcpus,
+        need.vcpus,
+    ) && under(
+        cap.memory_limit_mib,
+        cap.memory_allocated_mib,
+        c.unreported_memory_mib,
+        need.memory_mib,
+    ) && cap
+        .min_free_disk_mib
+        .is_none_or(|min| cap.disk_free_mib >= min)
 }
 
 /// Headroom of a candidate in percent (may be negative: overcommitted); `None` when its agent
@@ -224,6 +276,7 @@ mod tests {
             memory_allocated_mib: mem,
             disk_free_mib: 10_000,
             sandboxes: vcpus,
+            ..Default::default()
         };
         let mut c = cand(id, 0);
         c.host.capacity = serde_json::to_value(cap).unwrap();
@@ -292,6 +345,36 @@ mod tests {
         assert_eq!(headroom_pct(&cand("z", 0)), None);
         assert_eq!(headroom_pct(&reported("q", 2, 1024)), Some(50));
         assert_eq!(headroom_pct(&reported("q", 6, 1024)), Some(-50));
+    }
+
+    #[test]
+    fn a_host_is_a_candidate_only_while_the_sandbox_fits_its_reported_limits() {
+        let need = |vcpus, memory_mib| Need { vcpus, memory_mib };
+        // Limits: 8 vCPUs, 2048 MiB, 1000 MiB kept free (10,000 free).
+        let limited = |vcpus: u64, mem: u64| {
+            let mut c = reported("a", vcpus, mem);
+            c.host.capacity["vcpus_limit"] = 8.into();
+            c.host.capacity["memory_limit_mib"] = 2048.into();
+            c.host.capacity["min_free_disk_mib"] = 1000.into();
+            c
+        };
+        assert!(fits(&limited(6, 1024), need(2, 1024)), "exactly at both limits");
+        assert!(!fits(&limited(7, 1024), need(2, 256)), "one vCPU over");
+        assert!(!fits(&limited(2, 1800), need(1, 256)), "memory over");
+        // Sandboxes placed since the report count.
+        let mut busy = limited(0, 0);
+        busy.unreported_vcpus = 7;
+        assert!(!fits(&busy, need(2, 256)));
+        busy.unreported_vcpus = 0;
+        busy.unreported_memory_mib = 2000;
+        assert!(!fits(&busy, need(1, 256)));
+        // Below the disk floor nothing fits.
+        let mut low = limited(0, 0);
+        low.host.capacity["disk_free_mib"] = 999.into();
+        assert!(!fits(&low, need(1, 128)));
+        // No limits reported (an older agent, or no report yet): the agent decides.
+        assert!(fits(&reported("b", 100, 100_000), need(8, 8192)));
+        assert!(fits(&cand("c", 50), need(8, 8192)));
     }
 
     #[test]

@@ -43,6 +43,7 @@ use crate::db::{
 use crate::error::ErrorBody;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::ids::SandboxId;
+use crate::scheduler::Need;
 use crate::server::AppState;
 
 pub use reconcile::{LostCreates, RECONCILE_INTERVAL, reconcile_host, run_reconciler};
@@ -648,26 +649,64 @@ async fn create_placed(
         Some(t) => Some(st.db.template_hosts(t).await.map_err(db_err)?),
         None => None,
     };
-    let host = st.scheduler.pick(&st.db, &team, holders.as_deref()).await?;
-    let agent = st.agents.agent(&host).map_err(ApiError::from)?;
+    let placing = Placing {
+        team,
+        holders,
+        need: Need {
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mb,
+        },
+    };
+    let (host, agent) = placing.pick(st, &[]).await?;
     let state = st.clone();
     let actor = Actor::from(auth);
     // Detached from the request: runs to the end (row settled, VM kept or removed) even if
     // the client disconnects and this handler's future is dropped.
-    let task =
-        tokio::spawn(async move { create_on_host(&state, spec, &host, &agent, &actor).await });
+    let task = tokio::spawn(async move {
+        create_on_host(&state, spec, host, agent, &actor, &placing).await
+    });
     match task.await {
         Ok(r) => r,
         Err(e) => Err(ApiError::internal(e)),
     }
 }
 
+/// What placing a new sandbox needs, kept to place it again when a host refuses it.
+struct Placing {
+    team: crate::db::Team,
+    holders: Option<Vec<String>>,
+    need: Need,
+}
+
+impl Placing {
+    /// A host with room (none of `except`) and its client.
+    async fn pick(&self, st: &AppState, except: &[String]) -> Result<(Host, Agent), ApiError> {
+        let host = st
+            .scheduler
+            .pick(
+                &st.db,
+                &self.team,
+                self.need,
+                self.holders.as_deref(),
+                except,
+            )
+            .await?;
+        let agent = st.agents.agent(&host).map_err(ApiError::from)?;
+        Ok((host, agent))
+    }
+}
+
+/// Hosts one create tries before it answers that none has room: an agent refuses only when
+/// its room went since its last report, so a second or third host is nearly always enough.
+const PLACEMENT_ATTEMPTS: usize = 3;
+
 async fn create_on_host(
     st: &AppState,
     spec: CreateSpec,
-    host: &Host,
-    agent: &Agent,
+    mut host: Host,
+    mut agent: Agent,
     actor: &Actor,
+    placing: &Placing,
 ) -> Result<(Sandbox, String), ApiError> {
     // Made before anything exists, so a failure here leaves nothing to undo.
     let traffic = if spec.public_traffic {
@@ -717,22 +756,38 @@ async fn create_on_host(
         ..Default::default()
     };
     let started = std::time::Instant::now();
-    let created = agent
-        .rpc()
-        .create_sandbox_with_options(req, agent.opts_timeout(CREATE_TIMEOUT))
-        .await
-        .map(|r| r.into_owned());
-    let resp = match created {
-        Ok(r) => r,
-        Err(e) => {
-            let e = agent.err(e);
-            // A timeout or a dropped connection may hide a VM the agent finished anyway.
-            destroy_best_effort(agent, &sb.id).await;
-            return Err(fail(st, &sb, e).await);
+    let mut refused = Vec::new();
+    let resp = loop {
+        let created = agent
+            .rpc()
+            .create_sandbox_with_options(req.clone(), agent.opts_timeout(CREATE_TIMEOUT))
+            .await
+            .map(|r| r.into_owned());
+        let e = match created {
+            Ok(r) => break r,
+            Err(e) => agent.err(e),
+        };
+        if is_full(&e) && refused.len() + 1 < PLACEMENT_ATTEMPTS {
+            // The host's admission refused it before making anything: place it elsewhere.
+            refused.push(host.id.clone());
+            tracing::info!(sandbox = %sb.id, host = %host.id, "host has no room; placing the sandbox again");
+            if let Ok((next, next_agent)) = placing.pick(st, &refused).await {
+                let moved = SandboxPatch {
+                    host_id: Some(&next.id),
+                    ..Default::default()
+                };
+                if st.db.update_sandbox(&sb.id, moved).await.is_ok() {
+                    (host, agent) = (next, next_agent);
+                    continue;
+                }
+            }
         }
+        // A timeout or a dropped connection may hide a VM the agent finished anyway.
+        destroy_best_effort(&agent, &sb.id).await;
+        return Err(fail(st, &sb, e).await);
     };
     let Some(info) = resp.sandbox.as_option().cloned() else {
-        destroy_best_effort(agent, &sb.id).await;
+        destroy_best_effort(&agent, &sb.id).await;
         mark_create_failed(st, &sb.id, "host agent returned no sandbox").await;
         return Err(ApiError::new(
             crate::error::ErrorCode::AgentError,
@@ -764,13 +819,13 @@ async fn create_on_host(
         Err(DbError::Conflict { current, .. }) => {
             // Deleted while booting: the delete only flipped the row; the VM is ours to remove.
             tracing::info!(sandbox = %sb.id, status = %current, "sandbox deleted during create; destroying its VM");
-            destroy_best_effort(agent, &sb.id).await;
+            destroy_best_effort(&agent, &sb.id).await;
             Err(ApiError::invalid_state(format!(
                 "sandbox was {current} while it was being created"
             )))
         }
         Err(e) => {
-            destroy_best_effort(agent, &sb.id).await;
+            destroy_best_effort(&agent, &sb.id).await;
             mark_create_failed(st, &sb.id, "control plane could not record the sandbox").await;
             Err(db_err(e))
         }
@@ -811,9 +866,14 @@ async fn mark_create_failed(st: &AppState, id: &str, msg: &str) {
 /// How often (every 2 s) [`mark_create_failed`] retries.
 const FAILED_CREATE_RETRIES: usize = 60;
 
+/// Whether the agent refused for room (its admission: CPU/memory overcommit, free disk).
+fn is_full(e: &AgentError) -> bool {
+    e.code() == Some(connectrpc::ErrorCode::ResourceExhausted)
+}
+
 /// Records a failed create on the row and returns the caller's error.
 async fn fail(st: &AppState, sb: &Sandbox, e: AgentError) -> ApiError {
-    let full = e.code() == Some(connectrpc::ErrorCode::ResourceExhausted);
+    let full = is_full(&e);
     let api = if full {
         // The host's admission (CPU/memory overcommit, free disk) refused it: no host fits.
         tracing::warn!(sandbox = %sb.id, error = %e, "host has no room");
