@@ -76,6 +76,11 @@ pub struct AgentConfig {
     /// Network slots (sandboxes at once).
     #[arg(long, env = "AGENT_MAX_SANDBOXES", default_value_t = 1024)]
     pub max_sandboxes: u32,
+    /// QEMU of network slot N runs as user and group `vm-uid-base + N` (no account needed):
+    /// each VM its own unprivileged user. The range must belong to no one else on the host;
+    /// agents sharing a machine need ranges of their own.
+    #[arg(long, env = "AGENT_VM_UID_BASE", default_value_t = 2_000_000_000, value_parser = parse_uid_base)]
+    pub vm_uid_base: u32,
     /// vCPUs admitted per host CPU: sandboxes are created or resumed only while the sum of
     /// their vCPUs stays within CPUs × this.
     #[arg(long, env = "AGENT_CPU_OVERCOMMIT", default_value_t = 8.0, value_parser = parse_factor)]
@@ -95,6 +100,16 @@ pub struct AgentConfig {
     /// Test hook: fail create at the named step (overlay, slot, network, boot, health, init).
     #[arg(long, env = "AGENT_FAILPOINT", hide = true)]
     pub failpoint: Option<String>,
+}
+
+fn parse_uid_base(s: &str) -> Result<u32, String> {
+    // Above the system and login ranges, and room for every slot below 2^31 (some tools
+    // treat larger IDs as negative).
+    let max = (1u32 << 31) - 1 - crate::network::MAX_SLOTS_LIMIT;
+    match s.parse::<u32>() {
+        Ok(b) if (100_000..=max).contains(&b) => Ok(b),
+        _ => Err(format!("'{s}' is not a user ID between 100000 and {max}")),
+    }
 }
 
 fn parse_factor(s: &str) -> Result<f64, String> {

@@ -7,7 +7,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{NetnsGuard, VmGuard, pid_alive, rss_kib, serial, spec, wait_serial};
+use support::{
+    NetnsGuard, TEST_UID, VmGuard, pid_alive, rss_kib, serial, spec, wait_serial,
+};
 use tokio::sync::broadcast;
 use wrenn_agent::storage::{allocated_bytes, create_overlay};
 use wrenn_agent::vmm::{QemuVmm, StateKind, VmEvent, VmStatus, Vmm, VmmError};
@@ -61,6 +63,22 @@ async fn boot_serial_status_destroy() {
         .parse()
         .unwrap();
     assert_ne!(ppid, std::process::id());
+    // Set up as root, then running as its own user with no capability left.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vm.pid)).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap()
+    };
+    let id = TEST_UID.to_string();
+    let all = [id.as_str(); 4].join(" ");
+    assert_eq!(field("Uid:"), all, "{status}");
+    assert_eq!(field("Gid:"), all, "{status}");
+    assert_eq!(field("Groups:"), id, "{status}");
+    assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
+    assert_eq!(field("CapPrm:"), "0000000000000000", "{status}");
 
     wait_serial(&vm.run_dir, GUEST_BOOT, |l| !l.is_empty()).await;
     let first_line = t0.elapsed();

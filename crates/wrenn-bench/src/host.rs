@@ -224,6 +224,7 @@ impl Floor {
             run_dir: dir.join("run"),
             accel: Accel::Tcg,
             memory_file: None,
+            uid: None,
         };
         std::fs::create_dir_all(&spec.run_dir)?;
         let mut cmd = tokio::process::Command::new("qemu-system-x86_64");

@@ -266,6 +266,27 @@ fn four_sandboxes_are_isolated() {
             ids.push(s.sandbox_id.clone());
             ips.push(s.host_ip.clone());
         }
+        // Each VM's QEMU runs as a user of its own, without root or any capability: a guest
+        // that broke out of one could neither signal nor read another.
+        let mut uids = std::collections::BTreeSet::new();
+        for pid in env.qemu_pids() {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+            let line = |k: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .unwrap_or_else(|| panic!("{k} in {status}"))
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            };
+            let ids_of = line("Uid:");
+            assert!(ids_of.iter().all(|u| u == &ids_of[0] && u != "0"), "QEMU {pid}: {status}");
+            assert_eq!(line("Gid:"), ids_of, "QEMU {pid}: {status}");
+            assert_eq!(line("CapEff:"), ["0000000000000000"], "QEMU {pid}: {status}");
+            uids.insert(ids_of[0].clone());
+        }
+        assert_eq!(uids.len(), 4, "one user per VM: {uids:?}");
         // A file written in one is absent from the others.
         let (_, _, code) = sh(&c, &ids[0], "echo secret > /home/user/only-here").await;
         assert_eq!(code, 0);

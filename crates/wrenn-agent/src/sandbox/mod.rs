@@ -527,6 +527,11 @@ impl Manager {
 
     /// A network slot and its network for a VM that is no sandbox (a warm base or a snapshot
     /// being made); [`Manager::drop_scratch_net`] gives it back.
+    /// The user the VM on network slot `slot` runs as (see `AgentConfig::vm_uid_base`).
+    fn vm_uid(&self, slot: u32) -> u32 {
+        self.cfg.vm_uid_base.saturating_add(slot)
+    }
+
     async fn scratch_net(&self) -> Result<SandboxNet, BackendError> {
         let slot = self.slots.alloc().ok_or_else(|| {
             BackendError::ResourceExhausted("no free network slot on this host".into())
@@ -675,6 +680,7 @@ impl Manager {
                     path: building.join(warm::MEMORY),
                     shared: true,
                 }),
+                uid: Some(self.vm_uid(net.slot)),
             };
             let saved = async {
                 let vm = {
@@ -841,6 +847,7 @@ impl Manager {
                 path: b.memory(),
                 shared: false,
             }),
+            uid: Some(self.vm_uid(slot)),
         };
         let vm = {
             let _permit = self

@@ -280,6 +280,7 @@ impl Manager {
             // The full state carries every page: a clone no longer needs its base's RAM file
             // (which may be gone: a snapshot template deleted, a warm base collected).
             memory_file: None,
+            uid: Some(self.vm_uid(slot)),
             ..saved
         };
         let vm = {

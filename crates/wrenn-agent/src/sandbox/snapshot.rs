@@ -132,6 +132,7 @@ impl Manager {
                     path: building.join(warm::MEMORY),
                     shared: true,
                 }),
+                uid: Some(self.vm_uid(net.slot)),
                 ..saved
             };
             let converted = async {

@@ -298,6 +298,7 @@ mod tests {
                 run_dir: "/r".into(),
                 accel: Accel::Tcg,
                 memory_file: None,
+                uid: None,
             },
             envd_token: None,
             default_user: None,

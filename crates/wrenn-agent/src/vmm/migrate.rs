@@ -1,7 +1,9 @@
 //! A VM's saved state as QEMU's migration stream in a file: `save` writes a stopped VM's
 //! device state and RAM, `load` feeds the file to a QEMU started with `-incoming defer`.
-//! QEMU 7.2 (Debian 12) has no `file:` URI yet, so the stream goes through `exec:cat`.
+//! The agent opens the file and passes QEMU the descriptor (`fd:` URI): QEMU runs as an
+//! unprivileged user that cannot reach the agent's files (and QEMU 7.2 has no `file:` URI).
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,9 +21,12 @@ pub(crate) fn deadline(memory_mb: u32) -> Duration {
     Duration::from_secs(60 + u64::from(memory_mb) / 16)
 }
 
-/// `path` as one single-quoted shell word.
-fn sh_quote(path: &Path) -> String {
-    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+/// The name the state file's descriptor goes by in QEMU (`getfd`); QEMU drops it once the
+/// migration took it.
+const FD_NAME: &str = "wrenn-state";
+
+fn open_error(path: &Path, e: std::io::Error) -> VmmError {
+    VmmError::Migration(format!("{}: {e}", path.display()))
 }
 
 /// Writes the stopped VM's state to `path` (created or truncated) and waits until done.
@@ -37,11 +42,16 @@ pub(crate) async fn save(
         Some(json!({ "max-bandwidth": MAX_BANDWIDTH })),
     )
     .await?;
-    qmp.execute(
-        "migrate",
-        Some(json!({ "uri": format!("exec:cat > {}", sh_quote(path)) })),
-    )
-    .await?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| open_error(path, e))?;
+    qmp.pass_fd(FD_NAME, &file).await?;
+    qmp.execute("migrate", Some(json!({ "uri": format!("fd:{FD_NAME}") })))
+        .await?;
     wait_completed(qmp, deadline(memory_mb)).await
 }
 
@@ -53,9 +63,11 @@ pub(crate) async fn load(
     kind: StateKind,
 ) -> Result<(), VmmError> {
     set_kind(qmp, kind).await?;
+    let file = std::fs::File::open(path).map_err(|e| open_error(path, e))?;
+    qmp.pass_fd(FD_NAME, &file).await?;
     qmp.execute(
         "migrate-incoming",
-        Some(json!({ "uri": format!("exec:cat {}", sh_quote(path)) })),
+        Some(json!({ "uri": format!("fd:{FD_NAME}") })),
     )
     .await?;
     wait_completed(qmp, deadline(memory_mb)).await
@@ -94,16 +106,5 @@ async fn wait_completed(qmp: &QmpClient, within: Duration) -> Result<(), VmmErro
             )));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_are_one_shell_word() {
-        assert_eq!(sh_quote(Path::new("/a b/c")), "'/a b/c'");
-        assert_eq!(sh_quote(Path::new("/it's")), r"'/it'\''s'");
     }
 }

@@ -80,6 +80,11 @@ pub struct VmSpec {
     /// Guest RAM backed by this file instead of anonymous memory (warm bases and their clones).
     #[serde(default)]
     pub memory_file: Option<MemoryFile>,
+    /// The unprivileged user (and group, same number) QEMU switches to once it has opened
+    /// its files, TAP and sockets as root: a broken-out guest holds no privilege and cannot
+    /// touch another VM's process. `None`: stays root (driver tests, benchmarks).
+    #[serde(default)]
+    pub uid: Option<u32>,
 }
 
 /// A file guest RAM is mapped from.
@@ -250,6 +255,8 @@ pub enum VmmError {
     Probe(String),
     #[error("VM state transfer {0}")]
     Migration(String),
+    #[error("VM root disk {0}")]
+    Disk(String),
     #[error("saved VM state {path}: {reason}")]
     BadState { path: PathBuf, reason: String },
     #[error(transparent)]

@@ -36,6 +36,8 @@ pub struct QemuVmm {
     grace: Duration,
     /// Where each VM gets its memory/CPU group; `None`: none (tests of the driver alone).
     cgroups: Option<std::sync::Arc<super::cgroup::Hierarchy>>,
+    /// Whether this QEMU has `-run-with user=` (9.1+; `-runas` before), asked once.
+    run_with: std::sync::Arc<tokio::sync::OnceCell<bool>>,
 }
 
 impl Default for QemuVmm {
@@ -57,6 +59,7 @@ impl QemuVmm {
             start_timeout: Duration::from_secs(30),
             grace: Duration::from_secs(3),
             cgroups: None,
+            run_with: Default::default(),
         }
     }
 
@@ -110,9 +113,41 @@ impl QemuVmm {
         Ok(())
     }
 
+    /// The arguments that make QEMU drop to `uid` after its setup.
+    async fn run_as_args(&self, uid: u32) -> Vec<String> {
+        let binary = self.binary.clone();
+        let run_with = *self
+            .run_with
+            .get_or_init(|| async move {
+                tokio::process::Command::new(binary)
+                    .arg("-help")
+                    .stdin(Stdio::null())
+                    .output()
+                    .await
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("-run-with"))
+            })
+            .await;
+        run_as_args(uid, run_with)
+    }
+
     async fn spawn(&self, spec: &VmSpec, extra: &[&str]) -> Result<i32, VmmError> {
         let mut cmd = tokio::process::Command::new(&self.binary);
-        cmd.args(qemu_args(spec))
+        // An unprivileged QEMU gets its disk as descriptors the agent opened: it reopens the
+        // image when it resumes after a restore (read-only until then), which by path it
+        // could not. Kept open until spawn returns: the child inherits them.
+        let (run_as, disk) = match spec.uid {
+            Some(uid) => (
+                self.run_as_args(uid).await,
+                Some(DiskFds::open(&spec.root_disk)?),
+            ),
+            None => (Vec::new(), None),
+        };
+        let args = match &disk {
+            Some(d) => qemu_args_with_disk(spec, &d.path(), &d.args()),
+            None => qemu_args(spec),
+        };
+        cmd.args(args)
+            .args(run_as)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -160,6 +195,22 @@ impl QemuVmm {
                 });
             }
         }
+        if let Some(d) = &disk {
+            let fds = d.raw();
+            // SAFETY: fcntl only, between fork and exec, on descriptors open in the parent.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for fd in fds {
+                        nix::fcntl::fcntl(
+                            BorrowedFd::borrow_raw(fd),
+                            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                        )
+                        .map_err(std::io::Error::from)?;
+                    }
+                    Ok(())
+                });
+            }
+        }
         let out = tokio::time::timeout(self.start_timeout, cmd.output())
             .await
             .map_err(|_| VmmError::StartTimeout(self.start_timeout))?
@@ -168,6 +219,7 @@ impl QemuVmm {
                 source,
             })?;
         drop(netns_file);
+        drop(disk);
         if !out.status.success() {
             self.remove_group(&spec.run_dir).await;
             return Err(VmmError::QemuFailed {
@@ -590,8 +642,65 @@ fn opt(p: &Path) -> String {
 /// RSS after 1,000 `exec`s; a full cache is simply flushed and refilled.
 pub const TCG_TB_SIZE_MB: u32 = 64;
 
+/// `-runas uid:gid` (deprecated since QEMU 9.1) or its successor `-run-with user=uid:gid`.
+/// QEMU changes user after opening everything it was given, before running the guest.
+fn run_as_args(uid: u32, run_with: bool) -> Vec<String> {
+    if run_with {
+        vec!["-run-with".into(), format!("user={uid}:{uid}")]
+    } else {
+        vec!["-runas".into(), format!("{uid}:{uid}")]
+    }
+}
+
+/// A root disk handed to QEMU as an fd set (`-add-fd`, `/dev/fdset/N`): one read-write and one
+/// read-only descriptor, as QEMU picks the one whose access mode matches each open.
+struct DiskFds {
+    rw: std::fs::File,
+    ro: std::fs::File,
+}
+
+/// The fd set the root disk goes in.
+const DISK_FDSET: u32 = 1;
+
+impl DiskFds {
+    fn open(path: &Path) -> Result<DiskFds, VmmError> {
+        let open = |write: bool| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(write)
+                .open(path)
+                .map_err(|e| VmmError::Disk(format!("{}: {e}", path.display())))
+        };
+        Ok(DiskFds {
+            rw: open(true)?,
+            ro: open(false)?,
+        })
+    }
+
+    fn raw(&self) -> [i32; 2] {
+        [self.rw.as_raw_fd(), self.ro.as_raw_fd()]
+    }
+
+    fn path(&self) -> String {
+        format!("/dev/fdset/{DISK_FDSET}")
+    }
+
+    fn args(&self) -> Vec<String> {
+        self.raw()
+            .iter()
+            .flat_map(|fd| ["-add-fd".into(), format!("fd={fd},set={DISK_FDSET}")])
+            .collect()
+    }
+}
+
 /// The full QEMU command line (without the binary) for `spec`, whose paths must be absolute.
 pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
+    qemu_args_with_disk(spec, &opt(&spec.root_disk), &[])
+}
+
+/// [`qemu_args`] with the root disk given as `disk` (QEMU's syntax, commas doubled) after
+/// `before_disk` (e.g. the `-add-fd` its path refers to).
+fn qemu_args_with_disk(spec: &VmSpec, disk: &str, before_disk: &[String]) -> Vec<String> {
     let (machine, accel, cpu) = match spec.accel {
         Accel::Kvm => ("microvm,accel=kvm,pit=on,pic=on,rtc=on", None, "host"),
         Accel::Tcg => (
@@ -608,7 +717,8 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         append.push(' ');
         append.push_str(spec.kernel_args.trim());
     }
-    let mut a: Vec<String> = vec![
+    let mut a: Vec<String> = before_disk.to_vec();
+    a.extend([
         // microvm's ACPI stays on: it is how the guest finds the virtio-mmio devices.
         "-M".into(),
         machine,
@@ -634,13 +744,12 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         // werror/rerror=report: a full host disk is an error the guest sees and QMP reports
         // (BLOCK_IO_ERROR), instead of QEMU's default of silently pausing the VM.
         format!(
-            "id=root,file={},format=qcow2,if=none,cache=writeback,discard=unmap,\
-             werror=report,rerror=report",
-            opt(&spec.root_disk)
+            "id=root,file={disk},format=qcow2,if=none,cache=writeback,discard=unmap,\
+             werror=report,rerror=report"
         ),
         "-device".into(),
         "virtio-blk-device,drive=root".into(),
-    ];
+    ]);
     if let Some(accel) = accel {
         a.push("-accel".into());
         a.push(accel);
@@ -678,8 +787,9 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         // Re-parented to init: the VM outlives the agent. Returns once QEMU is initialised.
         "-daemonize".into(),
         // seccomp: QEMU's filter, plus no obsolete syscalls and no scheduler/affinity
-        // changes. `spawn` and `elevateprivileges` stay allowed: -daemonize forks (QEMU 7.2
-        // exits at start with either denied) and saving state goes through `exec:cat`.
+        // changes. `spawn` and `elevateprivileges` stay allowed: -daemonize forks and
+        // -runas switches user after the filter is in place (QEMU 7.2 exits at start with
+        // either denied).
         "-sandbox".into(),
         "on,obsolete=deny,resourcecontrol=deny".into(),
     ]);
@@ -705,6 +815,7 @@ mod tests {
             run_dir: "/run/wrenn/abc".into(),
             accel,
             memory_file: None,
+            uid: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! unknown events stay `VmEvent::Other` and replies are plain JSON the caller interprets.
 
 use std::collections::HashMap;
+use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -148,6 +149,20 @@ impl QmpClient {
 
     /// Runs `command` with optional `arguments` and returns its `return` value.
     pub async fn execute(&self, command: &str, arguments: Option<Value>) -> Reply {
+        self.run(command, arguments, None).await
+    }
+
+    /// Hands `file` to QEMU under `name` (`getfd`, the descriptor passed with SCM_RIGHTS), for
+    /// a later `fd:<name>` URI. The agent opens the files; QEMU, running as its own
+    /// unprivileged user, could not.
+    pub async fn pass_fd(&self, name: &str, file: &std::fs::File) -> Result<(), QmpError> {
+        use std::os::fd::AsRawFd;
+        self.run("getfd", Some(json!({ "fdname": name })), Some(file.as_raw_fd()))
+            .await
+            .map(|_| ())
+    }
+
+    async fn run(&self, command: &str, arguments: Option<Value>, fd: Option<RawFd>) -> Reply {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         match lock(&self.pending).as_mut() {
@@ -162,7 +177,13 @@ impl QmpClient {
         line.push('\n');
         let sent = async {
             let mut w = self.writer.lock().await;
-            w.write_all(line.as_bytes()).await
+            let mut rest = line.as_bytes();
+            if let Some(fd) = fd {
+                // The descriptor rides with the first bytes of the command.
+                let n = send_with_fd(&w, rest, fd).await?;
+                rest = &rest[n..];
+            }
+            w.write_all(rest).await
         };
         if let Err(e) = sent.await {
             if let Some(map) = lock(&self.pending).as_mut() {
@@ -179,6 +200,32 @@ impl QmpClient {
                 }
                 Err(QmpError::Timeout(command.to_string()))
             }
+        }
+    }
+}
+
+/// Sends a prefix of `bytes` with `fd` attached; returns how many bytes went.
+async fn send_with_fd(w: &OwnedWriteHalf, bytes: &[u8], fd: RawFd) -> std::io::Result<usize> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::os::fd::AsRawFd;
+    let stream: &UnixStream = w.as_ref();
+    loop {
+        stream.writable().await?;
+        let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            let fds = [fd];
+            sendmsg::<()>(
+                stream.as_raw_fd(),
+                &[std::io::IoSlice::new(bytes)],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map_err(std::io::Error::from)
+        });
+        match sent {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
         }
     }
 }

@@ -45,6 +45,9 @@ pub fn raw_base(dir: &Path, mb: u64) -> PathBuf {
     p
 }
 
+/// The unprivileged user the driver tests' QEMUs run as.
+pub const TEST_UID: u32 = 1_999_999_999;
+
 /// A spec for the test guest; `mode` selects what its /init does (`idle`, `write`, `fill`).
 pub fn spec(id: &str, dir: &Path, root_disk: &Path, mode: &str) -> VmSpec {
     let (kernel, initrd) = test_guest();
@@ -62,6 +65,8 @@ pub fn spec(id: &str, dir: &Path, root_disk: &Path, mode: &str) -> VmSpec {
         run_dir: dir.join("run"),
         accel: Accel::Tcg,
         memory_file: None,
+        // As the agent runs them: QEMU drops root once set up (saves and loads included).
+        uid: Some(TEST_UID),
     }
 }
 
