@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sched::CloneFlags;
-use wrenn_agent::network::{Network, NetworkConfig, SandboxNet};
+use wrenn_agent::network::{Egress, Network, NetworkConfig, SandboxNet};
 
 const ENVD_PORT: u16 = 49983;
 const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -308,6 +308,14 @@ fn connect(ns: &str, ip: Ipv4Addr, port: u16, timeout: Duration) -> Result<Strin
     })
 }
 
+/// Internet on or off, nothing opened or closed on top.
+fn internet(on: bool) -> Egress {
+    Egress {
+        internet: on,
+        ..Egress::default()
+    }
+}
+
 fn reachable(ns: &str, ip: Ipv4Addr, port: u16) -> Result<String, String> {
     connect(ns, ip, port, Duration::from_secs(3))
 }
@@ -320,8 +328,8 @@ fn blocked(ns: &str, ip: Ipv4Addr, port: u16) -> bool {
 fn host_reaches_guests_and_guests_are_isolated() {
     let w = World::new('i');
     let (net1, net2) = w.with_net(|n| async move {
-        let a = n.setup(1, false).await.expect("setup slot 1");
-        let b = n.setup(2, true).await.expect("setup slot 2");
+        let a = n.setup(1, &internet(false)).await.expect("setup slot 1");
+        let b = n.setup(2, &internet(true)).await.expect("setup slot 2");
         (a, b)
     });
     let g1 = w.attach_guest(&net1);
@@ -412,12 +420,69 @@ fn host_reaches_guests_and_guests_are_isolated() {
 }
 
 #[test]
+fn egress_opens_and_closes_networks_per_sandbox() {
+    let w = World::new('e');
+    // Beyond the host: a private network (closed to guests unless opened) and a second public
+    // one, both in the outside namespace next to OUTSIDE_IP.
+    let private = Ipv4Addr::new(10, 99, 0, 1);
+    let other = Ipv4Addr::new(198, 51, 100, 1);
+    for a in ["10.99.0.1/32", "198.51.100.1/32"] {
+        ip(&["-n", &w.outside, "addr", "add", a, "dev", "eth0"]);
+    }
+    let eg = |on, allow: &[&str], deny: &[&str]| Egress::parse(on, allow, deny).expect("egress");
+    let specs = [
+        eg(true, &[], &[]),
+        eg(true, &["10.99.0.0/24"], &["198.51.100.0/24"]),
+        eg(false, &["10.99.0.1"], &[]),
+    ];
+    let nets = w.with_net(move |n| async move {
+        let mut made = Vec::new();
+        for (slot, e) in (1..).zip(specs.iter()) {
+            made.push(n.setup(slot, e).await.expect("setup"));
+        }
+        made
+    });
+    let g: Vec<String> = nets.iter().map(|n| w.attach_guest(n)).collect();
+    let _outside = Server::start(&w.outside, OUTSIDE_PORT, "outside");
+    let seen = Ok(format!("outside {HOST_UPLINK_IP}"));
+
+    // Internet: public addresses, not the private network behind the host.
+    assert_eq!(reachable(&g[0], OUTSIDE_IP, OUTSIDE_PORT), seen);
+    assert_eq!(reachable(&g[0], other, OUTSIDE_PORT), seen);
+    assert!(
+        blocked(&g[0], private, OUTSIDE_PORT),
+        "internet reached a private address"
+    );
+    // Internet with the private network opened and a public one closed.
+    assert_eq!(reachable(&g[1], private, OUTSIDE_PORT), seen);
+    assert!(
+        blocked(&g[1], other, OUTSIDE_PORT),
+        "a closed network was reached"
+    );
+    assert_eq!(reachable(&g[1], OUTSIDE_IP, OUTSIDE_PORT), seen);
+    // No internet, one address opened: that address only.
+    assert_eq!(reachable(&g[2], private, OUTSIDE_PORT), seen);
+    for a in [OUTSIDE_IP, other] {
+        assert!(
+            blocked(&g[2], a, OUTSIDE_PORT),
+            "allow-list sandbox reached {a}"
+        );
+    }
+
+    w.with_net(|n| async move {
+        for slot in 1..=3 {
+            n.teardown(slot).await.expect("teardown");
+        }
+    });
+}
+
+#[test]
 fn teardown_restores_host_state() {
     let w = World::new('t');
     let before = w.snapshot();
     for allow_internet in [false, true] {
         let net = w.with_net(move |n| async move {
-            let net = n.setup(3, allow_internet).await.expect("setup");
+            let net = n.setup(3, &internet(allow_internet)).await.expect("setup");
             assert!(n.exists(3).await);
             net
         });
@@ -485,7 +550,8 @@ fn failed_setup_leaves_nothing_behind() {
         &taken_peer,
     ]);
     let before = w.snapshot();
-    let err = w.with_net(|n| async move { n.setup(4, false).await.expect_err("collision") });
+    let err =
+        w.with_net(|n| async move { n.setup(4, &internet(false)).await.expect_err("collision") });
     assert!(err.to_string().contains("already exists"), "{err}");
     assert_eq!(w.snapshot(), before);
 
@@ -501,7 +567,8 @@ fn failed_setup_leaves_nothing_behind() {
         "192.0.2.1",
     ]);
     let before = w.snapshot();
-    let err = w.with_net(|n| async move { n.setup(5, true).await.expect_err("collision") });
+    let err =
+        w.with_net(|n| async move { n.setup(5, &internet(true)).await.expect_err("collision") });
     assert!(err.to_string().contains("route 10.11.0.5/32"), "{err}");
     assert_eq!(w.snapshot(), before);
 
@@ -509,12 +576,14 @@ fn failed_setup_leaves_nothing_behind() {
     let ns = format!("{}-ns-6", w.prefix);
     ip(&["netns", "add", &ns]);
     let before = w.snapshot();
-    let err = w.with_net(|n| async move { n.setup(6, false).await.expect_err("collision") });
+    let err =
+        w.with_net(|n| async move { n.setup(6, &internet(false)).await.expect_err("collision") });
     assert!(err.to_string().contains("already exists"), "{err}");
     assert_eq!(w.snapshot(), before);
 
     // Invalid slots are refused before anything is made.
-    let err = w.with_net(|n| async move { n.setup(0, false).await.expect_err("slot 0") });
+    let err =
+        w.with_net(|n| async move { n.setup(0, &internet(false)).await.expect_err("slot 0") });
     assert!(err.to_string().contains("slot 0"), "{err}");
     assert_eq!(w.snapshot(), before);
 }
@@ -528,7 +597,7 @@ fn cleanup_stale_removes_leftovers_and_keeps_the_rest() {
     // (namespace only), 8 (veth pair never moved) and 9 (host table only).
     w.with_net(|n| async move {
         for slot in 1..=3 {
-            n.setup(slot, slot == 2).await.expect("setup");
+            n.setup(slot, &internet(slot == 2)).await.expect("setup");
         }
     });
     ip(&["netns", "add", &format!("{}-ns-7", w.prefix)]);
@@ -555,7 +624,10 @@ fn cleanup_stale_removes_leftovers_and_keeps_the_rest() {
     };
     let oc = other_cfg.clone();
     in_ns_async(&w.host, move || async move {
-        Network::new(oc).setup(5, false).await.expect("other setup");
+        Network::new(oc)
+            .setup(5, &internet(false))
+            .await
+            .expect("other setup");
     });
 
     let start = Instant::now();
@@ -610,11 +682,13 @@ fn concurrent_setups_and_teardowns() {
     let s = slots.clone();
     let (nets, took) = w.with_net(move |n| async move {
         let start = Instant::now();
-        let nets = futures::future::join_all(s.iter().map(|&slot| n.setup(slot, slot % 2 == 0)))
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()
-            .expect("concurrent setups");
+        let egress: Vec<Egress> = s.iter().map(|slot| internet(slot % 2 == 0)).collect();
+        let nets =
+            futures::future::join_all(s.iter().zip(&egress).map(|(&slot, e)| n.setup(slot, e)))
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .expect("concurrent setups");
         (nets, start.elapsed())
     });
     eprintln!("8 concurrent setups took {took:?}");

@@ -7,9 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{
-    NetnsGuard, TEST_UID, VmGuard, pid_alive, rss_kib, serial, spec, wait_serial,
-};
+use support::{NetnsGuard, TEST_UID, VmGuard, pid_alive, rss_kib, serial, spec, wait_serial};
 use tokio::sync::broadcast;
 use wrenn_agent::storage::{allocated_bytes, create_overlay};
 use wrenn_agent::vmm::{QemuVmm, StateKind, VmEvent, VmStatus, Vmm, VmmError};

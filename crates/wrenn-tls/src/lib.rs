@@ -29,15 +29,28 @@ pub fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn loopback_hosts() {
-        for h in ["localhost", "LOCALHOST", "127.0.0.1", "127.9.9.9", "::1", "[::1]"] {
+        for h in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.9.9.9",
+            "::1",
+            "[::1]",
+        ] {
             assert!(super::is_loopback_host(h), "{h}");
         }
-        for h in ["10.0.0.1", "localhost.example", "cp.example", "", "[::2]", "0.0.0.0"] {
+        for h in [
+            "10.0.0.1",
+            "localhost.example",
+            "cp.example",
+            "",
+            "[::2]",
+            "0.0.0.0",
+        ] {
             assert!(!super::is_loopback_host(h), "{h}");
         }
     }

@@ -242,17 +242,21 @@ fn hex(b: &[u8]) -> String {
 }
 
 #[test]
-fn four_sandboxes_are_isolated() {
+fn sandboxes_are_isolated_and_egress_is_their_own() {
     let env = AgentEnv::new();
     rt().block_on(async {
         let c = env.client();
         let mut ids = Vec::new();
         let mut ips = Vec::new();
-        let creates: Vec<_> = (0..4)
+        let creates: Vec<_> = (0..5)
             .map(|i| {
                 let mut r = create_req(&sandbox_id());
-                // The last one may use the internet: the positive control for egress rules.
+                // The fourth may use the internet: the positive control for egress rules.
                 r.allow_internet = i == 3;
+                // The fifth may reach one private address and nothing else.
+                if i == 4 {
+                    r.allow_out = vec!["10.99.0.1".into()];
+                }
                 r
             })
             .collect();
@@ -286,7 +290,7 @@ fn four_sandboxes_are_isolated() {
             assert_eq!(line("CapEff:"), ["0000000000000000"], "QEMU {pid}: {status}");
             uids.insert(ids_of[0].clone());
         }
-        assert_eq!(uids.len(), 4, "one user per VM: {uids:?}");
+        assert_eq!(uids.len(), 5, "one user per VM: {uids:?}");
         // A file written in one is absent from the others.
         let (_, _, code) = sh(&c, &ids[0], "echo secret > /home/user/only-here").await;
         assert_eq!(code, 0);
@@ -352,6 +356,13 @@ fn four_sandboxes_are_isolated() {
         assert_eq!(out.trim(), "closed", "egress must not reach private ranges");
         let (out, _, _) = sh(&c, &ids[3], &probe("169.254.169.254", 80)).await;
         assert_eq!(out.trim(), "closed");
+        // The sandbox that opened that one address reaches it, and only it.
+        let (out, _, _) = sh(&c, &ids[4], &probe(private.ip, OUTSIDE_PORT)).await;
+        assert_eq!(out.trim(), "open", "an opened private address must be reachable");
+        for (ip, port) in [(OUTSIDE_IP, OUTSIDE_PORT), (ips[0].as_str(), 49983)] {
+            let (out, _, _) = sh(&c, &ids[4], &probe(ip, port)).await;
+            assert_eq!(out.trim(), "closed", "allow-list sandbox reached {ip}:{port}");
+        }
         // A spoofed source never leaves the sandbox: count what reaches the host.
         agent::run(std::process::Command::new("nft").args([
             "add table inet wspy; add chain inet wspy pre { type filter hook prerouting priority -400; policy accept; }; \

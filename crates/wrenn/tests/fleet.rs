@@ -690,7 +690,13 @@ fn two_replicas_three_hosts_byoc_link_cuts_and_retirement() {
         for s in &more {
             assert_eq!(s["host_id"], h2.as_str(), "a full host is passed over: {s}");
             let (st, v) = fleet
-                .call(0, Method::DELETE, &format!("/v1/sandboxes/{}", id_of(s)), &key_a, None)
+                .call(
+                    0,
+                    Method::DELETE,
+                    &format!("/v1/sandboxes/{}", id_of(s)),
+                    &key_a,
+                    None,
+                )
                 .await;
             assert!(st.is_success(), "{v}");
         }

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use slots::SlotAllocator;
+pub use wrenn_egress::Egress;
 
 /// Address of every guest's eth0.
 pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 21);
@@ -252,13 +253,20 @@ impl Network {
     }
 
     /// Creates the network of `slot`. On failure everything it made is removed again.
-    pub async fn setup(&self, slot: u32, allow_internet: bool) -> Result<SandboxNet, NetError> {
+    pub async fn setup(&self, slot: u32, egress: &Egress) -> Result<SandboxNet, NetError> {
         self.check(slot)?;
         let l = self.layout(slot);
-        let span = info_span!("net_setup", slot, netns = %l.netns, allow_internet);
+        let span = info_span!(
+            "net_setup",
+            slot,
+            netns = %l.netns,
+            allow_internet = egress.internet,
+            allow_out = egress.allow.len(),
+            deny_out = egress.deny.len()
+        );
         async {
             let mut made = Made::default();
-            match self.setup_steps(&l, allow_internet, &mut made).await {
+            match self.setup_steps(&l, egress, &mut made).await {
                 Ok(()) => {
                     info!(host_ip = %l.host_ip, "sandbox network up");
                     Ok(self.describe(slot))
@@ -277,7 +285,7 @@ impl Network {
     async fn setup_steps(
         &self,
         l: &SlotLayout,
-        allow_internet: bool,
+        egress: &Egress,
         made: &mut Made,
     ) -> Result<(), NetError> {
         netns::create(&l.netns).await?;
@@ -307,6 +315,7 @@ impl Network {
         // Inside the sandbox namespace: addresses, TAP, routes, forwarding, NAT and filter.
         let sl = l.clone();
         let prefix = self.cfg.prefix.clone();
+        let rules = nft::sandbox_ruleset(&prefix, l, egress);
         netns::run_in(netns::Target::Named(l.netns.clone()), move || async move {
             let h = link::connect()?;
             link::up(&h, "lo").await?;
@@ -321,7 +330,7 @@ impl Network {
                 context: "enable ip_forward in the sandbox namespace".into(),
                 source: e,
             })?;
-            nft::apply(&nft::sandbox_ruleset(&prefix, &sl, allow_internet))
+            nft::apply(&rules)
         })
         .await?;
         debug!("sandbox namespace configured");
@@ -329,11 +338,11 @@ impl Network {
         // Host side: the route to the sandbox's host IP and the host firewall rules.
         made.host_table = true;
         let hl = l.clone();
-        let prefix = self.cfg.prefix.clone();
+        let rules = nft::host_ruleset(&self.cfg.prefix, l, egress);
         netns::run_in(self.host()?, move || async move {
             let h = link::connect()?;
             link::add_route(&h, hl.host_ip, 32, hl.ns_veth_ip).await?;
-            nft::apply(&nft::host_ruleset(&prefix, &hl, allow_internet))
+            nft::apply(&rules)
         })
         .await?;
         Ok(())
@@ -495,6 +504,12 @@ impl Network {
     pub async fn selftest(&self) -> Result<(), SelftestError> {
         let l = self.layout(1);
         let prefix = self.cfg.prefix.clone();
+        // Every rule shape a sandbox's egress can need: internet, opened and closed networks.
+        let egress = Egress {
+            internet: true,
+            allow: vec![ipnet::Ipv4Net::new(Ipv4Addr::new(10, 1, 0, 0), 16).unwrap_or_default()],
+            deny: vec![ipnet::Ipv4Net::new(Ipv4Addr::new(192, 0, 2, 0), 24).unwrap_or_default()],
+        };
         let step = |feature: &'static str| move |source| SelftestError { feature, source };
         netns::run_in(netns::Target::Scratch, move || async move {
             let tried = async {
@@ -503,8 +518,9 @@ impl Network {
                     .await
                     .map_err(step("veth pairs"))?;
                 tap::create_persistent(&l.tap).map_err(step("TUN/TAP devices"))?;
-                nft::apply(&nft::sandbox_ruleset(&prefix, &l, true)).map_err(step("nftables"))?;
-                nft::apply(&nft::host_ruleset(&prefix, &l, true)).map_err(step("nftables"))
+                nft::apply(&nft::sandbox_ruleset(&prefix, &l, &egress))
+                    .map_err(step("nftables"))?;
+                nft::apply(&nft::host_ruleset(&prefix, &l, &egress)).map_err(step("nftables"))
             };
             Ok(tried.await)
         })

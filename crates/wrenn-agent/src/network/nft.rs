@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use super::{GUEST_IP, NetError, SlotLayout};
+use super::{Egress, GUEST_IP, NetError, SlotLayout};
 
 /// The host-side table name of `slot`.
 pub(crate) fn host_table(prefix: &str, slot: u32) -> String {
@@ -15,19 +15,25 @@ pub(crate) fn host_table(prefix: &str, slot: u32) -> String {
 
 /// Host-side rules of one sandbox. They isolate by themselves: whatever the host's own forward
 /// policy, a sandbox reaches no other sandbox, receives no forwarded connection and cannot open
-/// connections to the host; it reaches beyond the host only with `allow_internet`. Of the
-/// host's own processes only root's (the agent) may connect to the sandbox's address: envd
-/// answers there before `/init` has set its token.
-pub(crate) fn host_ruleset(prefix: &str, l: &SlotLayout, allow_internet: bool) -> String {
+/// connections to the host; it reaches beyond the host only with internet or networks opened
+/// for it (and then, without internet, only those). Of the host's own processes only root's
+/// (the agent) may connect to the sandbox's address: envd answers there before `/init` has
+/// set its token.
+pub(crate) fn host_ruleset(prefix: &str, l: &SlotLayout, e: &Egress) -> String {
     let t = host_table(prefix, l.slot);
     let v = &l.host_veth;
     let any_sbx = format!("{prefix}-v*");
-    let egress = if allow_internet {
+    let egress = if e.internet {
         String::new()
-    } else {
+    } else if e.allow.is_empty() {
         format!("\t\tiifname \"{v}\" drop\n")
+    } else {
+        format!(
+            "\t\tiifname \"{v}\" ip daddr {{ {} }} accept\n\t\tiifname \"{v}\" drop\n",
+            set(&e.allow)
+        )
     };
-    let nat = if allow_internet {
+    let nat = if e.any() {
         format!(
             "\tchain postrouting {{\n\
              \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
@@ -65,33 +71,49 @@ pub(crate) fn host_ruleset(prefix: &str, l: &SlotLayout, allow_internet: bool) -
     )
 }
 
-/// Where a guest with internet access still may not go: this network, private and
-/// carrier-grade NAT ranges, loopback, link-local (the cloud metadata service at
-/// 169.254.169.254), multicast and reserved.
-pub(crate) const EGRESS_DENIED: &str = "0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, \
-     169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/3";
+/// An nftables set's elements.
+fn set(nets: &[ipnet::Ipv4Net]) -> String {
+    nets.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Rules inside the sandbox namespace: nothing from the tap but the guest's own IPv4 address
 /// (no spoofed sources, no IPv6); the host's connections to `host_ip` are DNATed to the
-/// guest; the guest may only answer, unless `allow_internet`, in which case its traffic to
-/// public addresses ([`EGRESS_DENIED`] aside) leaves through the veth SNATed to the
-/// namespace's veth address.
-pub(crate) fn sandbox_ruleset(prefix: &str, l: &SlotLayout, allow_internet: bool) -> String {
+/// guest; the guest may only answer, unless its egress lets it out through the veth (SNATed
+/// to the namespace's veth address): first to the networks opened for it, then — with
+/// internet — anywhere but the networks closed for it and [`wrenn_egress::CLOSED`].
+pub(crate) fn sandbox_ruleset(prefix: &str, l: &SlotLayout, e: &Egress) -> String {
     let p = &l.ns_veth;
     let tap = &l.tap;
-    let (snat, egress) = if allow_internet {
-        (
-            format!(
-                "\t\toifname \"{p}\" ip saddr {GUEST_IP} snat ip to {}\n",
-                l.ns_veth_ip
-            ),
-            format!(
-                "\t\tiifname \"{tap}\" ip daddr {{ {EGRESS_DENIED} }} drop\n\
-                 \t\tiifname \"{tap}\" oifname \"{p}\" accept\n"
-            ),
+    let mut egress = String::new();
+    if !e.allow.is_empty() {
+        egress += &format!(
+            "\t\tiifname \"{tap}\" oifname \"{p}\" ip daddr {{ {} }} accept\n",
+            set(&e.allow)
+        );
+    }
+    if e.internet {
+        if !e.deny.is_empty() {
+            egress += &format!(
+                "\t\tiifname \"{tap}\" ip daddr {{ {} }} drop\n",
+                set(&e.deny)
+            );
+        }
+        egress += &format!(
+            "\t\tiifname \"{tap}\" ip daddr {{ {} }} drop\n\
+             \t\tiifname \"{tap}\" oifname \"{p}\" accept\n",
+            set(&wrenn_egress::CLOSED)
+        );
+    }
+    let snat = if e.any() {
+        format!(
+            "\t\toifname \"{p}\" ip saddr {GUEST_IP} snat ip to {}\n",
+            l.ns_veth_ip
         )
     } else {
-        (String::new(), String::new())
+        String::new()
     };
     format!(
         "{reset}\
@@ -212,5 +234,72 @@ mod tests {
                 .is_empty()
         );
         assert!(parse_inet_tables(b"not json").is_err());
+    }
+
+    /// The forward rules from the guest's TAP, in order.
+    fn from_tap(rules: &str) -> Vec<&str> {
+        rules
+            .lines()
+            .map(str::trim)
+            .filter(|l| {
+                l.starts_with("iifname \"tap0\"")
+                    && !l.contains("saddr")
+                    && !l.contains("nfproto")
+                    && !l.contains("ct state")
+                    && !l.ends_with("iifname \"tap0\" drop")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn egress_rules_open_before_they_close() {
+        let l = SlotLayout::new("w", 2);
+        let eg =
+            |internet, allow: &[&str], deny: &[&str]| Egress::parse(internet, allow, deny).unwrap();
+        // No egress: nothing leaves, no SNAT, the host side drops the veth's traffic.
+        let none = eg(false, &[], &[]);
+        assert!(from_tap(&sandbox_ruleset("w", &l, &none)).is_empty());
+        assert!(!sandbox_ruleset("w", &l, &none).contains("snat"));
+        assert!(
+            host_ruleset("w", &l, &none).contains(&format!("iifname \"{}\" drop", l.host_veth))
+        );
+        // Internet: closed ranges dropped, then out.
+        let net = from_tap(&sandbox_ruleset("w", &l, &eg(true, &[], &[]))).join("\n");
+        assert!(
+            net.starts_with("iifname \"tap0\" ip daddr { 0.0.0.0/8, 10.0.0.0/8,"),
+            "{net}"
+        );
+        assert!(
+            net.ends_with(&format!("oifname \"{}\" accept", l.ns_veth)),
+            "{net}"
+        );
+        // Opened networks first (through the closed ranges), then the caller's closed ones.
+        let both = sandbox_ruleset("w", &l, &eg(true, &["10.9.0.0/16"], &["8.8.8.8"]));
+        let rules = from_tap(&both);
+        assert_eq!(rules.len(), 4, "{rules:?}");
+        assert!(
+            rules[0].contains("ip daddr { 10.9.0.0/16 } accept"),
+            "{rules:?}"
+        );
+        assert!(
+            rules[1].contains("ip daddr { 8.8.8.8/32 } drop"),
+            "{rules:?}"
+        );
+        // Only opened networks: those and nothing else, on both sides.
+        let only = eg(false, &["10.9.0.0/16", "1.1.1.1"], &[]);
+        let only_rules = sandbox_ruleset("w", &l, &only);
+        let rules = from_tap(&only_rules);
+        assert_eq!(rules.len(), 1, "{rules:?}");
+        assert!(
+            rules[0].contains("{ 1.1.1.1/32, 10.9.0.0/16 } accept"),
+            "{rules:?}"
+        );
+        assert!(sandbox_ruleset("w", &l, &only).contains("snat"));
+        let host = host_ruleset("w", &l, &only);
+        assert!(
+            host.contains("ip daddr { 1.1.1.1/32, 10.9.0.0/16 } accept"),
+            "{host}"
+        );
+        assert!(host.contains("masquerade"), "{host}");
     }
 }

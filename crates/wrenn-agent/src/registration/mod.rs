@@ -28,8 +28,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::CpVerifier;
-pub use cp_http::CpClient;
 use crate::config::AgentConfig;
+pub use cp_http::CpClient;
 
 /// File name of the credentials under the files root.
 pub const CREDENTIALS_FILE: &str = "host-credentials.json";

@@ -141,6 +141,12 @@ impl StepTimes {
     }
 }
 
+/// What the guest of `req` may reach; its lists as the control plane checked them.
+fn egress_of(req: &pb::CreateSandboxRequest) -> Result<wrenn_egress::Egress, BackendError> {
+    wrenn_egress::Egress::parse(req.allow_internet, &req.allow_out, &req.deny_out)
+        .map_err(|e| BackendError::InvalidArgument(format!("egress: {e}")))
+}
+
 /// `overlay=12 slot=0 network=80 ...` (milliseconds).
 impl std::fmt::Display for StepTimes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -398,6 +404,7 @@ impl Manager {
                 self.host_mem_mb
             )));
         }
+        egress_of(req)?;
         Ok(())
     }
 
@@ -536,7 +543,7 @@ impl Manager {
         let slot = self.slots.alloc().ok_or_else(|| {
             BackendError::ResourceExhausted("no free network slot on this host".into())
         })?;
-        match self.net.setup(slot, false).await {
+        match self.net.setup(slot, &wrenn_egress::Egress::default()).await {
             Ok(n) => Ok(n),
             Err(e) => {
                 self.slots.release(slot);
@@ -739,6 +746,7 @@ impl Manager {
         dir: &Path,
         undo: &mut Rollback,
     ) -> Result<Arc<Live>, BackendError> {
+        let egress = egress_of(req)?;
         std::fs::create_dir(dir).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => {
                 BackendError::AlreadyExists(format!("sandbox {} already exists", req.sandbox_id))
@@ -770,7 +778,9 @@ impl Manager {
             },
             team_id: req.team_id.clone(),
             metadata: req.metadata.clone().into_iter().collect(),
-            allow_internet: req.allow_internet,
+            allow_internet: egress.internet,
+            allow_out: egress.allow.clone(),
+            deny_out: egress.deny.clone(),
             default_user: if req.default_user.is_empty() {
                 template.default_user.clone()
             } else {
@@ -819,7 +829,7 @@ impl Manager {
         // 3. Network.
         let net = self
             .net
-            .setup(slot, req.allow_internet)
+            .setup(slot, &egress)
             .await
             .map_err(|e| internal("network", &e))?;
         self.undo_network(undo, slot);

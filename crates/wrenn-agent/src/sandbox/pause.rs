@@ -266,7 +266,7 @@ impl Manager {
 
         let net = self
             .net
-            .setup(slot, rec.allow_internet)
+            .setup(slot, &rec.egress())
             .await
             .map_err(|e| soft(internal("network", &e)))?;
         self.undo_network(undo, slot);

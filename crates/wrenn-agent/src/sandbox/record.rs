@@ -44,6 +44,11 @@ pub struct SandboxRecord {
     pub team_id: String,
     pub metadata: BTreeMap<String, String>,
     pub allow_internet: bool,
+    /// Opened and closed networks on top of `allow_internet` (see [`wrenn_egress`]).
+    #[serde(default)]
+    pub allow_out: Vec<ipnet::Ipv4Net>,
+    #[serde(default)]
+    pub deny_out: Vec<ipnet::Ipv4Net>,
     pub default_user: String,
     /// envd's access token (the directory is root-only; the file is 0600).
     pub envd_token: String,
@@ -52,6 +57,17 @@ pub struct SandboxRecord {
     /// When the sandbox was last paused (unix ms); its deadline moves on by the paused time.
     #[serde(default)]
     pub paused_at_ms: i64,
+}
+
+impl SandboxRecord {
+    /// What its guest may reach.
+    pub fn egress(&self) -> wrenn_egress::Egress {
+        wrenn_egress::Egress {
+            internet: self.allow_internet,
+            allow: self.allow_out.clone(),
+            deny: self.deny_out.clone(),
+        }
+    }
 }
 
 /// Writes the record atomically: temp file, fsync, rename, fsync of the directory.

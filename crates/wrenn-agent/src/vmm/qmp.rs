@@ -157,9 +157,13 @@ impl QmpClient {
     /// unprivileged user, could not.
     pub async fn pass_fd(&self, name: &str, file: &std::fs::File) -> Result<(), QmpError> {
         use std::os::fd::AsRawFd;
-        self.run("getfd", Some(json!({ "fdname": name })), Some(file.as_raw_fd()))
-            .await
-            .map(|_| ())
+        self.run(
+            "getfd",
+            Some(json!({ "fdname": name })),
+            Some(file.as_raw_fd()),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn run(&self, command: &str, arguments: Option<Value>, fd: Option<RawFd>) -> Reply {

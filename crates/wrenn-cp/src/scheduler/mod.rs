@@ -358,7 +358,10 @@ mod tests {
             c.host.capacity["min_free_disk_mib"] = 1000.into();
             c
         };
-        assert!(fits(&limited(6, 1024), need(2, 1024)), "exactly at both limits");
+        assert!(
+            fits(&limited(6, 1024), need(2, 1024)),
+            "exactly at both limits"
+        );
         assert!(!fits(&limited(7, 1024), need(2, 256)), "one vCPU over");
         assert!(!fits(&limited(2, 1800), need(1, 256)), "memory over");
         // Sandboxes placed since the report count.

@@ -98,6 +98,11 @@ db_test! {
             (json!({"metadata": {"k": "a\nb"}}), "metadata.k"),
             (json!({"metadata": many}), "metadata"),
             (json!({"allow_internet": "yes"}), "allow_internet"),
+            (json!({"allow_out": ["1.2.3"]}), "allow_out"),
+            (json!({"allow_out": ["1.2.3.4/33"]}), "allow_out"),
+            (json!({"deny_out": ["::1"]}), "deny_out"),
+            (json!({"allow_out": "1.2.3.4"}), "allow_out"),
+            (json!({"deny_out": (0..65).map(|i| format!("8.8.{i}.0/24")).collect::<Vec<_>>()}), "deny_out"),
             (json!({"surprise": 1}), "surprise"),
             (json!([]), ""),
         ];
@@ -108,6 +113,32 @@ db_test! {
             let msg = v["error"]["message"].as_str().unwrap();
             assert!(msg.contains(field), "{body}: message names {field:?}: {msg}");
         }
+        // Networks no sandbox may open, and networks behind the host for a team without hosts
+        // of its own: 403, nothing written.
+        for (body, says) in [
+            (json!({"allow_internet": true, "allow_out": ["127.0.0.1"]}), "cannot be opened"),
+            (json!({"allow_out": ["0.0.0.0/0"]}), "cannot be opened"),
+            (json!({"allow_out": ["8.8.8.8", "10.0.0.0/8"]}), "BYOC"),
+            (json!({"allow_internet": true, "allow_out": ["169.254.169.254"]}), "BYOC"),
+        ] {
+            let (s, v) = app.post("/v1/sandboxes", Some(&key), body.clone()).await;
+            assert_eq!((s, code(&v)), (StatusCode::FORBIDDEN, "forbidden"), "{body}: {v}");
+            assert!(v["error"]["message"].as_str().unwrap().contains(says), "{body}: {v}");
+        }
+        // Public networks may be opened or closed by anyone (then no host: 503); a BYOC team
+        // may open its own networks.
+        for body in [
+            json!({"allow_out": ["8.8.8.8/32"], "deny_out": ["1.1.1.0/24"]}),
+            json!({"allow_internet": true, "deny_out": ["10.0.0.0/8"]}),
+        ] {
+            let (s, v) = app.post("/v1/sandboxes", Some(&key), body.clone()).await;
+            assert_eq!((s, code(&v)), (StatusCode::SERVICE_UNAVAILABLE, "no_hosts_available"), "{body}: {v}");
+        }
+        db.set_team_byoc(a["team"]["id"].as_str().unwrap(), true).await.unwrap();
+        let (s, v) = app.post("/v1/sandboxes", Some(&key), json!({"allow_out": ["10.0.0.0/8"]})).await;
+        assert_eq!((s, code(&v)), (StatusCode::SERVICE_UNAVAILABLE, "no_hosts_available"), "{v}");
+        db.set_team_byoc(a["team"]["id"].as_str().unwrap(), false).await.unwrap();
+
         // Well formed but at odds with what exists: no such template (404), a disk smaller
         // than the template's (409).
         let (s, v) = app.post("/v1/sandboxes", Some(&key), json!({"template": "nope"})).await;

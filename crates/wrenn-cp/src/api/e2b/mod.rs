@@ -119,7 +119,9 @@ async fn create(
         metadata: req.metadata,
         allow_internet: req.allow_internet_access,
         auto_resume: req.auto_resume.map(|a| a.enabled),
-        public_traffic: req.network.and_then(|n| n.allow_public_traffic),
+        public_traffic: req.network.as_ref().and_then(|n| n.allow_public_traffic),
+        allow_out: req.network.as_ref().and_then(|n| n.allow_out.clone()),
+        deny_out: req.network.as_ref().and_then(|n| n.deny_out.clone()),
         ..Default::default()
     };
     let made = sandboxes::create_sandbox(&st, &auth, body, key).await;

@@ -8,7 +8,7 @@ use crate::db::{OnTimeout, Sandbox, SandboxStatus};
 use crate::error::ApiError;
 
 /// `NewSandbox` (`POST /sandboxes`) and `NewSandboxV2` (`POST /v2/sandboxes`); fields Wrenn
-/// has no use for (`network`, `mcp`, `iam`, `volumeMounts`, `secure`) are ignored.
+/// has no use for (`mcp`, `iam`, `volumeMounts`, `secure`, most of `network`) are ignored.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NewSandbox {
@@ -25,11 +25,14 @@ pub struct NewSandbox {
     pub network: Option<NetworkConfig>,
 }
 
-/// Of E2B's network options, Wrenn applies whether the sandbox's ports are public.
+/// Of E2B's network options, Wrenn applies whether the sandbox's ports are public and the
+/// networks it may (`allowOut`) and may not (`denyOut`) reach.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkConfig {
     pub allow_public_traffic: Option<bool>,
+    pub allow_out: Option<Vec<String>>,
+    pub deny_out: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -197,8 +197,19 @@ pub struct CreateSandbox {
     pub env: Option<BTreeMap<String, String>>,
     #[schema(schema_with = metadata_schema)]
     pub metadata: Option<BTreeMap<String, String>>,
-    /// Default false: the sandbox reaches nothing outside its host.
+    /// Default false: the sandbox reaches nothing outside its host. True: public addresses,
+    /// never private, carrier-grade NAT, link-local (the cloud metadata service), loopback,
+    /// multicast or reserved ones unless `allow_out` opens them.
     pub allow_internet: Option<bool>,
+    /// Networks the sandbox may reach anyway (`a.b.c.d` or `a.b.c.d/n`, at most 64): also
+    /// without `allow_internet` (then only these), and over `deny_out`. Private, carrier-grade
+    /// NAT and link-local networks may be opened only by a BYOC team (its sandboxes run on
+    /// its own hosts); "this network", loopback, multicast and reserved never. Either is a 403.
+    #[schema(schema_with = allow_out_schema)]
+    pub allow_out: Option<Vec<String>>,
+    /// Networks the sandbox may not reach with `allow_internet` (same forms, at most 64).
+    #[schema(schema_with = deny_out_schema)]
+    pub deny_out: Option<Vec<String>>,
     /// Default false. True: a request that reaches it while paused (through the sandbox
     /// proxy or an E2B `connect`) resumes it first.
     pub auto_resume: Option<bool>,
@@ -219,7 +230,7 @@ struct CreateSpec {
     on_timeout: OnTimeout,
     env: BTreeMap<String, String>,
     metadata: BTreeMap<String, String>,
-    allow_internet: bool,
+    egress: wrenn_egress::Egress,
     /// The snapshot template's ID when the sandbox starts from one (placed on its hosts).
     snapshot: Option<String>,
     auto_resume: bool,
@@ -272,6 +283,38 @@ pub(crate) fn metadata_schema() -> Schema {
         MAX_METADATA_VALUE_LEN,
         "Labels: keys 1–64 of `[A-Za-z0-9_.:/-]`, values without control characters",
     )
+}
+
+/// An IPv4 address or network, `a.b.c.d` or `a.b.c.d/n`.
+const NET_PATTERN: &str = "^((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\.){3}\
+    (25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(/(3[0-2]|[12]?[0-9]))?$";
+
+/// A list (or null) of [`NET_PATTERN`]s, at most [`wrenn_egress::MAX_RULES`].
+fn net_list_schema(description: &str) -> Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(NET_PATTERN)),
+        )
+        .max_items(Some(wrenn_egress::MAX_RULES))
+        .description(Some(description))
+        .into()
+}
+
+fn allow_out_schema() -> Schema {
+    net_list_schema(
+        "Networks the sandbox may reach anyway (`a.b.c.d` or `a.b.c.d/n`): also without \
+         `allow_internet` (then only these), and over `deny_out`. Private, carrier-grade NAT \
+         and link-local networks may be opened only by a BYOC team; \"this network\", \
+         loopback, multicast and reserved never (either is a 403).",
+    )
+}
+
+fn deny_out_schema() -> Schema {
+    net_list_schema("Networks the sandbox may not reach with `allow_internet`.")
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -438,6 +481,11 @@ async fn validate_create(
     check_env(&env)?;
     let metadata = req.metadata.unwrap_or_default();
     check_metadata(&metadata)?;
+    let egress = check_egress(
+        req.allow_internet.unwrap_or(false),
+        req.allow_out.as_deref().unwrap_or_default(),
+        req.deny_out.as_deref().unwrap_or_default(),
+    )?;
     let tpl: Template = db
         .template_for_team(team_id, &template)
         .await
@@ -472,6 +520,17 @@ async fn validate_create(
             tpl.disk_size_mb
         )));
     }
+    let closed = egress.opens_closed();
+    if !closed.is_empty() {
+        let team = db.team_by_id(team_id).await.map_err(db_err)?;
+        if !team.is_byoc {
+            return Err(ApiError::forbidden(format!(
+                "allow_out: {} is behind the host (private, carrier-grade NAT or link-local); \
+                 only a team running sandboxes on its own hosts (BYOC) may open such networks",
+                closed[0]
+            )));
+        }
+    }
     Ok(CreateSpec {
         team_id: team_id.to_owned(),
         template,
@@ -482,11 +541,24 @@ async fn validate_create(
         on_timeout,
         env,
         metadata,
-        allow_internet: req.allow_internet.unwrap_or(false),
+        egress,
         snapshot: tpl.is_snapshot.then_some(tpl.id),
         auto_resume: req.auto_resume.unwrap_or(false),
         idempotency_key: None,
         public_traffic: req.public_traffic.unwrap_or(true),
+    })
+}
+
+/// A create's egress lists, parsed: malformed is a 400, a network no sandbox may open a 403.
+fn check_egress(
+    internet: bool,
+    allow: &[String],
+    deny: &[String],
+) -> Result<wrenn_egress::Egress, ApiError> {
+    use wrenn_egress::EgressError;
+    wrenn_egress::Egress::parse(internet, allow, deny).map_err(|e| match e {
+        EgressError::NeverOpen(_) => ApiError::forbidden(format!("allow_out: {e}")),
+        e => ApiError::invalid_request(format!("allow_out/deny_out: {e}")),
     })
 }
 
@@ -662,9 +734,10 @@ async fn create_placed(
     let actor = Actor::from(auth);
     // Detached from the request: runs to the end (row settled, VM kept or removed) even if
     // the client disconnects and this handler's future is dropped.
-    let task = tokio::spawn(async move {
-        create_on_host(&state, spec, host, agent, &actor, &placing).await
-    });
+    let task =
+        tokio::spawn(
+            async move { create_on_host(&state, spec, host, agent, &actor, &placing).await },
+        );
     match task.await {
         Ok(r) => r,
         Err(e) => Err(ApiError::internal(e)),
@@ -752,7 +825,9 @@ async fn create_on_host(
         team_id: spec.team_id.clone(),
         default_env: spec.env.into_iter().collect(),
         metadata: spec.metadata.into_iter().collect(),
-        allow_internet: spec.allow_internet,
+        allow_internet: spec.egress.internet,
+        allow_out: spec.egress.allow.iter().map(ToString::to_string).collect(),
+        deny_out: spec.egress.deny.iter().map(ToString::to_string).collect(),
         ..Default::default()
     };
     let started = std::time::Instant::now();
