@@ -9,6 +9,10 @@
 //!   `WebSocketUpgrade` checks them (a plain GET is a 400).
 //!
 //! A status a handler already documents keeps its own description.
+//!
+//! It also links each create (`POST /v1/sandboxes`, `POST /v1/api-keys`, ...) to the
+//! operations on what it made (OpenAPI `links`: the new `id` fills their `{id}`), which is
+//! how clients and stateful testers (schemathesis) learn the order of calls.
 
 use serde_json::{Map, Value, json};
 
@@ -33,6 +37,7 @@ pub(crate) fn complete(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenAp
                 }
             }
         }
+        add_links(paths);
     }
     match serde_json::from_value(v) {
         Ok(d) => d,
@@ -85,6 +90,62 @@ fn complete_operation(op: &mut Map<String, Value>) {
     }
     if secured {
         add("401", "Missing or invalid credentials");
+    }
+}
+
+/// For each `POST <collection>` answering 201 with an `id`, a link to every operation on
+/// `<collection>/{id}` and below, by operation ID, with `id` taken from the created object.
+fn add_links(paths: &mut Map<String, Value>) {
+    let op_ids = |item: &Value| -> Vec<String> {
+        METHODS
+            .iter()
+            .filter_map(|m| {
+                item.get(*m)?
+                    .get("operationId")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    };
+    let collections: Vec<String> = paths
+        .iter()
+        .filter(|(_, item)| {
+            item.get("post")
+                .and_then(|p| p.get("responses"))
+                .and_then(|r| r.get("201"))
+                .is_some()
+        })
+        .map(|(path, _)| path.clone())
+        .collect();
+    for collection in collections {
+        let prefix = format!("{collection}/{{id}}");
+        let targets: Vec<String> = paths
+            .iter()
+            .filter(|(path, _)| *path == &prefix || path.starts_with(&format!("{prefix}/")))
+            .flat_map(|(_, item)| op_ids(item))
+            .collect();
+        if targets.is_empty() {
+            continue;
+        }
+        let links: Map<String, Value> = targets
+            .into_iter()
+            .map(|id| {
+                let link = json!({
+                    "operationId": id,
+                    "parameters": {"path.id": "$response.body#/id"},
+                });
+                (id, link)
+            })
+            .collect();
+        if let Some(created) = paths
+            .get_mut(&collection)
+            .and_then(|i| i.get_mut("post"))
+            .and_then(|p| p.get_mut("responses"))
+            .and_then(|r| r.get_mut("201"))
+            .and_then(Value::as_object_mut)
+        {
+            created.insert("links".into(), Value::Object(links));
+        }
     }
 }
 

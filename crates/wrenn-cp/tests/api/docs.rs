@@ -52,6 +52,42 @@ fn document() -> Value {
 }
 
 #[test]
+fn creates_link_to_the_operations_on_what_they_made() {
+    let doc = document();
+    let paths = doc["paths"].as_object().unwrap();
+    let created = &paths["/v1/sandboxes"]["post"]["responses"]["201"];
+    let links = created["links"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{created}"));
+    // Every operation on /v1/sandboxes/{id} and below, and nothing else.
+    let mut want: Vec<String> = paths
+        .iter()
+        .filter(|(p, _)| p.starts_with("/v1/sandboxes/{id}"))
+        .flat_map(|(_, item)| item.as_object().unwrap().values())
+        .filter_map(|op| op["operationId"].as_str().map(str::to_owned))
+        .collect();
+    want.sort();
+    let mut got: Vec<String> = links.keys().cloned().collect();
+    got.sort();
+    assert_eq!(got, want);
+    assert!(want.len() >= 10, "{want:?}");
+    for (name, link) in links {
+        assert_eq!(link["operationId"], name.as_str(), "{link}");
+        assert_eq!(
+            link["parameters"]["path.id"], "$response.body#/id",
+            "{link}"
+        );
+    }
+    // The sandbox's create answers an `id` for the links to use.
+    let schema = &created["content"]["application/json"]["schema"]["$ref"];
+    let name = schema.as_str().unwrap().rsplit('/').next().unwrap();
+    assert!(
+        doc["components"]["schemas"][name]["properties"]["id"].is_object(),
+        "{schema}"
+    );
+}
+
+#[test]
 fn document_is_complete_and_errors_use_the_envelope() {
     let doc = document();
     assert!(
