@@ -267,6 +267,8 @@ impl Fleet {
             .args(["--net-prefix", &h.prefix, "--accel", "tcg"])
             .args(["--heartbeat-secs", "1"])
             .args(["--pause-after-missed-heartbeats", &pause_after.to_string()])
+            // Machines of their own would each have the whole range; on one machine, one each.
+            .args(["--vm-uid-base", &(2_000_000_000 + 100_000 * i).to_string()])
             .args(extra)
             .env("AGENT_REGISTER_TOKEN", token);
         let child = spawn_in(cmd, Some(&h.ns));
