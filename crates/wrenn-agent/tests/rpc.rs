@@ -161,9 +161,16 @@ async fn exec_timeout_kills_the_command() {
     assert_eq!(e.code, ErrorCode::DeadlineExceeded, "{e:?}");
     assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
 
-    // envd killed it: no `sleep 30` left.
-    let r = exec(&c, bash(id, "pgrep -fx 'sleep 30' || echo none")).await;
-    assert_eq!(r.stdout, b"none\n");
+    // envd killed it: no `sleep 30` left (the kill lands as the deadline answer goes out).
+    let r = exec(
+        &c,
+        bash(
+            id,
+            "for i in $(seq 50); do pgrep -fx 'sleep 30' >/dev/null || { echo none; exit; }; sleep 0.1; done; pgrep -fax 'sleep 30'",
+        ),
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "none\n");
 }
 
 #[tokio::test]
