@@ -357,6 +357,13 @@ impl Fleet {
         }
     }
 
+    /// Deletes sandbox `s` (a create's answer) through `replica`.
+    async fn delete_sandbox(&self, replica: usize, key: &str, s: &Value) {
+        let path = format!("/v1/sandboxes/{}", id_of(s));
+        let (st, v) = self.call(replica, Method::DELETE, &path, key, None).await;
+        assert!(st.is_success(), "DELETE {path}: {v}");
+    }
+
     async fn host_status(&self, replica: usize, jwt: &str, id: &str) -> String {
         let v = self
             .ok(replica, Method::GET, &format!("/v1/hosts/{id}"), jwt, None)
@@ -691,16 +698,7 @@ fn two_replicas_three_hosts_byoc_link_cuts_and_retirement() {
         let more = futures::future::join_all((0..2).map(|n| create(n % 2, &key_a))).await;
         for s in &more {
             assert_eq!(s["host_id"], h2.as_str(), "a full host is passed over: {s}");
-            let (st, v) = fleet
-                .call(
-                    0,
-                    Method::DELETE,
-                    &format!("/v1/sandboxes/{}", id_of(s)),
-                    &key_a,
-                    None,
-                )
-                .await;
-            assert!(st.is_success(), "{v}");
+            fleet.delete_sandbox(0, &key_a, s).await;
         }
     });
     let on = |h: &str| -> Vec<String> {
@@ -886,16 +884,7 @@ fn two_replicas_three_hosts_byoc_link_cuts_and_retirement() {
     // Clean up team A's sandboxes through the API; then every VM is gone.
     rt.block_on(async {
         for s in &a_sbs {
-            let (st, v) = fleet
-                .call(
-                    1,
-                    Method::DELETE,
-                    &format!("/v1/sandboxes/{}", id_of(s)),
-                    &key_a,
-                    None,
-                )
-                .await;
-            assert!(st.is_success(), "{v}");
+            fleet.delete_sandbox(1, &key_a, s).await;
         }
     });
     assert!(fleet.hosts[0].qemu_pids().is_empty() && fleet.hosts[1].qemu_pids().is_empty());
