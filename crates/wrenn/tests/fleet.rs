@@ -225,7 +225,7 @@ impl Fleet {
                     std::fs::copy(first.path().join(f), dir.path().join(f)).expect("copy secret");
                 }
             }
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_wrenn"));
+            let mut cmd = Command::new(agent::wrenn_bin());
             cmd.args(["server", "--listen", &format!("0.0.0.0:{port}")])
                 .arg("--data-dir")
                 .arg(dir.path())
@@ -254,7 +254,7 @@ impl Fleet {
         extra: &[String],
     ) {
         let h = &self.hosts[i];
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wrenn"));
+        let mut cmd = Command::new(agent::wrenn_bin());
         cmd.arg("agent")
             .arg("--root")
             .arg(h.root.path())
