@@ -205,7 +205,10 @@ impl Floor {
     /// Boots the `i`th raw VM and leaves it running (see [`Floor::stop`]).
     pub async fn start(&self, i: usize) -> anyhow::Result<FloorVm> {
         let slot = 40 + (i as u32 % 20);
-        let net = self.net.setup(slot, false).await?;
+        let net = self
+            .net
+            .setup(slot, &wrenn_agent::network::Egress::default())
+            .await?;
         let dir = self.work.join(format!("floor{i}"));
         std::fs::create_dir_all(&dir)?;
         let overlay = dir.join("rootfs.qcow2");
