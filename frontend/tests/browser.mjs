@@ -1,0 +1,307 @@
+// The dashboard in a real browser (Debian's Chromium driven by playwright-core) against a
+// running `wrenn up`. Run by crates/wrenn/tests/dashboard.rs, which starts the server; alone:
+//   WRENN_URL=http://127.0.0.1:8080 WRENN_ADMIN_PASSWORD=... WRENN_SHOTS=/tmp/shots node tests/browser.mjs
+// Flows: sign up → create key → create sandbox → terminal command and its output (and again
+// after a reload, re-attached) → upload a file and see it listed → pause → resume → delete;
+// BYOC owner vs member; admin pages for the admin only (a non-admin is sent away, the API
+// refuses). On every page: no console errors, no failed requests, no serious/critical axe
+// violations, and screenshots at 1440×900 and 390×844. Exit 0 only when all of that held.
+import { chromium } from 'playwright-core';
+import axe from 'axe-core';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const URL_ = process.env.WRENN_URL ?? 'http://127.0.0.1:8080';
+const ADMIN_EMAIL = process.env.WRENN_ADMIN_EMAIL ?? 'admin@wrenn.local';
+const ADMIN_PASSWORD = process.env.WRENN_ADMIN_PASSWORD;
+const SHOTS = process.env.WRENN_SHOTS ?? 'screenshots';
+const CHROMIUM = process.env.WRENN_CHROMIUM ?? '/usr/bin/chromium';
+const PASSWORD = 'correct horse battery';
+
+if (!ADMIN_PASSWORD) throw new Error('WRENN_ADMIN_PASSWORD is not set');
+if (!fs.existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium`);
+fs.mkdirSync(SHOTS, { recursive: true });
+
+const problems = [];
+const shots = [];
+const started = Date.now();
+const log = (...a) => console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s]`, ...a);
+
+const browser = await chromium.launch({
+	executablePath: CHROMIUM,
+	headless: true,
+	args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage']
+});
+
+/** A signed-out browser context whose pages are watched for errors. */
+async function newUser(label) {
+	const ctx = await browser.newContext({ viewport: { width: 1440, height: 900 } });
+	// The browser may reach only the server under test.
+	await ctx.route('**/*', (route) => {
+		const u = new URL(route.request().url());
+		if (u.hostname !== '127.0.0.1') {
+			problems.push(`${label}: request off loopback: ${u.href}`);
+			return route.abort();
+		}
+		return route.continue();
+	});
+	const page = await ctx.newPage();
+	page.on('console', (m) => {
+		if (m.type() === 'error') problems.push(`${label} ${page.url()}: console error: ${m.text()}`);
+	});
+	page.on('pageerror', (e) => problems.push(`${label} ${page.url()}: page error: ${e.message}`));
+	page.on('requestfailed', (r) => {
+		// Navigating away cancels in-flight polls; that is not a failure.
+		const why = r.failure()?.errorText ?? '';
+		if (!why.includes('ERR_ABORTED')) problems.push(`${label}: request failed: ${r.method()} ${r.url()} ${why}`);
+	});
+	page.on('response', (r) => {
+		if (r.status() >= 400) problems.push(`${label}: ${r.status()} for ${r.request().method()} ${r.url()}`);
+	});
+	page.on('dialog', (d) => d.accept());
+	return { ctx, page, label };
+}
+
+/** axe-core on the page as it is now; serious and critical violations are failures. */
+async function audit(page, name) {
+	// evaluate() runs through the DevTools protocol, outside the page's CSP.
+	await page.evaluate(axe.source);
+	const res = await page.evaluate(() =>
+		// @ts-ignore
+		window.axe.run(document, { resultTypes: ['violations'] })
+	);
+	for (const v of res.violations) {
+		if (v.impact === 'serious' || v.impact === 'critical') {
+			const where = v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(' | ');
+			problems.push(`axe ${name}: ${v.impact} ${v.id}: ${v.help} (${where})`);
+		}
+	}
+}
+
+/** Screenshots at both sizes plus the accessibility pass. */
+async function capture(page, name) {
+	await page.waitForLoadState('networkidle').catch(() => {});
+	// Let entrance animations (rows sliding in) end: axe would measure half-faded text.
+	await page.evaluate(() =>
+		Promise.all(
+			document
+				.getAnimations()
+				.filter((a) => a.effect?.getTiming().iterations !== Infinity)
+				.map((a) => a.finished.catch(() => {}))
+		)
+	);
+	await audit(page, name);
+	for (const [w, h] of [
+		[1440, 900],
+		[390, 844]
+	]) {
+		await page.setViewportSize({ width: w, height: h });
+		await page.waitForTimeout(150);
+		const file = path.join(SHOTS, `${name}-${w}x${h}.png`);
+		await page.screenshot({ path: file, fullPage: true });
+		shots.push(file);
+	}
+	await page.setViewportSize({ width: 1440, height: 900 });
+	// The phone layout is checked for accessibility too (its menu button and hidden sidebar).
+	log('page ok:', name);
+}
+
+async function signup(u, email, name) {
+	await u.page.goto(`${URL_}/signup`);
+	await u.page.getByLabel('Name').fill(name);
+	await u.page.getByLabel('Email').fill(email);
+	await u.page.getByLabel('Password').fill(PASSWORD);
+	await u.page.getByRole('button', { name: 'Sign up', exact: true }).last().click();
+	await u.page.waitForURL('**/dashboard/sandboxes');
+	await u.page.getByRole('heading', { name: 'Sandboxes' }).waitFor();
+}
+
+async function login(u, email, password) {
+	await u.page.goto(`${URL_}/login`);
+	await u.page.getByLabel('Email').fill(email);
+	await u.page.getByLabel('Password').fill(password);
+	await u.page.locator('form').getByRole('button', { name: 'Sign in' }).click();
+	await u.page.waitForURL('**/dashboard/sandboxes');
+}
+
+async function statusOf(page, id, want, timeoutMs = 240_000) {
+	await page.locator(`tr[data-sandbox="${id}"] [data-status="${want}"]`).waitFor({ timeout: timeoutMs });
+}
+
+const termText = (page) => page.locator('[data-testid="terminal"] .xterm-rows').innerText();
+
+async function typeInTerminal(page, command, expect) {
+	await page.locator('[data-testid="terminal-state"]', { hasText: 'connected' }).waitFor({ timeout: 60_000 });
+	await page.locator('[data-testid="terminal"] .xterm').click();
+	await page.keyboard.type(command);
+	await page.keyboard.press('Enter');
+	const deadline = Date.now() + 30_000;
+	while (!(await termText(page)).includes(expect)) {
+		if (Date.now() > deadline) throw new Error(`terminal never showed ${expect}: ${await termText(page)}`);
+		await page.waitForTimeout(200);
+	}
+}
+
+let exitCode = 0;
+try {
+	// --- Signed out: login and signup pages.
+	const ada = await newUser('ada');
+	await ada.page.goto(`${URL_}/`);
+	await ada.page.waitForURL('**/login');
+	await capture(ada.page, 'login');
+	await ada.page.goto(`${URL_}/signup`);
+	await capture(ada.page, 'signup');
+
+	// --- Sign up → key → sandbox.
+	await signup(ada, 'ada@example.com', 'Ada');
+	log('signed up');
+	await ada.page.getByRole('link', { name: 'API keys' }).click();
+	await ada.page.getByLabel('Name').fill('ci');
+	await ada.page.getByRole('button', { name: 'Create key' }).click();
+	const key = await ada.page.locator('[data-testid="key-value"]').innerText();
+	if (!/^wrn_[0-9a-f]{32}$/.test(key)) problems.push(`revealed key looks wrong: ${key}`);
+	await capture(ada.page, 'keys');
+	await ada.page.getByRole('button', { name: 'Done' }).click();
+
+	await ada.page.getByRole('link', { name: 'Sandboxes' }).click();
+	await ada.page.getByRole('button', { name: 'New sandbox' }).click();
+	const dialog = ada.page.getByRole('dialog');
+	await dialog.locator('select[name="template"] option[value="base"]').waitFor({ state: 'attached' });
+	await dialog.getByLabel('Memory (MiB)').fill('512');
+	await dialog.getByLabel('Metadata').fill('suite=dashboard');
+	await capture(ada.page, 'sandbox-create');
+	await dialog.getByRole('button', { name: 'Create' }).click();
+	const row = ada.page.locator('tr[data-sandbox]').first();
+	await row.waitFor({ timeout: 240_000 });
+	const id = await row.getAttribute('data-sandbox');
+	await statusOf(ada.page, id, 'running');
+	log('sandbox running', id);
+	await capture(ada.page, 'sandboxes');
+
+	// --- Terminal: a command and its output; a reload re-attaches to the same PTY.
+	await ada.page.locator(`a[href="/dashboard/sandboxes/${id}"]`).click();
+	await typeInTerminal(ada.page, 'echo dash-$((6*7))', 'dash-42');
+	const tag = await ada.page.evaluate((k) => sessionStorage.getItem(k), `wrenn_pty_${id}`);
+	await capture(ada.page, 'sandbox-terminal');
+	await ada.page.reload();
+	await typeInTerminal(ada.page, 'echo again-$((2*3))', 'again-6');
+	const tag2 = await ada.page.evaluate((k) => sessionStorage.getItem(k), `wrenn_pty_${id}`);
+	if (!tag || tag !== tag2) problems.push(`reload did not re-attach: tag ${tag} then ${tag2}`);
+	log('terminal ok, tag', tag);
+
+	// --- Files: upload and see it listed.
+	await ada.page.getByRole('tab', { name: 'Files' }).click();
+	await ada.page.locator('table').waitFor();
+	await ada.page.locator('[data-testid="upload-input"]').setInputFiles({
+		name: 'hello.txt',
+		mimeType: 'text/plain',
+		buffer: Buffer.from('hello from the dashboard\n')
+	});
+	await ada.page.locator('tr[data-file="hello.txt"]').waitFor({ timeout: 30_000 });
+	await ada.page.getByLabel('New folder name').fill('made-here');
+	await ada.page.getByRole('button', { name: 'Create folder' }).click();
+	await ada.page.locator('tr[data-file="made-here"]').waitFor({ timeout: 30_000 });
+	await capture(ada.page, 'sandbox-files');
+	log('files ok');
+
+	// --- Pause → resume → delete.
+	await ada.page.getByRole('link', { name: '← Sandboxes' }).click();
+	const r = () => ada.page.locator(`tr[data-sandbox="${id}"]`);
+	await r().getByRole('button', { name: 'Pause' }).click();
+	await statusOf(ada.page, id, 'paused');
+	log('paused');
+	await r().getByRole('button', { name: 'Resume' }).click();
+	await statusOf(ada.page, id, 'running');
+	log('resumed');
+	await r().getByRole('button', { name: 'Delete' }).click();
+	await r().waitFor({ state: 'detached', timeout: 60_000 });
+	log('deleted');
+
+	await ada.page.getByRole('link', { name: 'Snapshot templates' }).click();
+	await ada.page.locator('td', { hasText: 'base' }).first().waitFor();
+	await capture(ada.page, 'templates');
+	await ada.page.getByRole('link', { name: 'Team' }).click();
+	await ada.page.getByRole('heading', { name: /^Team/ }).waitFor();
+	await capture(ada.page, 'team');
+	if (await ada.page.locator('[data-testid="nav-byoc"]').count()) problems.push('BYOC nav shown for a team that is not BYOC');
+	if (await ada.page.locator('[data-testid="admin-shield"]').count()) problems.push('admin shield shown to a non-admin');
+
+	// --- A second account; Ada adds it to her team as a member.
+	const bob = await newUser('bob');
+	await signup(bob, 'bob@example.com', 'Bob');
+	await ada.page.getByLabel('Email of an existing account').fill('bob@example.com');
+	await ada.page.getByRole('button', { name: 'Add member' }).click();
+	await ada.page.getByRole('cell', { name: 'bob@example.com', exact: true }).waitFor();
+
+	// --- The admin: admin pages, and makes Ada's team BYOC.
+	const admin = await newUser('admin');
+	await login(admin, ADMIN_EMAIL, ADMIN_PASSWORD);
+	await admin.page.locator('[data-testid="admin-shield"]').click();
+	await admin.page.waitForURL('**/admin/hosts');
+	await admin.page.locator('td', { hasText: 'online' }).first().waitFor({ timeout: 60_000 });
+	await capture(admin.page, 'admin-hosts');
+	await admin.page.getByRole('tab', { name: 'BYOC' }).click();
+	await capture(admin.page, 'admin-hosts-byoc');
+	await admin.page.getByRole('link', { name: 'Teams' }).click();
+	const adaTeam = admin.page.locator('tr[data-team]', { hasText: 'Ada' }).first();
+	await adaTeam.getByRole('button', { name: 'Enable BYOC' }).click();
+	await adaTeam.getByRole('button', { name: 'Disable BYOC' }).waitFor();
+	await capture(admin.page, 'admin-teams');
+	log('admin ok');
+
+	// --- BYOC as owner: nav visible, register reveals the token and the agent command.
+	await ada.page.goto(`${URL_}/dashboard/sandboxes`);
+	await ada.page.locator('a[data-testid="nav-byoc"]').click();
+	await ada.page.getByLabel('Host name').fill('rack-2');
+	await ada.page.getByRole('button', { name: 'Register host' }).click();
+	const cmd = await ada.page.locator('[data-testid="agent-command"]').innerText();
+	const token = await ada.page.locator('[data-testid="registration-token"]').innerText();
+	if (!cmd.includes(`--register ${token}`) || !cmd.includes(`--cp-url ${URL_}`)) problems.push(`agent command wrong: ${cmd}`);
+	await ada.page.locator('tr[data-host="rack-2"] [data-status="pending"]').waitFor();
+	await capture(ada.page, 'byoc');
+	log('byoc owner ok');
+
+	// --- BYOC as member: Bob switches to Ada's team; the nav item is there but disabled.
+	await bob.page.reload();
+	const switcher = bob.page.locator('[data-testid="team-switcher"]');
+	const adaOption = await switcher.locator('option', { hasText: 'member' }).getAttribute('value');
+	await switcher.selectOption(adaOption);
+	await bob.page.locator('span[data-testid="nav-byoc"][aria-disabled="true"]').waitFor({ timeout: 30_000 });
+	if (await bob.page.locator('a[data-testid="nav-byoc"]').count()) problems.push('BYOC nav is a link for a member');
+	await capture(bob.page, 'member-sandboxes');
+
+	// --- Admin pages refused to a non-admin: sent away, and the API says 403.
+	await bob.page.goto(`${URL_}/admin/hosts`);
+	await bob.page.waitForURL(/\/dashboard\/sandboxes\?denied=admin$/);
+	const bobToken = await bob.page.evaluate(() => localStorage.getItem('wrenn_token'));
+	for (const p of ['/v1/admin/hosts', '/v1/admin/teams']) {
+		const resp = await fetch(`${URL_}${p}`, { headers: { Authorization: `Bearer ${bobToken}` } });
+		if (resp.status !== 403) problems.push(`${p} for a non-admin: ${resp.status}, want 403`);
+	}
+	log('non-admin refused');
+
+	// --- The headers the server sends with the app.
+	const idx = await fetch(`${URL_}/dashboard/sandboxes`);
+	const csp = idx.headers.get('content-security-policy') ?? '';
+	if (!csp.includes("script-src 'self'") || csp.includes('unsafe-eval')) problems.push(`CSP: ${csp}`);
+	if (idx.headers.get('cache-control') !== 'no-cache') problems.push(`index cache-control: ${idx.headers.get('cache-control')}`);
+
+	await ada.ctx.close();
+	await bob.ctx.close();
+	await admin.ctx.close();
+} catch (e) {
+	problems.push(`flow failed: ${e?.stack ?? e}`);
+} finally {
+	await browser.close();
+}
+
+console.log(`screenshots (${shots.length}) in ${path.resolve(SHOTS)}:`);
+for (const s of shots) console.log('  ' + path.basename(s));
+if (problems.length) {
+	console.log(`FAILED: ${problems.length} problem(s):`);
+	for (const p of problems) console.log('  - ' + p);
+	exitCode = 1;
+} else {
+	console.log(`OK in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+}
+process.exit(exitCode);
