@@ -86,7 +86,7 @@ fn inline_script_hashes(html: &str) -> Vec<String> {
             break;
         };
         if !tag.contains(" src=") {
-            let digest = sha2::Sha256::digest(body[..close].as_bytes());
+            let digest = sha2::Sha256::digest(&body.as_bytes()[..close]);
             let b64 = base64::engine::general_purpose::STANDARD.encode(digest);
             hashes.push(format!("'sha256-{b64}'"));
         }

@@ -326,14 +326,15 @@ async fn dashboard_pages_and_api_priority() {
     run(TestBackend::Sqlite, |db| async move {
         let app = App::new(db);
         for page in ["/", "/login", "/dashboard/sandboxes/abc", "/admin/hosts"] {
-            let req = Request::builder()
-                .uri(page)
-                .body(Body::empty())
-                .unwrap();
+            let req = Request::builder().uri(page).body(Body::empty()).unwrap();
             let resp = app.router.clone().oneshot(req).await.unwrap();
             assert_eq!(resp.status(), StatusCode::OK, "{page}");
             let h = resp.headers();
-            assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8", "{page}");
+            assert_eq!(
+                h[header::CONTENT_TYPE],
+                "text/html; charset=utf-8",
+                "{page}"
+            );
             assert_eq!(h[header::CACHE_CONTROL], "no-cache", "{page}");
             let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
             assert!(csp.contains("default-src 'self'"), "{csp}");
@@ -357,7 +358,10 @@ async fn dashboard_pages_and_api_priority() {
         }
         // The API's own routes are untouched.
         let (s, ct, _) = fetch(&app, Method::GET, "/health").await;
-        assert_eq!((s, ct.starts_with("application/json")), (StatusCode::OK, true));
+        assert_eq!(
+            (s, ct.starts_with("application/json")),
+            (StatusCode::OK, true)
+        );
     })
     .await;
 }
@@ -373,7 +377,9 @@ async fn dashboard_assets_when_built() {
         let app = App::new(db);
         let (_, _, index) = fetch(&app, Method::GET, "/").await;
         let index = String::from_utf8(index).unwrap();
-        let start = index.find("/_app/immutable/").expect("index links its files");
+        let start = index
+            .find("/_app/immutable/")
+            .expect("index links its files");
         let end = start + index[start..].find('"').expect("quoted");
         let asset = &index[start..end];
         let req = Request::builder().uri(asset).body(Body::empty()).unwrap();
@@ -384,7 +390,10 @@ async fn dashboard_assets_when_built() {
             "public, max-age=31536000, immutable"
         );
         let ct = resp.headers()[header::CONTENT_TYPE].to_str().unwrap();
-        assert!(ct.starts_with("text/javascript") || ct.starts_with("text/css"), "{ct}");
+        assert!(
+            ct.starts_with("text/javascript") || ct.starts_with("text/css"),
+            "{ct}"
+        );
     })
     .await;
 }
