@@ -213,13 +213,27 @@ try {
 	await r().getByRole('button', { name: 'Resume' }).click();
 	await statusOf(ada.page, id, 'running');
 	log('resumed');
+
+	// --- Snapshot template from it, listed, then deleted (no dependants: no 409).
+	await r().getByRole('button', { name: 'Snapshot' }).click();
+	await ada.page.getByRole('dialog').getByLabel('Name').fill('dash-snap');
+	await capture(ada.page, 'snapshot-dialog');
+	await ada.page.getByRole('dialog').getByRole('button', { name: 'Create template' }).click();
+	await ada.page.getByRole('status').filter({ hasText: 'dash-snap' }).waitFor({ timeout: 240_000 });
+	await statusOf(ada.page, id, 'running');
+	log('snapshot made');
+
 	await r().getByRole('button', { name: 'Delete' }).click();
 	await r().waitFor({ state: 'detached', timeout: 60_000 });
 	log('deleted');
 
 	await ada.page.getByRole('link', { name: 'Snapshot templates' }).click();
-	await ada.page.locator('td', { hasText: 'base' }).first().waitFor();
+	const snapRow = ada.page.locator('tr', { hasText: 'dash-snap' });
+	await snapRow.waitFor();
 	await capture(ada.page, 'templates');
+	await snapRow.getByRole('button', { name: 'Delete' }).click();
+	await snapRow.waitFor({ state: 'detached', timeout: 60_000 });
+	log('snapshot template deleted');
 	await ada.page.getByRole('link', { name: 'Team' }).click();
 	await ada.page.getByRole('heading', { name: /^Team/ }).waitFor();
 	await capture(ada.page, 'team');
