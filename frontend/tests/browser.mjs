@@ -16,6 +16,8 @@ const ADMIN_EMAIL = process.env.WRENN_ADMIN_EMAIL ?? 'admin@wrenn.local';
 const ADMIN_PASSWORD = process.env.WRENN_ADMIN_PASSWORD;
 const SHOTS = process.env.WRENN_SHOTS ?? 'screenshots';
 const CHROMIUM = process.env.WRENN_CHROMIUM ?? '/usr/bin/chromium';
+// Where to ask the harness to start a BYOC agent with the revealed token (optional).
+const AGENT_REQUEST = process.env.WRENN_AGENT_REQUEST;
 const PASSWORD = 'correct horse battery';
 
 if (!ADMIN_PASSWORD) throw new Error('WRENN_ADMIN_PASSWORD is not set');
@@ -81,16 +83,11 @@ async function audit(page, name) {
 /** Screenshots at both sizes plus the accessibility pass. */
 async function capture(page, name) {
 	await page.waitForLoadState('networkidle').catch(() => {});
-	// Let entrance animations (rows sliding in) end: axe would measure half-faded text.
-	await page.evaluate(() =>
-		Promise.all(
-			document
-				.getAnimations()
-				.filter((a) => a.effect?.getTiming().iterations !== Infinity)
-				.map((a) => a.finished.catch(() => {}))
-		)
-	);
+	// Axe under reduced motion, which stills every animation: rows sliding in would be
+	// measured half-faded. The screenshots below are taken with motion back on.
+	await page.emulateMedia({ reducedMotion: 'reduce' });
 	await audit(page, name);
+	await page.emulateMedia({ reducedMotion: 'no-preference' });
 	for (const [w, h] of [
 		[1440, 900],
 		[390, 844]
@@ -273,6 +270,24 @@ try {
 	if (!cmd.includes(`--register ${token}`) || !cmd.includes(`--cp-url ${URL_}`)) problems.push(`agent command wrong: ${cmd}`);
 	await ada.page.locator('tr[data-host="rack-2"] [data-status="pending"]').waitFor();
 	await capture(ada.page, 'byoc');
+	// The test harness runs the shown command (on a host address of its namespace); the
+	// registered agent must then show online, and deleting it (no sandboxes) removes it.
+	if (AGENT_REQUEST) {
+		// The agent registers under its own hostname: follow the row by host ID.
+		const hostId = await ada.page.locator('tr[data-host="rack-2"]').getAttribute('data-host-id');
+		const hostRow = ada.page.locator(`tr[data-host-id="${hostId}"]`);
+		fs.writeFileSync(AGENT_REQUEST + '.tmp', JSON.stringify({ command: cmd, token }));
+		fs.renameSync(AGENT_REQUEST + '.tmp', AGENT_REQUEST);
+		await hostRow.locator('[data-status="online"]').waitFor({ timeout: 120_000 });
+		log('byoc agent online');
+		await ada.page.getByRole('button', { name: 'Done' }).click();
+		await capture(ada.page, 'byoc-online');
+		await hostRow.getByRole('button', { name: 'Delete' }).click();
+		await ada.page.getByText('No sandboxes run on it').waitFor();
+		await ada.page.getByRole('button', { name: 'Delete host' }).click();
+		await hostRow.waitFor({ state: 'detached', timeout: 30_000 });
+		log('byoc host deleted');
+	}
 	log('byoc owner ok');
 
 	// --- BYOC as member: Bob switches to Ada's team; the nav item is there but disabled.
