@@ -83,11 +83,10 @@ async function audit(page, name) {
 /** Screenshots at both sizes plus the accessibility pass. */
 async function capture(page, name) {
 	await page.waitForLoadState('networkidle').catch(() => {});
-	// Axe under reduced motion, which stills every animation: rows sliding in would be
-	// measured half-faded. The screenshots below are taken with motion back on.
+	// Axe and screenshots under reduced motion, which stills every animation: rows sliding in
+	// would be measured (and pictured) half-faded. The flows themselves run with motion on.
 	await page.emulateMedia({ reducedMotion: 'reduce' });
 	await audit(page, name);
-	await page.emulateMedia({ reducedMotion: 'no-preference' });
 	for (const [w, h] of [
 		[1440, 900],
 		[390, 844]
@@ -99,6 +98,7 @@ async function capture(page, name) {
 		shots.push(file);
 	}
 	await page.setViewportSize({ width: 1440, height: 900 });
+	await page.emulateMedia({ reducedMotion: 'no-preference' });
 	// The phone layout is checked for accessibility too (its menu button and hidden sidebar).
 	log('page ok:', name);
 }
