@@ -286,6 +286,15 @@ try {
 	await ada.page.getByLabel('Email of an existing account').fill('bob@example.com');
 	await ada.page.getByRole('button', { name: 'Add member' }).click();
 	await ada.page.getByRole('cell', { name: 'bob@example.com', exact: true }).waitFor();
+	// An email without an account is invited instead; the invitation is listed, then revoked.
+	await ada.page.getByLabel('Invite an email without an account').fill('carol@example.com');
+	await ada.page.getByRole('button', { name: 'Invite', exact: true }).click();
+	const inv = ada.page.locator('tr[data-invitation="carol@example.com"]');
+	await inv.waitFor();
+	await capture(ada.page, 'team-invite');
+	await inv.getByRole('button', { name: 'Revoke' }).click();
+	await inv.waitFor({ state: 'detached' });
+	log('member added, invitation made and revoked');
 
 	// --- The admin: admin pages, and makes Ada's team BYOC.
 	const admin = await newUser('admin');
