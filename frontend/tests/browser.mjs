@@ -102,20 +102,20 @@ async function capture(page, name) {
 	// Axe and screenshots under reduced motion, which stills every animation: rows sliding in
 	// would be measured (and pictured) half-faded. The flows themselves run with motion on.
 	await page.emulateMedia({ reducedMotion: 'reduce' });
-	await audit(page, name);
 	for (const [w, h] of [
 		[1440, 900],
 		[390, 844]
 	]) {
 		await page.setViewportSize({ width: w, height: h });
 		await page.waitForTimeout(150);
+		// Both layouts: the phone one has its own menu button and scrolling tables.
+		await audit(page, `${name}@${w}x${h}`);
 		const file = path.join(SHOTS, `${name}-${w}x${h}.png`);
 		await page.screenshot({ path: file, fullPage: true });
 		shots.push(file);
 	}
 	await page.setViewportSize({ width: 1440, height: 900 });
 	await page.emulateMedia({ reducedMotion: 'no-preference' });
-	// The phone layout is checked for accessibility too (its menu button and hidden sidebar).
 	log('page ok:', name);
 }
 
