@@ -58,7 +58,9 @@ impl ByocAgent {
             .args(["--listen", BYOC_LISTEN])
             .args(["--cp-url", &flag("--cp-url")])
             .args(["--register", &flag("--register")])
-            .args(["--net-prefix", &format!("b{}", &env.tag[..5])])
+            // `d`: a prefix no other test or benchmark uses, so no agent removes another's
+            // networks as stale.
+            .args(["--net-prefix", &format!("d{}", &env.tag[..5])])
             .args(["--accel", "tcg", "--heartbeat-secs", "1"])
             .stdin(Stdio::null());
         // SAFETY: prctl only; the agent stops when the test dies.
