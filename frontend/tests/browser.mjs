@@ -190,6 +190,22 @@ try {
 	await statusOf(ada.page, id, 'running');
 	log('sandbox running', id);
 	await capture(ada.page, 'sandboxes');
+	// Filters: by metadata (match, then none) and by status.
+	const metaFilter = ada.page.getByLabel('Metadata', { exact: true });
+	await metaFilter.fill('suite=nope');
+	await metaFilter.press('Enter');
+	await ada.page.getByText('No sandboxes.').waitFor();
+	await metaFilter.fill('suite=dashboard');
+	await metaFilter.press('Enter');
+	await ada.page.locator(`tr[data-sandbox="${id}"]`).waitFor();
+	await ada.page.getByLabel('Status').selectOption('paused');
+	await ada.page.getByText('No sandboxes.').waitFor();
+	await ada.page.getByLabel('Status').selectOption('running');
+	await ada.page.locator(`tr[data-sandbox="${id}"]`).waitFor();
+	await metaFilter.fill('');
+	await metaFilter.press('Enter');
+	await ada.page.getByLabel('Status').selectOption('');
+	log('filters ok');
 
 	// --- Terminal: a command and its output; a reload re-attaches to the same PTY.
 	await ada.page.locator(`a[href="/dashboard/sandboxes/${id}"]`).click();
