@@ -231,6 +231,15 @@ try {
 	await ada.page.getByRole('button', { name: 'Create folder' }).click();
 	await ada.page.locator('tr[data-file="made-here"]').waitFor({ timeout: 30_000 });
 	await capture(ada.page, 'sandbox-files');
+	// Download gives back what was uploaded; remove takes the folder away.
+	const [download] = await Promise.all([
+		ada.page.waitForEvent('download'),
+		ada.page.locator('tr[data-file="hello.txt"]').getByRole('button', { name: 'Download' }).click()
+	]);
+	const got = fs.readFileSync(await download.path(), 'utf8');
+	if (got !== 'hello from the dashboard\n') problems.push(`downloaded ${JSON.stringify(got)}`);
+	await ada.page.locator('tr[data-file="made-here"]').getByRole('button', { name: 'Remove' }).click();
+	await ada.page.locator('tr[data-file="made-here"]').waitFor({ state: 'detached', timeout: 30_000 });
 	log('files ok');
 
 	// --- Pause → resume → delete.
