@@ -218,6 +218,14 @@ try {
 	if (!tag || tag !== tag2) problems.push(`reload did not re-attach: tag ${tag} then ${tag2}`);
 	log('terminal ok, tag', tag);
 
+	// --- Metrics: the host's samples as charts, each with its value as text.
+	await ada.page.getByRole('tab', { name: 'Metrics' }).click();
+	await ada.page.locator('[data-testid="metrics-cpu"]', { hasText: '%' }).waitFor({ timeout: 30_000 });
+	await ada.page.locator('[data-testid="metrics-memory"]', { hasText: 'MiB' }).waitFor();
+	await ada.page.locator('[data-testid="metrics-disk"]').waitFor();
+	await capture(ada.page, 'sandbox-metrics');
+	log('metrics ok');
+
 	// --- Files: upload and see it listed.
 	await ada.page.getByRole('tab', { name: 'Files' }).click();
 	await ada.page.locator('table').waitFor();
