@@ -205,6 +205,41 @@ ensure_js_sdk() {
     export WRENN_E2B_JS="$dir"
 }
 
+# ensure_frontend: builds the dashboard (frontend/ → frontend/build), which wrenn-cp's build.rs
+# embeds in the binary; run it before `cargo build`. `npm ci` only when node_modules is missing
+# or package-lock.json changed since the last install; `npm run build` only when the sources'
+# content hash changed since the last build. Both stamps live in node_modules (per checkout;
+# a fresh `npm ci` drops them, which rebuilds — right, since the dependencies changed).
+FRONTEND_DIR=frontend
+ensure_frontend() {
+    local fe=$FRONTEND_DIR
+    [[ -f $fe/package.json ]] || return 0
+    have npm || {
+        echo "npm not found (Debian packages nodejs, npm): needed to build the dashboard" >&2
+        return 1
+    }
+    local lock_stamp=$fe/node_modules/.wrenn-lock-hash build_stamp=$fe/node_modules/.wrenn-build-hash
+    local lock_hash src_hash
+    lock_hash=$(sha256sum "$fe/package-lock.json" | cut -d' ' -f1)
+    if [[ ! -d $fe/node_modules || $(cat "$lock_stamp" 2>/dev/null) != "$lock_hash" ]]; then
+        log "npm ci (dashboard dependencies)"
+        (cd "$fe" && npm ci --no-audit --no-fund --loglevel=error)
+        echo "$lock_hash" >"$lock_stamp"
+    fi
+    # Every input of the build, by content (file names included), not by mtime.
+    local inputs=() p
+    for p in src static package.json package-lock.json svelte.config.js vite.config.ts tsconfig.json; do
+        [[ -e $fe/$p ]] && inputs+=("$p")
+    done
+    src_hash=$(cd "$fe" && find "${inputs[@]}" -type f -print0 | sort -z |
+        xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+    if [[ ! -f $fe/build/index.html || $(cat "$build_stamp" 2>/dev/null) != "$src_hash" ]]; then
+        log "building the dashboard (npm run build)"
+        (cd "$fe" && npm run build --silent >/dev/null)
+        echo "$src_hash" >"$build_stamp"
+    fi
+}
+
 # start_test_postgres: a throwaway PostgreSQL cluster for the control-plane database tests.
 # Uses Debian's server binaries (installing `postgresql` when missing), initdb as the postgres
 # user (initdb refuses root) into a temp dir, listens on a free loopback port with its socket

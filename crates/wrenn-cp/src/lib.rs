@@ -9,6 +9,7 @@ pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
+pub mod dashboard;
 pub mod db;
 pub mod error;
 pub mod hostmonitor;

@@ -25,7 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::db::{DbError, PageRequest};
-use crate::error::{ApiError, ErrorBody, not_found_fallback};
+use crate::error::{ApiError, ErrorBody};
 use crate::server::AppState;
 use crate::telemetry;
 
@@ -136,7 +136,7 @@ pub fn router() -> Router<Arc<AppState>> {
     api.merge(docs)
         .route("/metrics", get(telemetry::metrics_handler))
         .merge(e2b::routes())
-        .fallback(not_found_fallback)
+        .fallback(crate::dashboard::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(telemetry::track))

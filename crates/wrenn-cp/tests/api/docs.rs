@@ -354,3 +354,82 @@ async fn metrics_use_route_templates() {
     })
     .await;
 }
+
+/// The dashboard shares the port but never shadows the API: its pages and files answer GET,
+/// with the app's headers; unknown API paths, other methods and other paths keep the JSON 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_pages_and_api_priority() {
+    run(TestBackend::Sqlite, |db| async move {
+        let app = App::new(db);
+        for page in ["/", "/login", "/dashboard/sandboxes/abc", "/admin/hosts"] {
+            let req = Request::builder().uri(page).body(Body::empty()).unwrap();
+            let resp = app.router.clone().oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{page}");
+            let h = resp.headers();
+            assert_eq!(
+                h[header::CONTENT_TYPE],
+                "text/html; charset=utf-8",
+                "{page}"
+            );
+            assert_eq!(h[header::CACHE_CONTROL], "no-cache", "{page}");
+            let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+            assert!(csp.contains("default-src 'self'"), "{csp}");
+            assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+            assert!(!csp.contains("unsafe-eval"), "{csp}");
+            assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        }
+        for (method, uri) in [
+            (Method::GET, "/v1/nope"),
+            (Method::GET, "/nope"),
+            (Method::GET, "/dashboards"),
+            (Method::GET, "/_app/immutable/missing.js"),
+            (Method::POST, "/login"),
+            (Method::DELETE, "/dashboard"),
+        ] {
+            let (s, ct, b) = fetch(&app, method.clone(), uri).await;
+            assert_eq!(s, StatusCode::NOT_FOUND, "{method} {uri}");
+            assert!(ct.starts_with("application/json"), "{method} {uri}: {ct}");
+            let v: Value = serde_json::from_slice(&b).unwrap();
+            assert_eq!(v["error"]["code"], "not_found", "{method} {uri}");
+        }
+        // The API's own routes are untouched.
+        let (s, ct, _) = fetch(&app, Method::GET, "/health").await;
+        assert_eq!(
+            (s, ct.starts_with("application/json")),
+            (StatusCode::OK, true)
+        );
+    })
+    .await;
+}
+
+/// A built dashboard's hashed files are served immutable, with their type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_assets_when_built() {
+    if !wrenn_cp::dashboard::built() {
+        eprintln!("dashboard not built into this binary: only the placeholder is served");
+        return;
+    }
+    run(TestBackend::Sqlite, |db| async move {
+        let app = App::new(db);
+        let (_, _, index) = fetch(&app, Method::GET, "/").await;
+        let index = String::from_utf8(index).unwrap();
+        let start = index
+            .find("/_app/immutable/")
+            .expect("index links its files");
+        let end = start + index[start..].find('"').expect("quoted");
+        let asset = &index[start..end];
+        let req = Request::builder().uri(asset).body(Body::empty()).unwrap();
+        let resp = app.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{asset}");
+        assert_eq!(
+            resp.headers()[header::CACHE_CONTROL],
+            "public, max-age=31536000, immutable"
+        );
+        let ct = resp.headers()[header::CONTENT_TYPE].to_str().unwrap();
+        assert!(
+            ct.starts_with("text/javascript") || ct.starts_with("text/css"),
+            "{ct}"
+        );
+    })
+    .await;
+}
